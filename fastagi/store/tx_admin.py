@@ -1,0 +1,285 @@
+"""HQ's operations in SQL: plans, numbers, extensions, recharges, moves, statements.
+
+Each function runs inside one transaction (sqlite.py); rules come from numbers.py,
+rating.py and ledger.py, so this module only reads and writes rows.
+"""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from ..calls import ExtView, NumberView, PlanView, extension_status
+from ..money import format_amount
+from ..ledger import AccountKind, InsufficientFunds
+from ..numbers import (NumberRuleError, NumberSettings, check_dest, check_digit_timeout,
+                       check_lang, check_name, check_new_key, check_number, check_settings)
+from ..rating import Tariff, first_block_cost
+from .base import Conflict, NotFound, StoreError, TransferResult
+from .tx_ledger import (FUNDING_ACCOUNT_ID, load_account, new_account, now_iso, transfer,
+                        update_suspension)
+
+STATEMENT_ROWS_MAX = 1000
+
+
+# ---- plans -------------------------------------------------------------------------------
+
+def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
+    if not name or len(name) > 64:
+        raise StoreError("plan name must be 1 to 64 characters")
+    if conn.execute("SELECT 1 FROM plans WHERE name=?", (name,)).fetchone():
+        raise Conflict(f"plan {name!r} already exists")
+    return conn.execute(
+        "INSERT INTO plans (name, per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s) "
+        "VALUES (?,?,?,?,?,?,?)", (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee,
+                                   t.grace_s, t.max_call_s)).lastrowid
+
+
+def plan_id(conn: sqlite3.Connection, name: str) -> int:
+    row = conn.execute("SELECT id FROM plans WHERE name=?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown plan {name!r}")
+    return row[0]
+
+
+def set_plan_rate(conn: sqlite3.Connection, name: str, prefix: str, per_minute: int) -> None:
+    if prefix and not prefix.isdigit() or len(prefix) > 20:
+        raise StoreError(f"prefix {prefix!r} must be up to 20 digits (empty for the default)")
+    pid = plan_id(conn, name)
+    if prefix == "":
+        conn.execute("UPDATE plans SET per_minute=? WHERE id=?", (per_minute, pid))
+    else:
+        conn.execute("INSERT INTO plan_rates (plan_id, prefix, per_minute) VALUES (?,?,?) "
+                     "ON CONFLICT (plan_id, prefix) DO UPDATE SET per_minute=excluded.per_minute",
+                     (pid, prefix, per_minute))
+
+
+def load_plan(conn: sqlite3.Connection, pid: int | None) -> PlanView | None:
+    if pid is None:
+        return None
+    r = conn.execute("SELECT per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s "
+                     "FROM plans WHERE id=?", (pid,)).fetchone()
+    rates = {p: m for p, m in conn.execute(
+        "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,))}
+    return PlanView(Tariff(*tuple(r)), rates)
+
+
+def list_plans(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    out = []
+    for r in conn.execute("SELECT * FROM plans ORDER BY name"):
+        rates = [{"prefix": p, "per_minute": m} for p, m in conn.execute(
+            "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=? ORDER BY prefix", (r["id"],))]
+        out.append({**dict(r), "rates": rates})
+    return out
+
+
+# ---- numbers and extensions ---------------------------------------------------------------
+
+def _number_row(conn: sqlite3.Connection, number: str) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown number {number}")
+    return row
+
+
+def add_number(conn: sqlite3.Connection, number: str, name: str, plan: str | None,
+               min_balance: int, lang: str, default_dest: str | None, digit_timeout_s: int) -> None:
+    check_number(number)
+    name = check_name(name)
+    check_lang(lang)
+    check_digit_timeout(digit_timeout_s)
+    if default_dest is not None:
+        check_dest(default_dest)
+    if conn.execute("SELECT 1 FROM numbers WHERE number=?", (number,)).fetchone():
+        raise Conflict(f"number {number} already exists")
+    pid = plan_id(conn, plan) if plan else None
+    account_id = new_account(conn, AccountKind.MAIN)
+    nid = conn.execute(
+        "INSERT INTO numbers (number, name, lang, ivr, ext_billing, min_balance, default_dest, "
+        "digit_timeout_s, plan_id, account_id, suspended, created_at) VALUES (?,?,?,1,0,?,?,?,?,?,0,?)",
+        (number, name, lang, min_balance, default_dest, digit_timeout_s, pid, account_id,
+         now_iso())).lastrowid
+    update_suspension(conn, load_account(conn, account_id), reason="created", number_id=nid)
+
+
+def set_number(conn: sqlite3.Connection, number: str, *, ivr: bool | None = None,
+               ext_billing: bool | None = None, plan: str | None = None,
+               min_balance: int | None = None, lang: str | None = None,
+               default_dest: str | None = None, digit_timeout_s: int | None = None,
+               name: str | None = None) -> None:
+    row = _number_row(conn, number)
+    settings = check_settings(NumberSettings(bool(row["ivr"]), bool(row["ext_billing"])),
+                              ivr, ext_billing)
+    changes: dict[str, Any] = {"ivr": int(settings.ivr), "ext_billing": int(settings.ext_billing)}
+    if plan is not None:
+        changes["plan_id"] = plan_id(conn, plan)
+    if min_balance is not None:
+        changes["min_balance"] = min_balance
+    if lang is not None:
+        changes["lang"] = check_lang(lang)
+    if default_dest is not None:
+        changes["default_dest"] = check_dest(default_dest)
+    if digit_timeout_s is not None:
+        changes["digit_timeout_s"] = check_digit_timeout(digit_timeout_s)
+    if name is not None:
+        changes["name"] = check_name(name)
+    conn.execute(f"UPDATE numbers SET {', '.join(f'{k}=?' for k in changes)} WHERE id=?",
+                 (*changes.values(), row["id"]))
+    if min_balance is not None:
+        update_suspension(conn, load_account(conn, row["account_id"]), reason="min-balance-changed",
+                          number_id=row["id"])
+
+
+def add_extension(conn: sqlite3.Connection, number: str, key: str, name: str, dest: str,
+                  plan: str | None) -> None:
+    row = _number_row(conn, number)
+    keys = [k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (row["id"],))]
+    try:
+        check_new_key(key, keys)
+    except NumberRuleError as exc:
+        if key in keys:
+            raise Conflict(str(exc)) from None
+        raise
+    name, dest = check_name(name), check_dest(dest)
+    pid = plan_id(conn, plan) if plan else None
+    account_id = new_account(conn, AccountKind.EXT)
+    conn.execute("INSERT INTO extensions (number_id, key, name, dest, plan_id, account_id, created_at) "
+                 "VALUES (?,?,?,?,?,?,?)", (row["id"], key, name, dest, pid, account_id, now_iso()))
+
+
+def _ext_row(conn: sqlite3.Connection, number_id: int, number: str, key: str) -> sqlite3.Row:
+    row = conn.execute("SELECT * FROM extensions WHERE number_id=? AND key=?", (number_id, key)).fetchone()
+    if row is None:
+        raise NotFound(f"number {number} has no extension {key}")
+    return row
+
+
+def set_extension(conn: sqlite3.Connection, number: str, key: str, *, name: str | None = None,
+                  dest: str | None = None, plan: str | None = None,
+                  low_balance: int | None = None) -> None:
+    nrow = _number_row(conn, number)
+    erow = _ext_row(conn, nrow["id"], number, key)
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = check_name(name)
+    if dest is not None:
+        changes["dest"] = check_dest(dest)
+    if plan is not None:
+        changes["plan_id"] = plan_id(conn, plan)
+    if low_balance is not None:
+        changes["low_balance"] = low_balance
+    if changes:
+        conn.execute(f"UPDATE extensions SET {', '.join(f'{k}=?' for k in changes)} WHERE id=?",
+                     (*changes.values(), erow["id"]))
+
+
+# ---- money in and between accounts --------------------------------------------------------
+
+def _transfer_id(kind: str, ref: str | None) -> str:
+    return f"{kind}:{ref}" if ref else f"{kind}:auto:{uuid.uuid4().hex}"
+
+
+def recharge(conn: sqlite3.Connection, number: str, key: str | None, amount: int,
+             ref: str | None) -> TransferResult:
+    nrow = _number_row(conn, number)
+    account_id = nrow["account_id"] if key is None else _ext_row(conn, nrow["id"], number, key)["account_id"]
+    return transfer(conn, _transfer_id("ref", ref), FUNDING_ACCOUNT_ID, account_id, amount,
+                    "recharge", ref)
+
+
+def move(conn: sqlite3.Connection, number: str, key: str, amount: int,
+         ref: str | None) -> TransferResult:
+    nrow = _number_row(conn, number)
+    erow = _ext_row(conn, nrow["id"], number, key)
+    try:
+        return transfer(conn, _transfer_id("ref", ref), nrow["account_id"], erow["account_id"],
+                        amount, "move", ref)
+    except InsufficientFunds:
+        main = load_account(conn, nrow["account_id"])
+        raise InsufficientFunds(
+            f"transfer of {format_amount(amount)} refused: the main account of {number} has only "
+            f"{format_amount(main.available)} available") from None
+
+
+# ---- views --------------------------------------------------------------------------------
+
+def number_view(conn: sqlite3.Connection, number: str) -> NumberView | None:
+    """The call-control snapshot of a number (None when unknown)."""
+    row = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
+    if row is None:
+        return None
+    keys = tuple(k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (row["id"],)))
+    return NumberView(
+        number_id=row["id"], number=row["number"], lang=row["lang"], ivr=bool(row["ivr"]),
+        ext_billing=bool(row["ext_billing"]), min_balance=row["min_balance"],
+        default_dest=row["default_dest"], digit_timeout_s=row["digit_timeout_s"],
+        main=load_account(conn, row["account_id"]), plan=load_plan(conn, row["plan_id"]), keys=keys)
+
+
+def ext_view(conn: sqlite3.Connection, number_id: int, key: str) -> ExtView | None:
+    row = conn.execute("SELECT * FROM extensions WHERE number_id=? AND key=?", (number_id, key)).fetchone()
+    if row is None:
+        return None
+    return ExtView(extension_id=row["id"], key=row["key"], dest=row["dest"],
+                   account=load_account(conn, row["account_id"]), plan=load_plan(conn, row["plan_id"]))
+
+
+def low_balance_threshold(plan: PlanView | None, configured: int | None) -> int:
+    """Default: ten first billing blocks at the plan's base rate (issue 4)."""
+    if configured is not None:
+        return configured
+    return 10 * first_block_cost(plan.tariff) if plan else 0
+
+
+def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
+    nrow = _number_row(conn, number)
+    main = load_account(conn, nrow["account_id"])
+    number_plan = load_plan(conn, nrow["plan_id"])
+    exts = []
+    for e in conn.execute("SELECT * FROM extensions WHERE number_id=? ORDER BY key", (nrow["id"],)).fetchall():
+        acc = load_account(conn, e["account_id"])
+        plan = load_plan(conn, e["plan_id"]) or number_plan
+        spent = conn.execute("SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' "
+                             "AND debit_account_id=?", (acc.id,)).fetchone()[0]
+        exts.append({"key": e["key"], "name": e["name"], "dest": e["dest"],
+                     "plan": _plan_name(conn, e["plan_id"]), "balance": acc.balance,
+                     "reserved": acc.reserved, "available": acc.available, "spent": spent,
+                     "status": extension_status(acc, plan)})
+    main_spent = conn.execute("SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' "
+                              "AND debit_account_id=?", (main.id,)).fetchone()[0]
+    return {
+        "number": nrow["number"], "name": nrow["name"],
+        "status": "suspended" if nrow["suspended"] else "active",
+        "ivr": bool(nrow["ivr"]), "ext_billing": bool(nrow["ext_billing"]),
+        "min_balance": nrow["min_balance"], "lang": nrow["lang"],
+        "plan": _plan_name(conn, nrow["plan_id"]), "default_dest": nrow["default_dest"],
+        "digit_timeout_s": nrow["digit_timeout_s"],
+        "main": {"balance": main.balance, "reserved": main.reserved, "available": main.available,
+                 "spent": main_spent},
+        "extensions": exts,
+    }
+
+
+def _plan_name(conn: sqlite3.Connection, pid: int | None) -> str | None:
+    if pid is None:
+        return None
+    return conn.execute("SELECT name FROM plans WHERE id=?", (pid,)).fetchone()[0]
+
+
+def statement(conn: sqlite3.Connection, number: str, key: str | None) -> list[dict[str, Any]]:
+    """The account's transfers, newest first, with the signed effect on the account."""
+    nrow = _number_row(conn, number)
+    account_id = nrow["account_id"] if key is None else _ext_row(conn, nrow["id"], number, key)["account_id"]
+    rows = conn.execute(
+        "SELECT * FROM transfers WHERE debit_account_id=? OR credit_account_id=? "
+        "ORDER BY seq DESC LIMIT ?", (account_id, account_id, STATEMENT_ROWS_MAX)).fetchall()
+    out = []
+    for r in rows:
+        sign = -1 if r["debit_account_id"] == account_id else 1
+        # Reservations and their release move no posted money: only posted and post do.
+        moves = r["kind"] in ("posted", "post")
+        out.append({"id": r["id"], "at": r["created_at"], "kind": r["kind"], "code": r["code"],
+                    "ref": r["ref"], "amount": r["amount"], "effect": sign * r["amount"] if moves else 0,
+                    "pending_id": r["pending_id"]})
+    return out

@@ -1,0 +1,179 @@
+"""Call setup and settlement in SQL: decide and reserve in one transaction; settle once.
+
+The decision itself is calls.py (pure); this module reads the snapshot it needs,
+writes the reservation and the call record, and resolves the reservation exactly
+once, whichever settlement path (AMI, hangup handler, reconcile, sweeper) comes first.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+import structlog
+
+from ..calls import Decision, decide_lookup, decide_route
+from ..ledger import TransferKind
+from ..rating import Tariff, billed_seconds, cost
+from .base import CallFacts, NotFound, SettleResult
+from .tx_admin import ext_view, load_plan, low_balance_threshold, number_view
+from .tx_ledger import REVENUE_ACCOUNT_ID, load_account, now_iso, resolve, transfer
+
+log = structlog.get_logger("extbill.calls")
+
+OPEN_CALLS_MAX = 10_000   # one sweep or reconcile looks at this many reservations at most
+
+
+def lookup(conn: sqlite3.Connection, number: str) -> Decision:
+    return decide_lookup(number_view(conn, number))
+
+
+def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, try_no: int,
+          caller: str, channel: str | None, linkedid: str | None) -> Decision:
+    """Decide the call and, for a Dial, reserve its money in the same transaction."""
+    existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    if existing is not None:
+        return _repeat(existing)
+    nv = number_view(conn, number)
+    ev = ext_view(conn, nv.number_id, digits) if nv is not None and digits else None
+    d = decide_route(nv, digits, try_no, ev, caller)
+    if d.action != "dial":
+        return d
+    assert nv is not None and d.account_id is not None and d.tariff is not None
+    pending_id = f"call:{billing_id}"
+    transfer(conn, pending_id, d.account_id, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id,
+             pending=True)
+    conn.execute(
+        "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
+        "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?)",
+        (billing_id, nv.number_id, d.extension_id, d.account_id, caller, channel, linkedid, d.dest,
+         d.charged, int(time.time() * 1000), json.dumps(asdict(d.tariff)), d.granted_s, d.reserve,
+         pending_id, now_iso()))
+    return d
+
+
+def _repeat(row: sqlite3.Row) -> Decision:
+    """The same channel asking again: the grant it already has, or nothing new."""
+    if row["state"] != "reserved":
+        return Decision(action="prompt", prompt="service-unavailable", reason="call-already-settled")
+    return Decision(action="dial", reason="repeat", dest=row["dest"], charged=row["charged"],
+                    account_id=row["account_id"], granted_s=row["granted_s"], reserve=row["reserved"],
+                    tariff=Tariff(**json.loads(row["tariff"])))
+
+
+def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> bool:
+    """Remember the callee's answer time as soon as it is known (survives a restart)."""
+    cur = conn.execute("UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' "
+                       "AND answer_at IS NULL", (answer_at, billing_id))
+    return cur.rowcount == 1
+
+
+def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
+    return SettleResult(row["billing_id"], settled_now, row["state"], row["talk_s"], row["cost"],
+                        row["settled_by"], low)
+
+
+def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
+    """Rate and post an ended call, or void an unanswered one: exactly once by billing id."""
+    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (f.billing_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no call {f.billing_id}")
+    if row["state"] != "reserved":
+        return _result(row, False)
+    tariff = Tariff(**json.loads(row["tariff"]))
+    if f.answered:
+        talk_s = (max(f.talk_ms, 0) + 500) // 1000   # to the nearest second
+        billed_s = billed_seconds(talk_s, tariff)
+        rated = cost(talk_s, tariff)
+        charged = min(rated, row["reserved"])         # never more than was held
+        if rated > row["reserved"]:
+            log.warning("call.cost_capped", billing_id=f.billing_id, rated=rated, reserved=row["reserved"],
+                        talk_s=talk_s, granted_s=row["granted_s"])
+        resolve(conn, row["pending_id"], TransferKind.POST, charged, "call")
+        state = "rated"
+    else:
+        talk_s, billed_s, charged = 0, 0, 0
+        resolve(conn, row["pending_id"], TransferKind.VOID, 0, "call")
+        state = "unanswered"
+    conn.execute(
+        "UPDATE calls SET state=?, answer_at=coalesce(?, answer_at), end_at=?, talk_s=?, billed_s=?, cost=?, "
+        "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
+        (state, f.answer_at if f.answered else None, f.end_at, talk_s, billed_s, charged,
+         f.disposition, f.cause, f.settled_by, now_iso(), f.billing_id))
+    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (f.billing_id,)).fetchone()
+    return _result(row, True, _low_balance(conn, row))
+
+
+def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str,
+           answer_at: str | None = None) -> SettleResult:
+    """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
+    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no call {billing_id}")
+    if row["state"] != "reserved":
+        return _result(row, False)
+    if policy == "charge":
+        resolve(conn, row["pending_id"], TransferKind.POST, row["reserved"], "call")
+        state, talk, billed, charged = "rated", row["granted_s"], row["granted_s"], row["reserved"]
+    else:
+        resolve(conn, row["pending_id"], TransferKind.EXPIRE, 0, "call")
+        state, talk, billed, charged = "unrated", None, None, 0
+    conn.execute("UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
+                 "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
+                 (state, talk, billed, charged, "UNKNOWN", settled_by, now_iso(), now_iso(), billing_id))
+    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    return _result(row, True, _low_balance(conn, row))
+
+
+def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any] | None:
+    """balance.low once per crossing: set a flag going down, clear it going back up."""
+    if row["extension_id"] is None or row["charged"] != "ext":
+        return None
+    ext = conn.execute("SELECT e.*, n.plan_id AS number_plan_id, n.number FROM extensions e "
+                       "JOIN numbers n ON n.id = e.number_id WHERE e.id=?", (row["extension_id"],)).fetchone()
+    plan = load_plan(conn, ext["plan_id"] if ext["plan_id"] is not None else ext["number_plan_id"])
+    threshold = low_balance_threshold(plan, ext["low_balance"])
+    available = load_account(conn, ext["account_id"]).available
+    below = available < threshold
+    if below == bool(ext["low_flag"]):
+        return None
+    conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext["id"]))
+    if not below:
+        return None
+    return {"number": ext["number"], "ext": ext["key"], "available": available, "threshold": threshold}
+
+
+def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Reservations not yet settled, oldest first."""
+    return [dict(r) for r in conn.execute(
+        "SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls WHERE state='reserved' "
+        "ORDER BY start_at LIMIT ?", (OPEN_CALLS_MAX,))]
+
+
+def call_records(conn: sqlite3.Connection, number: str, ext: str | None,
+                 since: str | None) -> list[dict[str, Any]]:
+    nrow = conn.execute("SELECT id FROM numbers WHERE number=?", (number,)).fetchone()
+    if nrow is None:
+        raise NotFound(f"unknown number {number}")
+    sql = ("SELECT c.*, e.key AS ext_key FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
+           "WHERE c.number_id=?")
+    params: list[Any] = [nrow["id"]]
+    if ext is not None:
+        if conn.execute("SELECT 1 FROM extensions WHERE number_id=? AND key=?", (nrow["id"], ext)).fetchone() is None:
+            raise NotFound(f"number {number} has no extension {ext}")
+        sql += " AND e.key=?"
+        params.append(ext)
+    if since is not None:
+        sql += " AND c.start_at >= ?"
+        params.append(since)
+    sql += " ORDER BY c.start_at DESC LIMIT 10000"
+    return [{
+        "id": r["billing_id"], "number": number, "ext": r["ext_key"], "charged": r["charged"],
+        "caller": r["caller"], "dest": r["dest"], "start": r["start_at"], "answer": r["answer_at"],
+        "end": r["end_at"], "talk_s": r["talk_s"], "billed_s": r["billed_s"], "granted_s": r["granted_s"],
+        "reserved": r["reserved"], "cost": r["cost"], "disposition": r["disposition"], "cause": r["cause"],
+        "settled_by": r["settled_by"], "state": "reserved" if r["state"] == "reserved" else r["state"],
+    } for r in conn.execute(sql, params)]
