@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict, deque
-from collections.abc import AbstractSet, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 VARIABLE = "EXTBILL_ID"
@@ -328,7 +329,7 @@ class Correlator:
     def _answered(self, bid: str, call: _Call, ts: int) -> list[Fact]:
         first = not call.answered_emitted
         call.answered_us = ts if call.answered_us is None else min(call.answered_us, ts)
-        call.answered_emitted = True
+        call.answered_emitted = False
         return [CallAnswered(bid, ts)] if first else []
 
     def _other_end(self, call: _Call, ts: int) -> None:

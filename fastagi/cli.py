@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
+from .config import ConfigError
 from .ledger import LedgerError
 from .log import configure as configure_logging
 from .money import AmountError, format_amount, parse_amount
@@ -320,7 +321,7 @@ async def _run(args: argparse.Namespace) -> int:
         await store.close()
 
 
-REFUSALS = (UsageError, AmountError, NumberRuleError, PlanError, StoreError, LedgerError)
+REFUSALS = (ConfigError, UsageError, AmountError, NumberRuleError, PlanError, StoreError, LedgerError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,9 @@ SCALE = 1000                      # minor units per yuan
 DECIMALS = 3                      # digits after the point, at the edges
 AMOUNT_MAX = 10_000_000 * SCALE   # 10 million CNY: larger is a typo, not a recharge
 
-_AMOUNT_RE = re.compile(r"^(\d{1,12})(?:\.(\d{1,3}))?$")
+# ASCII digits only ([0-9], not \d: int() would accept Arabic-Indic or full-width digits),
+# and fullmatch, not $: "$" also matches before a trailing newline.
+_AMOUNT_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,3}))?")
 
 
 class AmountError(ValueError):
@@ -21,12 +23,12 @@ def parse_amount(text: str, *, allow_zero: bool = False) -> int:
     """Parse '12', '12.5' or '0.001' into minor units; refuse anything else."""
     if not isinstance(text, str):
         raise AmountError(f"amount must be text, got {type(text).__name__}")
-    stripped = text.strip()
-    match = _AMOUNT_RE.match(stripped)
+    # No stripping: " 5" or "5\n" is not an amount the user typed on purpose.
+    match = _AMOUNT_RE.fullmatch(text)
     if match is None:
-        if re.match(r"^-?\d+\.\d{4,}$", stripped):
+        if re.fullmatch(r"-?[0-9]+\.[0-9]{4,}", text):
             raise AmountError(f"amount {text!r} has more than {DECIMALS} decimal places")
-        if stripped.startswith("-"):
+        if text.startswith("-"):
             raise AmountError(f"amount {text!r} is negative")
         raise AmountError(f"amount {text!r} is not a decimal number like 12 or 12.5 or 0.001")
     whole, frac = match.group(1), (match.group(2) or "")

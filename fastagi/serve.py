@@ -1,0 +1,112 @@
+"""`extbill serve`: the FastAGI server, the AMI consumer and the sweeper on one store.
+
+The asyncio shell: it wires the parts, runs until SIGTERM/SIGINT, then drains.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import structlog
+
+from .agi_routes import CallRoutes
+from .ami import Correlator
+from .ami_client import AmiClient, AmiLimits
+from .config import Settings, parse_hostport
+from .demo import DEMO_NUMBER, seed
+from .server import AgiServer, ServerLimits
+from .settlement import Settlement
+from .store.sqlite import SqliteStore
+
+log = structlog.get_logger("extbill.serve")
+
+
+class Service:
+    """Everything `serve` runs; tests and the benchmark start it in-process or as a subprocess."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: SqliteStore | None = None
+        self.agi: AgiServer | None = None
+        self.ami: AmiClient | None = None
+        self.correlator = Correlator()
+        self.settlement: Settlement | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.store = await SqliteStore.open(s.db)
+        if self.store.created:
+            log.info("db.created", path=s.db)
+            if s.demo:
+                await self.store.run(seed)
+                log.info("db.demo_seeded", number=DEMO_NUMBER,
+                         note="demo 400 number with extensions 1 (funded), 2 (in arrears), 3 (low)")
+        self.settlement = Settlement(self.store, unsettled_policy=s.unsettled_policy,
+                                     dial_timeout_s=s.dial_timeout_s, sweep_grace_s=s.sweep_grace_s)
+        routes = CallRoutes(self.store, self.settlement, dial_timeout_s=s.dial_timeout_s)
+        host, port = parse_hostport(s.agi_bind, "agi_bind")
+        self.agi = AgiServer(routes.routes(), host, port, limits=ServerLimits(
+            header_timeout_s=s.header_timeout_s, connections_max=s.connections_max,
+            drain_timeout_s=s.drain_timeout_s))
+        await self.agi.start()
+        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db)
+        if s.ami_secret:
+            self.ami = AmiClient(s.ami_host, s.ami_port, s.ami_user, s.ami_secret,
+                                 on_event=self._on_ami_event, on_connected=self._on_ami_connected,
+                                 limits=AmiLimits())
+            await self.ami.start()
+            log.info("serve.ami_waiting", ami=f"{s.ami_host}:{s.ami_port}", user=s.ami_user,
+                     note="rating from AMI starts once Asterisk accepts the login; "
+                          "calls are still settled by the dialplan's hangup handler")
+        else:
+            log.warning("serve.ami_disabled", note="no AMI secret set (EXTBILL_AMI_SECRET): calls are "
+                        "settled by the dialplan's hangup handler and the sweeper only")
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
+
+    async def _on_ami_event(self, event: Any) -> None:
+        assert self.settlement is not None
+        for fact in self.correlator.feed(event):
+            await self.settlement.on_ami_fact(fact)
+        for bad in self.correlator.take_malformed():
+            log.warning("ami.malformed_event", reason=bad.reason, ami_event=bad.event, billing_id=bad.billing_id)
+
+    async def _on_ami_connected(self, live_ids: set[str]) -> None:
+        assert self.settlement is not None
+        await self.settlement.reconcile(live_ids)
+
+    async def _sweep_loop(self) -> None:
+        assert self.settlement is not None
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                closed = await self.settlement.sweep()
+                if closed:
+                    log.warning("sweeper.closed", count=closed)
+            except Exception as exc:  # noqa: BLE001  (the sweeper must outlive one bad pass)
+                log.error("sweeper.failed", error=repr(exc))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stop.wait()
+        log.info("serve.stopping", note="no new calls; calls in setup may finish")
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self.agi is not None:
+            await self.agi.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.ami is not None:
+            await self.ami.stop()
+        if self.store is not None:
+            await self.store.close()
+        log.info("serve.stopped")
