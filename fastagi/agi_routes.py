@@ -63,8 +63,17 @@ def _number_arg(ch: AgiChannel) -> str:
 
 
 async def _answer(ch: AgiChannel, variables: list[tuple[str, str]]) -> None:
+    """Set the answer's variables (no money is at stake: prompts, retries, lookups)."""
     for name, value in variables:
-        await ch.set_variable(name, value)
+        try:
+            await ch.set_variable(name, value)
+        except CommandFailed as exc:
+            if exc.reply.code != 511:
+                raise
+            # The caller hung up while we answered (HANGUP, then 511): nobody is left to
+            # hear the prompt. An ordinary event, not a handler error.
+            log.info("call.answer_undelivered", variable=name, hung_up=ch.hung_up)
+            return
 
 
 class CallRoutes:
@@ -95,9 +104,12 @@ class CallRoutes:
     async def route(self, ch: AgiChannel) -> None:
         req = ch.request
         try:
+            # The dialplan always sends all three (digits empty on a timeout): fewer is a
+            # broken dialplan, and guessing "no key" would Dial and charge main on its behalf.
+            if len(req.args) < 3:
+                raise BadRequest(f"route needs <400 number>,<digits>,<try>, got {len(req.args)} argument(s)")
             number = _number_arg(ch)
-            digits = req.args[1] if len(req.args) > 1 else ""
-            try_text = req.args[2] if len(req.args) > 2 else "1"
+            digits, try_text = req.args[1], req.args[2]
             if not try_text.isdigit() or not 1 <= int(try_text) <= TRY_MAX:
                 raise BadRequest(f"try {try_text!r} must be a number 1..{TRY_MAX}")
             if not BILLING_ID_RE.match(req.uniqueid):
@@ -125,18 +137,38 @@ class CallRoutes:
 
     async def _deliver_dial(self, ch: AgiChannel, d: Decision) -> None:
         billing_id = ch.request.uniqueid
-        try:
-            await _answer(ch, [
-                ("EXTBILL_ID", billing_id), ("EXTBILL_DEST", d.dest or ""),
-                ("EXTBILL_LIMIT_MS", str(d.limit_ms)), ("EXTBILL_WARN_MS", str(d.warning_ms)),
-                ("EXTBILL_DIAL_TIMEOUT", str(self.dial_timeout_s)), ("EXTBILL_RESULT", "dial")])
-        except (ChannelClosed, ReplyTimeout, CommandFailed) as exc:
-            # The dialplan never got the grant, so it will not Dial: release the money now.
-            log.warning("call.grant_undelivered", error=str(exc))
-            await self.settlement.settle(CallFacts(
-                billing_id=billing_id, answered=False, talk_ms=0, answer_at=None,
-                end_at=iso_from_ms(_now_ms()), disposition="NOTDIALED", cause=None,
-                settled_by="setup"))
+        variables = [
+            ("EXTBILL_ID", billing_id), ("EXTBILL_DEST", d.dest or ""),
+            ("EXTBILL_LIMIT_MS", str(d.limit_ms)), ("EXTBILL_WARN_MS", str(d.warning_ms)),
+            ("EXTBILL_DIAL_TIMEOUT", str(self.dial_timeout_s)), ("EXTBILL_RESULT", "dial")]
+        for i, (name, value) in enumerate(variables):
+            try:
+                await ch.set_variable(name, value)
+            except CommandFailed as exc:
+                # Asterisk refused the command (511 after HANGUP): EXTBILL_RESULT is not
+                # "dial", so the dialplan will not Dial. Release the money now.
+                await self._release_undelivered(billing_id, str(exc))
+                return
+            except (ChannelClosed, ReplyTimeout) as exc:
+                if i < len(variables) - 1:
+                    # EXTBILL_RESULT was never sent: no Dial can follow. Release now.
+                    await self._release_undelivered(billing_id, str(exc))
+                    return
+                # The last command was sent but its reply never came: Asterisk may have set
+                # EXTBILL_RESULT=dial and be dialling now. Releasing would leave that call
+                # unbilled; keep the reservation. EXTBILL_ID is set (it was acknowledged),
+                # so the hangup handler settles the call either way (an undialled call is
+                # voided), and the sweeper is the backstop.
+                log.warning("call.grant_unconfirmed", error=str(exc),
+                            note="reservation kept until the hangup handler, AMI or the sweeper settles it")
+                return
+
+    async def _release_undelivered(self, billing_id: str, error: str) -> None:
+        log.warning("call.grant_undelivered", error=error)
+        await self.settlement.settle(CallFacts(
+            billing_id=billing_id, answered=False, talk_ms=0, answer_at=None,
+            end_at=iso_from_ms(_now_ms()), disposition="NOTDIALED", cause=None,
+            settled_by="setup"))
 
     async def hangup(self, ch: AgiChannel) -> None:
         args = ch.request.args + [""] * 5

@@ -329,7 +329,7 @@ class Correlator:
     def _answered(self, bid: str, call: _Call, ts: int) -> list[Fact]:
         first = not call.answered_emitted
         call.answered_us = ts if call.answered_us is None else min(call.answered_us, ts)
-        call.answered_emitted = False
+        call.answered_emitted = True
         return [CallAnswered(bid, ts)] if first else []
 
     def _other_end(self, call: _Call, ts: int) -> None:

@@ -204,6 +204,7 @@ class AmiClient:
         self._failing = False  # inside an episode of failing callbacks
         self._resync = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @property
     def connected(self) -> bool:
@@ -213,12 +214,14 @@ class AmiClient:
     async def start(self) -> None:
         """Start connecting in the background; returns at once."""
         if not self._tasks:
+            self._stopping = False
             self._tasks = [asyncio.create_task(self._run(), name="ami-connection"),
                            asyncio.create_task(self._consume(), name="ami-events")]
 
     async def stop(self) -> None:
         """Close the session and stop; events still queued are discarded."""
         tasks, self._tasks = self._tasks, []
+        self._stopping = True
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -245,7 +248,7 @@ class AmiClient:
     # -- connection ---------------------------------------------------------
     async def _run(self) -> None:
         delay = self.limits.backoff_initial_s
-        while True:
+        while not self._stopping:
             if await self._session_once():
                 delay = self.limits.backoff_initial_s  # it worked: retry fast once
             log.info("ami.reconnecting", delay_s=round(delay, 3))
@@ -258,8 +261,11 @@ class AmiClient:
         self.counters.connect_attempts += 1
         log.info("ami.connecting", host=self._host, port=self._port)
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                self._host, self._port, limit=lim.message_bytes_max), lim.connect_timeout_s)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+            # that races with completion, and stop() would then hang.
+            async with asyncio.timeout(lim.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    self._host, self._port, limit=lim.message_bytes_max)
         except (OSError, TimeoutError) as exc:
             log.warning("ami.connect_failed", host=self._host, port=self._port, error=repr(exc))
             return False
@@ -268,7 +274,8 @@ class AmiClient:
         up = False
         reason = "?"
         try:
-            banner = await asyncio.wait_for(reader.readline(), lim.connect_timeout_s)
+            async with asyncio.timeout(lim.connect_timeout_s):
+                banner = await reader.readline()
             if not banner.startswith(BANNER_PREFIX):
                 log.error("ami.not_ami", host=self._host, port=self._port, banner=banner[:80])
                 return False
@@ -292,6 +299,9 @@ class AmiClient:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             # The reader's reason is the most precise; the others fail after it.
             reason = (tasks[0] if tasks[0] in done else next(iter(done))).result()
+        except asyncio.CancelledError:
+            reason = "stopped"
+            raise
         except (AmiError, OSError, TimeoutError) as exc:
             reason = repr(exc)
             if not up:

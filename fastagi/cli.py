@@ -114,7 +114,12 @@ async def cmd_plan_list(store: SqliteStore, a: argparse.Namespace) -> int:
 async def cmd_number_add(store: SqliteStore, a: argparse.Namespace) -> int:
     await store.run(tx_admin.add_number, a.number, a.name, a.plan, a.min_balance, a.lang,
                     a.default_dest, a.digit_timeout)
-    print(f"number {a.number} ({a.name}) added: IVR on, extension billing off")
+    doc = await store.read(tx_admin.balance, a.number)
+    state = doc["status"]
+    if state == "suspended":
+        state += (f" until the main balance reaches the minimum of {format_amount(doc['min_balance'])}"
+                  f" (extbill recharge {a.number} AMOUNT)")
+    print(f"number {a.number} ({a.name}) added: IVR on, extension billing off, {state}")
     return 0
 
 
@@ -156,9 +161,10 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
         _print_json(_money_fields({
             "number": doc["number"], "status": doc["status"], "ivr": doc["ivr"],
             "ext_billing": doc["ext_billing"], "min_balance": doc["min_balance"],
-            "main": doc["main"],
+            # exactly the document issue 2 specifies; spend is in `number show --json`
+            "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
             "extensions": [{k: e[k] for k in ("key", "name", "balance", "reserved", "available",
-                                               "spent", "status")} for e in doc["extensions"]]}))
+                                               "status")} for e in doc["extensions"]]}))
         return 0
     print(f"{doc['number']}  {doc['name']}  [{doc['status']}]  minimum balance {format_amount(doc['min_balance'])}")
     _print_accounts(_money_fields(doc))

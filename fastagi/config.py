@@ -61,7 +61,7 @@ def _validate(s: Settings) -> None:
 
 def parse_hostport(text: str, key: str = "address") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{key}: {text!r} must be host:port, e.g. 127.0.0.1:4573")
     return host.strip("[]"), int(port)
 

@@ -92,7 +92,8 @@ def seconds_max(available: int, t: Tariff) -> int:
     affordable_s = (60 * budget) // t.per_minute
     blocks = (affordable_s - t.initial_s) // t.increment_s
     granted = t.initial_s + blocks * t.increment_s
-    return min(granted, t.max_call_s)
+    # Talk up to grace_s is free: when grace is longer than the blocks paid for, it is the grant.
+    return min(max(granted, t.grace_s), t.max_call_s)
 
 
 def match_rate(caller: str, default_per_minute: int, rates: Mapping[str, int] | Iterable[tuple[str, int]]) -> int:

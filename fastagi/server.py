@@ -257,12 +257,13 @@ class _Connection(asyncio.Protocol):
         data = self.session.send_command(text)  # LocalProtocolError propagates
         self.reply = fut = self.server._loop.create_future()
         transport.write(data)
+        deadline = asyncio.timeout(self.server.limits.reply_timeout_s)
         try:
-            async with asyncio.timeout(self.server.limits.reply_timeout_s):
+            async with deadline:
                 return await fut
         except TimeoutError:
-            if fut.done():
-                raise
+            if not deadline.expired():
+                raise  # the handler's own deadline, not ours
             # The session still awaits that reply: any later line would be taken
             # for the next command's answer. Close rather than desync.
             transport.abort()
@@ -314,6 +315,11 @@ class AgiServer:
     def connections(self) -> int:
         """Connections open now (header phase and calls)."""
         return len(self._conns)
+
+    @property
+    def calls(self) -> int:
+        """Handlers running now."""
+        return len(self._tasks)
 
     def _release(self, conn: _Connection) -> None:
         self._conns.discard(conn)

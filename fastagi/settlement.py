@@ -65,19 +65,36 @@ class Settlement:
                      disposition=facts.disposition, cause=facts.cause, settled_by=facts.settled_by)
             self._log_low(result)
         else:
-            self._compare(facts, result)
+            await self._compare(facts, result)
         return result
 
-    def _compare(self, facts: CallFacts, winner: SettleResult) -> None:
-        """The slower path checks the winner's talk time against its own."""
+    async def _compare(self, facts: CallFacts, winner: SettleResult) -> None:
+        """The slower path checks the winner's talk time against its own, to the millisecond."""
         mine = facts.talk_ms if facts.answered else 0
-        theirs = (winner.talk_s or 0) * 1000
-        if winner.state in ("rated", "unanswered") and abs(mine - theirs) > DISAGREEMENT_MS_MAX:
+        theirs = await self._winner_talk_ms(winner) if winner.state in ("rated", "unanswered") else None
+        if theirs is not None and abs(mine - theirs) > DISAGREEMENT_MS_MAX:
             log.warning("settle.disagreement", billing_id=facts.billing_id, settled_by=winner.settled_by,
-                        talk_s=winner.talk_s, other_path=facts.settled_by, other_talk_ms=mine)
+                        talk_s=winner.talk_s, talk_ms=theirs, other_path=facts.settled_by,
+                        other_talk_ms=mine)
         else:
             log.debug("settle.confirmed", billing_id=facts.billing_id, settled_by=winner.settled_by,
                       other_path=facts.settled_by)
+
+    async def _winner_talk_ms(self, winner: SettleResult) -> int:
+        """The winner's talk time in ms, from its stored answer and end times.
+
+        talk_s is rounded to the second: comparing it with the other path's milliseconds
+        would report 0.6 s disagreements and miss 1.4 s ones. Falls back to talk_s when the
+        stored times do not give it (e.g. a grant charged by the sweeper).
+        """
+        rough = (winner.talk_s or 0) * 1000
+        if winner.state != "rated":
+            return rough
+        rec = await self.store.read(tx_calls.settled_times, winner.billing_id)
+        if rec is None or not rec["answer_at"] or not rec["end_at"]:
+            return rough
+        exact = ms_from_iso(rec["end_at"]) - ms_from_iso(rec["answer_at"])
+        return exact if (max(exact, 0) + 500) // 1000 == winner.talk_s else rough
 
     def _log_low(self, result: SettleResult) -> None:
         if result.low_balance:

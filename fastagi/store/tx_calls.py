@@ -138,12 +138,22 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any] |
     threshold = low_balance_threshold(plan, ext["low_balance"])
     available = load_account(conn, ext["account_id"]).available
     below = available < threshold
-    if below == bool(ext["low_flag"]):
-        return None
-    conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext["id"]))
-    if not below:
+    # The flag is only looked at here, so a recharge that lifted the account back above the
+    # threshold has not cleared it: the amount just before this call's charge tells whether
+    # the account was still below, or went back above and is crossing again now.
+    was_below = bool(ext["low_flag"]) and available + (row["cost"] or 0) < threshold
+    if below != bool(ext["low_flag"]):
+        conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext["id"]))
+    if not below or was_below:
         return None
     return {"number": ext["number"], "ext": ext["key"], "available": available, "threshold": threshold}
+
+
+def settled_times(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:
+    """The stored answer and end times of one call, for the slower path's comparison."""
+    row = conn.execute("SELECT state, answer_at, end_at, talk_s FROM calls WHERE billing_id=?",
+                       (billing_id,)).fetchone()
+    return None if row is None else dict(row)
 
 
 def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:

@@ -1,0 +1,175 @@
+"""A fake Asterisk Manager Interface for the benchmark: `extbill serve` connects to it.
+
+It speaks as Asterisk 22 does to extbill's AMI client: the banner, Login, Ping,
+CoreShowChannels (listing the calls the load generator says are live), and events
+with `Timestamp: sec.usec` and `ChanVariable: EXTBILL_ID=<billing id>`
+(manager.conf timestampevents=yes, channelvars=EXTBILL_ID). Events are queued on
+the one logged-in connection; nothing is sent before Login.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+BANNER = b"Asterisk Call Manager/9.0.0\r\n"
+MESSAGE_END = b"\r\n\r\n"
+MESSAGE_BYTES_MAX = 64 * 1024
+CAUSE_NORMAL = "16"
+CALLEE_EPOCH = 1_732_659_999    # the callee channels' uniqueids: another "epoch" than the callers'
+
+
+def ts(ms: int) -> str:
+    """Unix ms -> the `Timestamp` header Asterisk writes ("%ld.%06lu")."""
+    return f"{ms // 1000}.{ms % 1000:03d}000"
+
+
+def _message(fields: Iterable[tuple[str, str]]) -> bytes:
+    return ("".join(f"{k}: {v}\r\n" for k, v in fields) + "\r\n").encode()
+
+
+def _channel_fields(prefix: str, channel: str, uniqueid: str, billing_id: str) -> list[tuple[str, str]]:
+    return [(f"{prefix}Channel", channel), (f"{prefix}ChannelState", "6"),
+            (f"{prefix}ChannelStateDesc", "Up"), (f"{prefix}CallerIDNum", "13800138000"),
+            (f"{prefix}Context", "extbill-ivr"), (f"{prefix}Exten", "s"), (f"{prefix}Priority", "1"),
+            (f"{prefix}Uniqueid", uniqueid), (f"{prefix}Linkedid", billing_id),
+            (f"{prefix}ChanVariable", f"EXTBILL_ID={billing_id}")]
+
+
+class CallChannels:
+    """The two channels of a granted call: the caller's IVR channel and the callee's."""
+
+    __slots__ = ("billing_id", "caller_chan", "callee_uid", "callee_chan")
+
+    def __init__(self, billing_id: str, seq: int) -> None:
+        self.billing_id = billing_id
+        self.caller_chan = f"PJSIP/trunk-ct-{seq:08x}"
+        self.callee_uid = f"{CALLEE_EPOCH}.{seq}"
+        self.callee_chan = f"Local/branch@bench-branches-{seq:08x};1"
+
+    def caller(self) -> list[tuple[str, str]]:
+        return _channel_fields("", self.caller_chan, self.billing_id, self.billing_id)
+
+    def callee(self) -> list[tuple[str, str]]:
+        return _channel_fields("", self.callee_chan, self.callee_uid, self.billing_id)
+
+    def dial_end(self, at_ms: int, status: str) -> bytes:
+        return _message([("Event", "DialEnd"), ("Privilege", "call,all"), ("Timestamp", ts(at_ms)),
+                         *self.caller(),
+                         *_channel_fields("Dest", self.callee_chan, self.callee_uid, self.billing_id),
+                         ("DialStatus", status)])
+
+    def bridge(self, event: str, at_ms: int, caller: bool) -> bytes:
+        return _message([("Event", event), ("Privilege", "call,all"), ("Timestamp", ts(at_ms)),
+                         ("BridgeUniqueid", f"bridge-{self.billing_id}"), ("BridgeType", "basic"),
+                         ("BridgeTechnology", "simple_bridge"), ("BridgeNumChannels", "2"),
+                         *(self.caller() if caller else self.callee())])
+
+    def hangup(self, at_ms: int, caller: bool) -> bytes:
+        return _message([("Event", "Hangup"), ("Privilege", "call,all"), ("Timestamp", ts(at_ms)),
+                         *(self.caller() if caller else self.callee()),
+                         ("Cause", CAUSE_NORMAL), ("Cause-txt", "Normal Clearing")])
+
+    def answered_events(self, answer_ms: int) -> bytes:
+        """The callee answers and the two channels are bridged."""
+        return (self.dial_end(answer_ms, "ANSWER") + self.bridge("BridgeEnter", answer_ms + 5, False)
+                + self.bridge("BridgeEnter", answer_ms + 6, True))
+
+    def ended_events(self, end_ms: int) -> bytes:
+        """The caller hangs up after talking: both leave the bridge, both hang up."""
+        return (self.bridge("BridgeLeave", end_ms, True) + self.bridge("BridgeLeave", end_ms + 1, False)
+                + self.hangup(end_ms + 2, False) + self.hangup(end_ms + 3, True))
+
+    def unanswered_events(self, end_ms: int, status: str) -> bytes:
+        return self.dial_end(end_ms, status) + self.hangup(end_ms + 2, True)
+
+    def core_show_channel(self, action_id: str) -> bytes:
+        return _message([("Event", "CoreShowChannel"), ("ActionID", action_id), *self.caller(),
+                         ("Application", "Dial"), ("Duration", "00:00:10")])
+
+
+class FakeAmi:
+    """Listens on 127.0.0.1; one client at a time (the newest wins), as serve uses it."""
+
+    def __init__(self, username: str, secret: str, live_calls: Callable[[], Iterable[CallChannels]]) -> None:
+        self.username, self.secret = username, secret
+        self.live_calls = live_calls
+        self.port = 0
+        self.logged_in = asyncio.Event()   # set after Login and the first CoreShowChannels
+        self.logins = 0
+        self.actions = 0
+        self.bytes_sent = 0
+        self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=MESSAGE_BYTES_MAX)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def send(self, data: bytes) -> bool:
+        """Queue events for the logged-in client; False when none is connected (they are lost)."""
+        w = self._writer
+        if w is None or w.is_closing():
+            return False
+        w.write(data)
+        self.bytes_sent += len(data)
+        return True
+
+    async def drain(self) -> None:
+        w = self._writer
+        if w is not None and not w.is_closing():
+            await w.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(BANNER)
+        authed = False
+        try:
+            while True:
+                raw = await reader.readuntil(MESSAGE_END)
+                fields: dict[str, str] = {}
+                for line in raw.decode("utf-8", "replace").split("\r\n"):
+                    k, sep, v = line.partition(":")
+                    if sep:
+                        fields[k.strip().lower()] = v.strip()
+                self.actions += 1
+                action, aid = fields.get("action", "").lower(), fields.get("actionid", "")
+                if action == "login":
+                    authed = fields.get("username") == self.username and fields.get("secret") == self.secret
+                    writer.write(_message([("Response", "Success" if authed else "Error"), ("ActionID", aid),
+                                           ("Message", "Authentication accepted" if authed
+                                            else "Authentication failed")]))
+                elif not authed:
+                    writer.write(_message([("Response", "Error"), ("ActionID", aid),
+                                           ("Message", "Permission denied")]))
+                elif action == "coreshowchannels":
+                    calls = list(self.live_calls())
+                    writer.write(_message([("Response", "Success"), ("ActionID", aid), ("EventList", "start"),
+                                           ("Message", "Channels will follow")]))
+                    writer.write(b"".join(c.core_show_channel(aid) for c in calls))
+                    writer.write(_message([("Event", "CoreShowChannelsComplete"), ("ActionID", aid),
+                                           ("EventList", "Complete"), ("ListItems", str(len(calls)))]))
+                    # From here on events go to this connection (Asterisk sends them from Login on;
+                    # the bench only starts calls after this point).
+                    self._writer = writer
+                    self.logins += 1
+                    self.logged_in.set()
+                elif action == "ping":
+                    writer.write(_message([("Response", "Success"), ("ActionID", aid), ("Ping", "Pong"),
+                                           ("Timestamp", f"{time.time():.6f}")]))
+                else:
+                    writer.write(_message([("Response", "Error"), ("ActionID", aid),
+                                           ("Message", "Invalid/unknown command")]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()

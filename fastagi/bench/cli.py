@@ -1,0 +1,427 @@
+"""`extbill bench`: call setups and full calls per second, latency and memory, and two references.
+
+One run, in this order:
+  1. seed a temporary SQLite file (numbers x extensions, a few plans with prefix rates);
+  2. start the load generator (its own process: FastAGI client + fake AMI server) and
+     the real `extbill serve` (another process) on a copy of it; ramp to `in_flight`
+     reserved calls, measure `seconds` of steady state, drain; read serve's peak RSS;
+  3. stop serve; check the ledger and that every granted call was settled exactly once;
+  4. the process-per-call reference (pyst2 AGI, one process per call) on a fresh copy;
+  5. the raw limit (the same transactions, no protocol) on another fresh copy;
+  6. print a table, write JSON.
+Everything runs on 127.0.0.1 in a temporary directory, removed afterwards (--keep keeps it).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from .check import check_ledger
+from .load import LoadSettings
+from .mix import CallMix
+from .ppc import process_per_call
+from .raw import raw_setups_per_s
+from .seed import DataSet, seed_file
+
+SERVE_START_TIMEOUT_S = 20.0
+SERVE_STOP_TIMEOUT_S = 15.0
+LOAD_TIMEOUT_EXTRA_S = 90.0       # beyond --seconds: ramp, drain, start-up
+RSS_SAMPLE_S = 0.1
+LOG_SAMPLES_MAX = 5
+
+# name, unit, target, comparison (what passing means)
+TARGETS: dict[str, tuple[float, str]] = {
+    "setups_per_s": (1500, ">="), "setup_p99_ms": (20, "<="), "rss_peak_mb": (150, "<="),
+    "ratio_vs_process_per_call": (20, ">="), "ratio_vs_raw": (0.5, ">="),
+}
+REQUIRED_KEYS = ("setups_per_s", "setup_p50_ms", "setup_p99_ms", "setup_max_ms", "calls_per_s",
+                 "rss_peak_mb", "process_per_call_setups_per_s", "raw_tx_per_s",
+                 "ratio_vs_process_per_call", "ratio_vs_raw", "ledger_consistent", "settled_exactly_once")
+
+
+class BenchError(Exception):
+    """The run could not be completed (a process failed to start or stopped early)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc_status_kb(pid: int, field: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def _read_json_line(stream: asyncio.StreamReader, key: str, timeout_s: float) -> Any:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise BenchError(f"the load generator exited before sending {key!r}")
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and key in doc:
+                return doc[key]
+
+
+async def _stop(proc: asyncio.subprocess.Process, timeout_s: float) -> int:
+    if proc.returncode is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else -1
+
+
+def _log_summary(path: str) -> dict[str, Any]:
+    levels: dict[str, int] = {}
+    samples: list[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    level = str(json.loads(line).get("level", "?"))
+                except ValueError:
+                    level = "text"
+                levels[level] = levels.get(level, 0) + 1
+                if len(samples) < LOG_SAMPLES_MAX:
+                    samples.append(line.strip()[:300])
+    except OSError:
+        pass
+    return {"lines_by_level": levels, "first_lines": samples}
+
+
+async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[str, Any]:
+    """serve + load generator: the throughput, latency and memory figures."""
+    agi_port = _free_port()
+    s = LoadSettings(agi_port=agi_port, seconds=a.seconds, concurrency=a.concurrency,
+                     settle_concurrency=a.settle_concurrency, in_flight=a.in_flight,
+                     numbers=a.numbers, extensions=a.extensions, seed=a.seed)
+    load = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fastagi.bench.load", json.dumps(asdict(s)),
+        stdout=asyncio.subprocess.PIPE, stderr=open(os.path.join(work, "load.log"), "wb"),
+        limit=16 * 1024 * 1024)
+    serve: asyncio.subprocess.Process | None = None
+    serve_pid = 0
+    assert load.stdout is not None
+    try:
+        ami_port = await _read_json_line(load.stdout, "ami_port", SERVE_START_TIMEOUT_S)
+        serve_cmd = [sys.executable, "-m", "fastagi", "serve", "--db", db,
+                     "--agi-bind", f"127.0.0.1:{agi_port}", "--ami-host", "127.0.0.1",
+                     "--ami-port", str(ami_port), "--ami-user", s.ami_user, "--ami-secret", s.ami_secret,
+                     "--no-demo", "--log-level", a.serve_log_level, "--log-format", "json",
+                     "--sweep-interval-s", "3600", "--connections-max", "5000"]
+        if a.py_spy:
+            serve_cmd = [_py_spy(), "record", "--rate", "250", "--nonblocking", "--format",
+                         "speedscope" if a.py_spy.endswith(".json") else "flamegraph",
+                         "-o", a.py_spy, "--", *serve_cmd]
+        serve = await asyncio.create_subprocess_exec(
+            *serve_cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=open(os.path.join(work, "serve.log"), "wb"))
+        serve_pid = await _serve_pid(serve.pid, bool(a.py_spy))
+        await _read_json_line(load.stdout, "ready", SERVE_START_TIMEOUT_S)
+        window = await _read_json_line(load.stdout, "window", SERVE_START_TIMEOUT_S + 30)
+        cpu0, t0 = _cpu_s(serve_pid), time.perf_counter()
+        rss_max_kb = 0
+        result_task = asyncio.create_task(_read_json_line(load.stdout, "result",
+                                                          a.seconds + LOAD_TIMEOUT_EXTRA_S))
+        cpu_window: float | None = None
+        cpu_window_s: float | None = None
+        while not result_task.done():
+            rss_max_kb = max(rss_max_kb, _proc_status_kb(serve_pid, "VmRSS") or 0)
+            if cpu_window is None and time.perf_counter() - t0 >= a.seconds:
+                c1 = _cpu_s(serve_pid)
+                if c1 is not None and cpu0 is not None:
+                    cpu_window_s = c1 - cpu0
+                    cpu_window = cpu_window_s / (time.perf_counter() - t0)
+            await asyncio.wait([result_task], timeout=RSS_SAMPLE_S)
+        result = result_task.result()
+        hwm_kb = _proc_status_kb(serve_pid, "VmHWM")
+        if hwm_kb is None:
+            raise BenchError(f"serve (pid {serve_pid}) is gone before the end of the run; see "
+                             f"{os.path.join(work, 'serve.log')}")
+        result["rss_peak_mb"] = hwm_kb / 1024
+        result["rss_sampled_max_mb"] = rss_max_kb / 1024
+        result["serve_cpu_share_window"] = cpu_window   # 1.0 = one core busy all the window
+        # CPU per call, whatever else runs on the machine: setup + settlement of the window's calls
+        result["serve_cpu_ms_per_call"] = (cpu_window_s * 1000 / max(result["calls_completed_window"], 1)
+                                           if cpu_window_s is not None else None)
+        result["in_flight_at_window_start"] = window["in_flight"]
+        await load.wait()
+    finally:
+        result_rc = None
+        if serve is not None:
+            if a.py_spy and serve_pid and serve_pid != serve.pid:
+                _signal(serve_pid, signal.SIGTERM)   # py-spy writes its profile when serve exits
+                try:
+                    await asyncio.wait_for(serve.wait(), SERVE_STOP_TIMEOUT_S)
+                except TimeoutError:
+                    pass
+            result_rc = await _stop(serve, SERVE_STOP_TIMEOUT_S)
+        await _stop(load, 5)
+    result["serve_exit"] = result_rc
+    result["serve_log"] = _log_summary(os.path.join(work, "serve.log"))
+    return result
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _py_spy() -> str:
+    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    found = here if os.path.exists(here) else shutil.which("py-spy")
+    if not found:
+        raise BenchError("--py-spy needs py-spy (pip install py-spy)")
+    return found
+
+
+async def _serve_pid(pid: int, wrapped: bool) -> int:
+    """serve's own pid: under py-spy, its child."""
+    if not wrapped:
+        return pid
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                kids = fh.read().split()
+            if kids:
+                return int(kids[0])
+        except OSError:
+            pass
+        await asyncio.sleep(0.05)
+    return pid
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 0.0
+
+
+async def cmd_bench(a: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
+    import structlog  # noqa: PLC0415
+    # The references run the store's functions in this process: keep their info lines quiet.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    t_start = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="extbill-bench-")
+    ds = DataSet(a.numbers, a.extensions)
+    try:
+        loadavg = os.getloadavg()[0]
+        t = time.perf_counter()
+        template = os.path.join(work, "template.db")
+        seed_file(template, ds)
+        seed_s = time.perf_counter() - t
+        serve_db = os.path.join(work, "serve.db")
+        shutil.copyfile(template, serve_db)
+        print(f"extbill bench: {a.numbers} numbers x {a.extensions} extensions seeded in {seed_s:.1f} s; "
+              f"{a.seconds:g} s at {a.concurrency} concurrent setups, {a.in_flight} calls in flight",
+              file=sys.stderr)
+
+        server = await run_server_phase(a, work, serve_db)
+        check = check_ledger(serve_db, {k: server["counts"].get(k, 0) for k in
+                                        ("granted", "answered", "unanswered", "talk_s_total")})
+
+        ppc_db = os.path.join(work, "ppc.db")
+        shutil.copyfile(template, ppc_db)
+        ppc = await process_per_call(ppc_db, CallMix(ds, seed=a.seed + 1), a.ppc_seconds,
+                                     a.ppc_concurrency, a.ppc_calls_max)
+        raw_db = os.path.join(work, "raw.db")
+        shutil.copyfile(template, raw_db)
+        raw = await asyncio.to_thread(raw_setups_per_s, raw_db, CallMix(ds, seed=a.seed + 2), a.raw_seconds)
+    finally:
+        if a.keep:
+            print(f"extbill bench: files kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    doc: dict[str, Any] = {
+        "setups_per_s": server["setups_per_s"],
+        "setup_p50_ms": server["setup_p50_ms"],
+        "setup_p99_ms": server["setup_p99_ms"],
+        "setup_max_ms": server["setup_max_ms"],
+        "calls_per_s": server["calls_per_s"],
+        "rss_peak_mb": server["rss_peak_mb"],
+        "process_per_call_setups_per_s": ppc["process_per_call_setups_per_s"],
+        "raw_tx_per_s": raw["raw_tx_per_s"],
+        "ratio_vs_process_per_call": _ratio(server["setups_per_s"], ppc["process_per_call_setups_per_s"]),
+        "ratio_vs_raw": _ratio(server["setups_per_s"], raw["raw_tx_per_s"]),
+        "ledger_consistent": check["ledger_consistent"],
+        "settled_exactly_once": check["settled_exactly_once"],
+        "settings": {
+            "seconds": a.seconds, "concurrency": a.concurrency, "settle_concurrency": a.settle_concurrency,
+            "in_flight": a.in_flight, "numbers": a.numbers, "extensions": a.extensions, "seed": a.seed,
+            "ppc_seconds": a.ppc_seconds, "ppc_concurrency": a.ppc_concurrency,
+            "ppc_calls_max": a.ppc_calls_max, "raw_seconds": a.raw_seconds,
+            "serve_log_level": a.serve_log_level,
+            "cpus": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2),
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+        },
+        "details": {
+            "errors": server["errors"], "counts": server["counts"],
+            "setups_window": server["setups_window"], "calls_completed_window": server["calls_completed_window"],
+            "in_flight_max": server["in_flight_max"], "in_flight_at_window_start": server["in_flight_at_window_start"],
+            "rss_sampled_max_mb": server["rss_sampled_max_mb"],
+            "serve_cpu_share_window": server["serve_cpu_share_window"],
+            "serve_cpu_ms_per_call": server["serve_cpu_ms_per_call"],
+            "load_cpu_ms_per_call": server["load_cpu_ms_per_call"],
+            "ramp_s": server["ramp_s"], "drain_s": server["drain_s"], "seed_s": seed_s,
+            "ami_logins": server["ami_logins"], "serve_exit": server["serve_exit"],
+            "serve_log": server["serve_log"],
+            "talk_time_matches": check["talk_time_matches"],
+            "revenue_matches_costs": check["revenue_matches_costs"],
+            "ledger": check["ledger"],
+            "process_per_call": ppc, "raw": raw,
+            "total_s": time.perf_counter() - t_start,
+        },
+    }
+    _print_table(doc)
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=2)
+            fh.write("\n")
+    ok = doc["ledger_consistent"] and doc["settled_exactly_once"] and not server["errors"]
+    return 0 if ok else 1
+
+
+def _print_table(doc: dict[str, Any]) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    for key in REQUIRED_KEYS:
+        v = doc[key]
+        text = ("yes" if v else "NO") if isinstance(v, bool) else f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
+        target, verdict = "", ""
+        if key in TARGETS:
+            limit, op = TARGETS[key]
+            target = f"{op} {limit:g}"
+            verdict = "ok" if (v >= limit if op == ">=" else v <= limit) else "MISSED"
+        elif isinstance(v, bool):
+            verdict = "ok" if v else "FAILED"
+        rows.append((key, text, target, verdict))
+    d = doc["details"]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{width}}  {'value':>12}  {'target':>8}")
+    for name, text, target, verdict in rows:
+        print(f"{name:<{width}}  {text:>12}  {target:>8}  {verdict}")
+    c = d["counts"]
+    print(f"\n{doc['settings']['seconds']:g} s window, {doc['settings']['concurrency']} concurrent setups, "
+          f"{d['in_flight_max']} calls in flight at most; {c.get('setups', 0)} setups, "
+          f"{c.get('granted', 0)} granted, {c.get('prompted', 0)} prompted, {c.get('settled', 0)} settled, "
+          f"{c.get('errors', 0)} errors; serve used {_pct(d['serve_cpu_share_window'])} of a core, "
+          f"{_ms(d['serve_cpu_ms_per_call'])} CPU per call (load generator {_ms(d['load_cpu_ms_per_call'])}); "
+          f"settled by {d['ledger']['calls_by_settlement_path']}; total {d['total_s']:.1f} s")
+    for e in d["errors"][:5]:
+        print(f"  error: {e}")
+
+
+def _ms(v: float | None) -> str:
+    return "?" if v is None else f"{v:.2f} ms"
+
+
+def _pct(share: float | None) -> str:
+    return "?" if share is None else f"{share * 100:.0f}%"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 3600")
+    return v
+
+
+def _count(top: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not 1 <= int(text) <= top:
+            raise argparse.ArgumentTypeError(f"{text!r} must be a whole number 1..{top}")
+        return int(text)
+    return parse
+
+
+def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
+    p = sub(subs, "bench", cmd_bench, "benchmark call setups, full calls, latency and memory "
+            "against a process-per-call AGI and the raw database limit")
+    p.set_defaults(own_store=True)
+    p.add_argument("--seconds", type=_positive_float, default=15.0,
+                   help="measured steady-state window, s (default 15)")
+    p.add_argument("--concurrency", type=_count(1000), default=100, help="calls in setup at once (default 100)")
+    p.add_argument("--settle-concurrency", type=_count(1000), default=100,
+                   help="hangup requests at once (default 100)")
+    p.add_argument("--in-flight", type=_count(100_000), default=1000,
+                   help="granted calls kept reserved and unsettled during the window (default 1000)")
+    p.add_argument("--json", metavar="FILE", help="write every figure and the settings here")
+    p.add_argument("--numbers", type=_count(100_000), default=1000, help="400 numbers seeded (default 1000)")
+    p.add_argument("--extensions", type=_count(90), default=20, help="extensions per number (default 20)")
+    p.add_argument("--seed", type=int, default=1, help="call mix random seed")
+    p.add_argument("--ppc-seconds", type=_positive_float, default=4.0,
+                   help="process-per-call reference: how long, s (default 4)")
+    p.add_argument("--ppc-concurrency", type=_count(16), default=2,
+                   help="process-per-call reference: processes at once (default 2, one per core)")
+    p.add_argument("--ppc-calls-max", type=_count(10_000), default=400,
+                   help="process-per-call reference: processes in all, at most (default 400)")
+    p.add_argument("--raw-seconds", type=_positive_float, default=3.0, help="raw reference: how long, s (default 3)")
+    p.add_argument("--serve-log-level", choices=("debug", "info", "warning", "error"), default="warning",
+                   help="serve's log level during the run (default warning)")
+    p.add_argument("--py-spy", metavar="FILE", help="profile serve with py-spy into FILE (.svg or speedscope .json)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (databases, logs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fastagi.bench.cli ...`: the same command before it is registered in extbill."""
+    parser = argparse.ArgumentParser(prog="extbill")
+    subs = parser.add_subparsers(dest="command", required=True)
+
+    def sub(subs: Any, name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
+        p = subs.add_parser(name, help=help, description=help)
+        p.set_defaults(fn=fn)
+        return p
+
+    add_parser(subs, sub)
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    return asyncio.run(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The load generator: simulated calls against a running `extbill serve`, in its own process.
+
+It plays Asterisk twice over: the FastAGI client of the dialplan (lookup, route,
+and the hangup handler's request) and the AMI server that extbill's consumer logs
+into (answer, bridge and hangup events). Phases:
+  ramp    setups only, until `in_flight` granted calls are reserved and not settled;
+  window  `seconds` of steady state, measured: `concurrency` workers make call setups
+          while settle workers end the oldest calls, keeping ~`in_flight` reserved;
+  drain   no new calls; every granted call still open is ended and settled.
+A call's talk time exists only in its timestamps: nothing sleeps for it.
+
+Run by `extbill bench` as `python -m fastagi.bench.load '<json settings>'`; it writes
+one JSON object per line on stdout: {"ami_port": ...}, {"ready": ...}, {"result": ...}.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+
+from .agi_peer import agi_request, header_block
+from .ami_peer import CallChannels, FakeAmi
+from .mix import Call, CallMix
+from .seed import DataSet
+
+READY_TIMEOUT_S = 20.0
+RAMP_TIMEOUT_S = 20.0
+DRAIN_TIMEOUT_S = 30.0
+ERRORS_KEPT_MAX = 20
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    seconds: float = 10.0
+    concurrency: int = 100          # setup workers: calls in setup at once
+    settle_concurrency: int = 100   # settle workers: hangup requests at once
+    in_flight: int = 1000           # granted calls kept reserved and unsettled during the window
+    numbers: int = 1000
+    extensions: int = 20
+    seed: int = 1
+    ami_user: str = "bench"
+    ami_secret: str = "bench"
+
+
+@dataclass(slots=True)
+class Granted:
+    call: Call
+    chans: CallChannels
+    answer_ms: int
+    end_ms: int
+
+
+def _sec(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+class Generator:
+    def __init__(self, s: LoadSettings) -> None:
+        self.s = s
+        self.mix = CallMix(DataSet(s.numbers, s.extensions), seed=s.seed, epoch=int(time.time()))
+        self.ami = FakeAmi(s.ami_user, s.ami_secret, self.live_channels)
+        self.pool: deque[Granted] = deque()     # granted, reserved, not yet ended
+        self.settling = 0
+        self.phase = "ramp"
+        self.window_start = self.window_end = 0.0
+        self.latencies_ms: list[float] = []     # setups that ended inside the window
+        self.setups_window = 0
+        self.completed_window = 0
+        self.counts: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.in_flight_max = 0
+        self.pool_changed = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def live_channels(self) -> list[CallChannels]:
+        return [g.chans for g in self.pool]
+
+    def _error(self, what: str) -> None:
+        self.counts["errors"] += 1
+        if len(self.errors) < ERRORS_KEPT_MAX:
+            self.errors.append(what)
+
+    def _in_window(self, t: float) -> bool:
+        return self.phase == "window" and self.window_start <= t < self.window_end
+
+    async def _agi(self, script: str, args: list[str], call: Call) -> dict[str, str]:
+        payload = header_block(script, args, uniqueid=call.billing_id, callerid=call.caller,
+                               extension=call.number, port=self.s.agi_port)
+        return await agi_request(self.s.agi_host, self.s.agi_port, payload)
+
+    # -- setups ---------------------------------------------------------------
+    async def setup_worker(self) -> None:
+        cap = self.s.in_flight + 2 * self.s.concurrency
+        while self.phase in ("ramp", "window"):
+            if len(self.pool) >= cap:
+                self.room.clear()
+                await self.room.wait()
+                continue
+            call = self.mix.next()
+            try:
+                await self.setup(call)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self._error(f"setup {call.billing_id}: {exc!r}")
+
+    async def setup(self, call: Call) -> None:
+        t0 = time.perf_counter()
+        v1 = await self._agi("lookup", [call.number], call)
+        if v1.get("EXTBILL_RESULT") != "collect":
+            self._error(f"lookup {call.number}: {v1}")
+            return
+        v2 = await self._agi("route", [call.number, call.digits, "1"], call)
+        t1 = time.perf_counter()
+        if self._in_window(t1):
+            self.setups_window += 1
+            self.latencies_ms.append((t1 - t0) * 1000)
+        self.counts["setups"] += 1
+        result = v2.get("EXTBILL_RESULT")
+        if result != call.expect:
+            self._error(f"route {call.kind} {call.number},{call.digits}: {v2}")
+            return
+        if result == "prompt":
+            self.counts["prompted"] += 1
+            if v2.get("EXTBILL_PROMPT") != "ext-in-arrears":
+                self._error(f"arrears call {call.billing_id} heard {v2.get('EXTBILL_PROMPT')}")
+            if self._in_window(t1):
+                self.completed_window += 1
+            return
+        limit_ms = int(v2.get("EXTBILL_LIMIT_MS") or 0)
+        if v2.get("EXTBILL_ID") != call.billing_id or limit_ms <= 0:
+            self._error(f"dial {call.billing_id}: {v2}")
+            return
+        self.counts["granted"] += 1
+        chans = CallChannels(call.billing_id, self.counts["granted"])
+        answer_ms = int(time.time() * 1000) + call.ring_ms
+        if call.answered:
+            call.talk_ms = min(call.talk_ms, limit_ms)   # Dial's L() cuts the call at the grant
+            self.ami.send(chans.answered_events(answer_ms))
+            end_ms = answer_ms + call.talk_ms
+        else:
+            end_ms = answer_ms
+        self.pool.append(Granted(call, chans, answer_ms, end_ms))
+        self.in_flight_max = max(self.in_flight_max, len(self.pool) + self.settling)
+        self.pool_changed.set()
+
+    # -- settlement -----------------------------------------------------------
+    async def settle_worker(self) -> None:
+        while True:
+            target = self.s.in_flight if self.phase in ("ramp", "window") else 0
+            if self.phase == "done" and not self.pool:
+                return
+            if len(self.pool) <= target or self.phase == "ramp":
+                self.pool_changed.clear()
+                await self.pool_changed.wait()
+                continue
+            g = self.pool.popleft()
+            self.room.set()
+            self.settling += 1
+            try:
+                await self.settle(g)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self._error(f"hangup {g.call.billing_id}: {exc!r}")
+            finally:
+                self.settling -= 1
+
+    async def settle(self, g: Granted) -> None:
+        call = g.call
+        if call.answered:
+            self.ami.send(g.chans.ended_events(g.end_ms))
+            args = [call.billing_id, "ANSWER", "16", _sec(g.answer_ms), _sec(g.end_ms)]
+        else:
+            status, cause = ("BUSY", "17") if call.ring_ms % 3 == 0 else ("NOANSWER", "19")
+            self.ami.send(g.chans.unanswered_events(g.end_ms, status))
+            args = [call.billing_id, status, cause, "", _sec(g.end_ms)]
+        await self._agi("hangup", args, call)
+        t = time.perf_counter()
+        self.counts["settled"] += 1
+        self.counts["answered" if call.answered else "unanswered"] += 1
+        self.counts["talk_s_total"] += (call.talk_ms + 500) // 1000 if call.answered else 0
+        if self._in_window(t):
+            self.completed_window += 1
+
+    # -- the run --------------------------------------------------------------
+    async def run(self) -> dict[str, object]:
+        s = self.s
+        setups = [asyncio.create_task(self.setup_worker()) for _ in range(s.concurrency)]
+        settlers = [asyncio.create_task(self.settle_worker()) for _ in range(s.settle_concurrency)]
+        t_ramp = time.perf_counter()
+        while len(self.pool) < s.in_flight and time.perf_counter() - t_ramp < RAMP_TIMEOUT_S:
+            if self.counts["errors"] > 100:
+                break
+            await asyncio.sleep(0.01)
+        ramp_s = time.perf_counter() - t_ramp
+        self.window_start = time.perf_counter()
+        self.window_end = self.window_start + s.seconds
+        self.phase = "window"
+        emit({"window": {"start": time.time(), "seconds": s.seconds, "in_flight": len(self.pool)}})
+        self.pool_changed.set()
+        cpu0 = time.process_time()
+        await asyncio.sleep(s.seconds)
+        cpu_window_s = time.process_time() - cpu0
+        self.phase = "drain"
+        self.room.set()
+        await asyncio.gather(*setups, return_exceptions=True)
+        t_drain = time.perf_counter()
+        self.pool_changed.set()
+        self.phase = "done"
+        self.pool_changed.set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*settlers), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            self._error(f"drain: {len(self.pool) + self.settling} calls not settled in {DRAIN_TIMEOUT_S}s")
+        drain_s = time.perf_counter() - t_drain
+        await self.ami.drain()
+        lat = sorted(self.latencies_ms)
+        return {
+            "setups_per_s": self.setups_window / s.seconds,
+            "setup_p50_ms": _percentile(lat, 0.50),
+            "setup_p99_ms": _percentile(lat, 0.99),
+            "setup_max_ms": lat[-1] if lat else 0.0,
+            "calls_per_s": self.completed_window / s.seconds,
+            "load_cpu_ms_per_call": cpu_window_s * 1000 / max(self.completed_window, 1),
+            "setups_window": self.setups_window,
+            "calls_completed_window": self.completed_window,
+            "in_flight_max": self.in_flight_max,
+            "ramp_s": ramp_s,
+            "drain_s": drain_s,
+            "counts": dict(self.counts),
+            "errors": self.errors,
+            "ami_logins": self.ami.logins,
+            "ami_bytes_sent": self.ami.bytes_sent,
+        }
+
+
+def emit(doc: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
+async def main_async(s: LoadSettings) -> None:
+    gen = Generator(s)
+    await gen.ami.start()
+    emit({"ami_port": gen.ami.port})
+    # serve listens for FastAGI before it connects to AMI: logged in means ready.
+    await asyncio.wait_for(gen.ami.logged_in.wait(), READY_TIMEOUT_S)
+    emit({"ready": True})
+    result = await gen.run()
+    result["settings"] = asdict(s)
+    emit({"result": result})
+    await gen.ami.stop()
+
+
+def main(argv: list[str]) -> int:
+    s = LoadSettings(**json.loads(argv[0]))
+    asyncio.run(main_async(s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
