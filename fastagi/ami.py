@@ -2,21 +2,24 @@
 
 Pure: no I/O, no asyncio, no clock. Every time comes from the events' own
 `Timestamp: sec.usec` (manager.conf `timestampevents=yes`), as integer
-microseconds. A call is keyed by its billing id: the Uniqueid of the caller's
-IVR channel, which the dialplan copies into `__EXTBILL_ID` so that every
-channel of the call carries it in `ChanVariable` (`channelvars=EXTBILL_ID`).
+microseconds. A call is keyed by its billing id, which the dialplan copies into
+`__EXTBILL_ID` so every channel of the call carries it in `ChanVariable`
+(`channelvars=EXTBILL_ID`).
+
+The caller channel: the one whose Uniqueid is the billing id (production: the
+id is the IVR channel's Uniqueid). An id not shaped like a Uniqueid (a test
+harness's "e2e-busy") names no channel; its caller is the channel that dialled
+with it, or, before any Dial, the first channel seen carrying it.
 
 Talk time (never ANSWEREDTIME or CDR billsec: both include the IVR):
 - starts at the callee's answer: the earliest of a DialEnd ANSWER on the
-  caller channel and a BridgeEnter of a non-caller channel carrying the id;
-- ends when the caller channel leaves its bridge for good (a BridgeLeave not
-  followed by a BridgeEnter: a Local channel optimisation or a transfer moves
-  the caller between bridges and must not stop the clock), or hangs up.
-  Only if the caller was never bridged after the answer (the callee hung up
-  before the bridge formed) does the first BridgeLeave/Hangup of another
-  channel carrying the id end it. Ends of non-caller channels are not used
-  otherwise: losers of a parallel Dial and optimised-away Local halves hang up
-  while the talk goes on.
+  caller channel and a BridgeEnter of another channel carrying the id;
+- ends when the caller's bridge last stops holding another channel of the call
+  (replayed from BridgeEnter/BridgeLeave/Hangup in timestamp order): a callee
+  leaving at the L() limit ends it even if the caller leaves later, while
+  parallel-Dial losers and Local halves swapped out by optimisation (never
+  alone with the caller) do not. If the caller was never bridged with the
+  callee, the first BridgeLeave/Hangup of another channel after the answer ends it.
 A CallEnd is emitted once, at the caller channel's Hangup.
 """
 
@@ -32,12 +35,15 @@ VARIABLE = "EXTBILL_ID"
 CALLS_TRACKED_MAX = 100_000  # live calls; the oldest is evicted beyond this
 ENDED_IDS_MAX = 100_000  # ids already ended, kept so late/duplicate events emit nothing
 MALFORMED_KEPT_MAX = 100  # recent Malformed reasons kept for the I/O shell to log
-SIGNALS_PER_CALL_MAX = 64  # non-caller end timestamps kept per call
+TIMELINE_PER_CALL_MAX = 256  # bridge/hangup signals kept per call (a call has a handful)
+DIAL_ENDS_PER_CALL_MAX = 32
 BILLING_ID_CHARS_MAX = 150  # AST_MAX_UNIQUEID
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
+UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
 
 ANSWER = "ANSWER"
-_RELEVANT = frozenset({"dialend", "bridgeenter", "bridgeleave", "hangup"})
+_RELEVANT = frozenset({"dialbegin", "dialend", "bridgeenter", "bridgeleave", "hangup"})
+_ENTER, _LEAVE, _HANGUP = 0, 1, 2  # timeline ranks: at one instant, enter first
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +80,7 @@ Fact = CallAnswered | CallEnd
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """An event that carried a billing id but could not be used, and why."""
+    """An event that could not be used (a bad Timestamp, a missing field, ...), and why."""
 
     reason: str
     event: str | None
@@ -96,13 +102,32 @@ class Counters:
 
 @dataclass(slots=True)
 class _Call:
+    strict: bool  # the id is a Uniqueid: it names the caller channel
     last_seen_us: int
-    answered_us: int | None = None
+    first_uid: tuple[int, str] | None = None  # earliest (ts, Uniqueid) carrying the id
+    first_dialer: tuple[int, str] | None = None  # earliest (ts, Uniqueid) dialling with it
+    # Sets: a duplicated event adds nothing.
+    dial_ends: set[tuple[int, str, str]] = field(default_factory=set)  # (ts, dialer, status)
+    timeline: set[tuple[int, int, str, str]] = field(default_factory=set)  # (ts, rank, uid, bridge)
     answered_emitted: bool = False
-    dial_status: str | None = None
-    caller_enter_us: int | None = None  # latest caller BridgeEnter
-    caller_leave_us: int | None = None  # latest caller BridgeLeave
-    other_ends_us: list[int] = field(default_factory=list)  # non-caller BridgeLeave/Hangup
+
+    def caller(self, bid: str) -> str | None:
+        if self.strict:
+            return bid
+        if self.first_dialer is not None:
+            return self.first_dialer[1]
+        return None if self.first_uid is None else self.first_uid[1]
+
+    def answered_us(self, caller: str | None) -> int | None:
+        dialled = [t for t, d, st in self.dial_ends if d == caller and st == ANSWER]
+        entered = [t for t, rank, u, _ in self.timeline if rank == _ENTER and u != caller]
+        return min(dialled + entered, default=None)
+
+    def dial_status(self, caller: str | None) -> str | None:
+        mine = sorted((t, st) for t, d, st in self.dial_ends if d == caller)
+        if any(st == ANSWER for _, st in mine):
+            return ANSWER  # a parallel Dial's losers report CANCEL after the winner
+        return mine[-1][1] if mine else None
 
 
 class _Bad(Exception):
@@ -261,54 +286,60 @@ class Correlator:
             ev = _lower_keys(event)
             name = _text(ev, "event", required=False)
             bid = chan_variable(ev.get("chanvariable")) or chan_variable(ev.get("destchanvariable"))
-            kind = (name or "").lower()
-            if bid is None or kind not in _RELEVANT:
+            if bid is None:
                 self.counters.ignored += 1
                 return []
             if bid in self._ended:
                 self.counters.late += 1
                 return []
+            kind = (name or "").lower()
             ts = parse_timestamp_us(ev.get("timestamp"))
+            uid = ev.get("uniqueid")
+            if kind not in _RELEVANT:
+                # Only noted as "a channel carrying the id" (caller of a non-Uniqueid id).
+                if ts is not None and isinstance(uid, str) and uid.strip():
+                    call = self._track(bid, ts)
+                    call.first_uid = _earliest(call.first_uid, (ts, uid.strip()))
+                self.counters.ignored += 1
+                return []
             if ts is None:
                 raise _Bad("bad_timestamp")
-            uid = _text(ev, "uniqueid")
-            return self._apply(kind, ev, bid, uid == bid, ts)
+            return self._apply(kind, ev, bid, _text(ev, "uniqueid") or "", ts)
         except _Bad as bad:
             self.counters.malformed += 1
             self._malformed.append(Malformed(str(bad), name, bid))
             return []
 
     # -- internals ------------------------------------------------------
-    def _apply(self, kind: str, ev: Mapping[str, object], bid: str,
-               is_caller: bool, ts: int) -> list[Fact]:
+    def _apply(self, kind: str, ev: Mapping[str, object], bid: str, uid: str,
+               ts: int) -> list[Fact]:
+        if not uid:
+            raise _Bad("missing_uniqueid")
         # Validate everything before touching state: a malformed event changes nothing.
-        status = (_text(ev, "dialstatus") or "").upper() if kind == "dialend" and is_caller else ""
+        status = (_text(ev, "dialstatus") or "").upper() if kind == "dialend" else ""
+        bridge = _text(ev, "bridgeuniqueid") if kind.startswith("bridge") else ""
         cause_txt = _text(ev, "cause-txt", required=False) if kind == "hangup" else None
         cause_text = _text(ev, "cause", required=False) if kind == "hangup" else None
         cause = int(cause_text) if cause_text and re.fullmatch(r"[0-9]{1,4}", cause_text) else None
+
         call = self._track(bid, ts)
+        call.first_uid = _earliest(call.first_uid, (ts, uid))
+        if kind in ("dialbegin", "dialend"):
+            call.first_dialer = _earliest(call.first_dialer, (ts, uid))
+            if kind == "dialend":
+                self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
+        else:
+            rank = {"bridgeenter": _ENTER, "bridgeleave": _LEAVE, "hangup": _HANGUP}[kind]
+            self._add(call.timeline, (ts, rank, uid, bridge or ""), TIMELINE_PER_CALL_MAX)
+
         out: list[Fact] = []
-        if kind == "dialend":
-            if not is_caller:
-                return out  # a dial made further down the chain (e.g. a Local ;2)
-            if status == ANSWER or call.dial_status != ANSWER:
-                call.dial_status = status or None  # ANSWER wins over a fork's CANCEL
-            if status == ANSWER:
-                out += self._answered(bid, call, ts)
-        elif kind == "bridgeenter":
-            if is_caller:
-                call.caller_enter_us = _later(call.caller_enter_us, ts)
-            else:
-                out += self._answered(bid, call, ts)
-        elif kind == "bridgeleave":
-            if is_caller:
-                call.caller_leave_us = _later(call.caller_leave_us, ts)
-            else:
-                self._other_end(call, ts)
-        elif kind == "hangup":
-            if not is_caller:
-                self._other_end(call, ts)
-                return out
+        caller = call.caller(bid)
+        if not call.answered_emitted:
+            answered = call.answered_us(caller)
+            if answered is not None:
+                call.answered_emitted = True
+                out.append(CallAnswered(bid, answered))
+        if kind == "hangup" and uid == caller:
             del self._calls[bid]
             self._remember_ended(bid)
             out.append(self._call_end(bid, call, ts, cause, cause_txt))
@@ -317,26 +348,21 @@ class Correlator:
     def _track(self, bid: str, ts: int) -> _Call:
         call = self._calls.get(bid)
         if call is None:
-            call = self._calls[bid] = _Call(last_seen_us=ts)
+            strict = UNIQUEID_RE.fullmatch(bid) is not None
+            call = self._calls[bid] = _Call(strict=strict, last_seen_us=ts)
             while len(self._calls) > self._calls_max:
                 old, _ = self._calls.popitem(last=False)
                 self._remember_ended(old)  # a late Hangup must not bill it as unanswered
                 self.counters.evicted += 1
         call.last_seen_us = max(call.last_seen_us, ts)
-        self.last_event_us = _later(self.last_event_us, ts)
+        self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
         return call
 
-    def _answered(self, bid: str, call: _Call, ts: int) -> list[Fact]:
-        first = not call.answered_emitted
-        call.answered_us = ts if call.answered_us is None else min(call.answered_us, ts)
-        call.answered_emitted = True
-        return [CallAnswered(bid, ts)] if first else []
-
-    def _other_end(self, call: _Call, ts: int) -> None:
-        if len(call.other_ends_us) >= SIGNALS_PER_CALL_MAX:
+    def _add(self, bucket: set, item: tuple, limit: int) -> None:
+        if item not in bucket and len(bucket) >= limit:
             self.counters.signals_dropped += 1
             return
-        call.other_ends_us.append(ts)
+        bucket.add(item)
 
     def _remember_ended(self, bid: str) -> None:
         self._ended[bid] = None
@@ -346,24 +372,43 @@ class Correlator:
 
     def _call_end(self, bid: str, call: _Call, hangup_us: int, cause: int | None,
                   cause_txt: str | None, reconciled: bool = False) -> CallEnd:
-        answered = call.answered_us
+        caller = call.caller(bid)
+        answered = call.answered_us(caller)
+        status = call.dial_status(caller)
         if answered is None or answered > hangup_us:
-            return CallEnd(bid, None, hangup_us, 0, call.dial_status, cause, cause_txt,
-                           hangup_us, reconciled)
-        ended = _talk_end(call, answered, hangup_us)
-        return CallEnd(bid, answered, ended, (ended - answered) // 1000, call.dial_status,
-                       cause, cause_txt, hangup_us, reconciled)
+            return CallEnd(bid, None, hangup_us, 0, status, cause, cause_txt, hangup_us, reconciled)
+        ended = _talk_end(call.timeline, caller, answered, hangup_us)
+        return CallEnd(bid, answered, ended, (ended - answered) // 1000, status, cause, cause_txt,
+                       hangup_us, reconciled)
 
 
-def _talk_end(call: _Call, answered: int, hangup_us: int) -> int:
-    enter, leave = call.caller_enter_us, call.caller_leave_us
-    if leave is not None and leave >= answered and (enter is None or leave > enter):
-        return min(leave, hangup_us)  # left the bridge for good
-    if enter is not None and enter >= answered:
-        return hangup_us  # still bridged at hangup (its BridgeLeave not seen yet)
-    others = [t for t in call.other_ends_us if t >= answered]
-    return min(min(others, default=hangup_us), hangup_us)
+def _talk_end(timeline: set[tuple[int, int, str, str]], caller: str | None, answered: int,
+              hangup_us: int) -> int:
+    """Replay bridge membership in time order; talk is on while the caller's
+    bridge holds another channel of the call. The end is the last on->off edge
+    (a caller moved between bridges is off only for an instant)."""
+    where: dict[str, str] = {}  # channel -> bridge it is in
+    was_on, on, off_at = False, False, None
+    for ts, rank, uid, bridge in sorted(timeline):
+        if rank == _ENTER:
+            where[uid] = bridge
+        elif rank == _HANGUP or where.get(uid) == bridge:
+            where.pop(uid, None)  # a BridgeLeave of a bridge it already left changes nothing
+        mine = where.get(caller) if caller is not None else None
+        now_on = mine is not None and any(u != caller and b == mine for u, b in where.items())
+        if ts >= answered:
+            if on and not now_on:
+                off_at = ts
+            elif now_on:
+                was_on, off_at = True, None
+        on = now_on
+    if was_on:
+        return hangup_us if off_at is None else min(off_at, hangup_us)
+    # Never bridged with the callee (it hung up first, or those events were lost).
+    others = [ts for ts, rank, uid, _ in timeline if rank != _ENTER and uid != caller
+              and answered <= ts <= hangup_us]
+    return min(others, default=hangup_us)
 
 
-def _later(a: int | None, b: int) -> int:
-    return b if a is None else max(a, b)
+def _earliest(a: tuple[int, str] | None, b: tuple[int, str]) -> tuple[int, str]:
+    return b if a is None or b < a else a

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -50,7 +51,7 @@ def _amount_or_zero(text: str) -> int:
 
 
 def _seconds(text: str) -> int:
-    if not text.isdigit() or len(text) > 6:
+    if not (text.isascii() and text.isdigit()) or len(text) > 6:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds")
     return int(text)
 
@@ -320,7 +321,12 @@ async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "own_store", False):  # serve, bench, sandbox, doctor open what they need
         return await args.fn(args)
     create = args.fn is cmd_db_init
-    store = await SqliteStore.open(db_path(args.db), create=create)
+    path = db_path(args.db)
+    parent = os.path.dirname(os.path.abspath(path))
+    if create and not os.path.isdir(parent):
+        # refuse here: a failed aiosqlite connect leaves its worker thread printing a traceback
+        raise StoreError(f"cannot create database {path}: directory {parent} does not exist")
+    store = await SqliteStore.open(path, create=create)
     try:
         return await args.fn(store, args)
     finally:

@@ -22,8 +22,11 @@ def _since(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-26") from None
 
 
+MONEY_FIELDS = ("cost", "reserved")   # minor units in the store, decimal text at the edge
+
+
 def _render(rec: dict[str, Any]) -> dict[str, Any]:
-    return {**rec, "cost": None if rec["cost"] is None else format_amount(rec["cost"])}
+    return {**rec, **{k: None if rec[k] is None else format_amount(rec[k]) for k in MONEY_FIELDS if k in rec}}
 
 
 async def cmd_calls(store: Any, a: argparse.Namespace) -> int:

@@ -15,11 +15,13 @@ NAME_CHARS_MAX = 100
 DEST_CHARS_MAX = 200
 DIGIT_TIMEOUT_S_MIN, DIGIT_TIMEOUT_S_MAX = 1, 30
 
-_NUMBER_RE = re.compile(r"^400\d{7}$")
-_KEY_RE = re.compile(r"^\d{1,%d}$" % KEY_DIGITS_MAX)
+# ASCII digits only ([0-9], not \d, which also matches e.g. full-width digits a phone cannot
+# dial), and always fullmatch: "$" would also match before a trailing newline.
+_NUMBER_RE = re.compile(r"400[0-9]{7}")
+_KEY_RE = re.compile(r"[0-9]{1,%d}" % KEY_DIGITS_MAX)
 # A Dial string: Tech/resource[&Tech/resource...]; no spaces, commas or dialplan
 # expression characters, so it cannot smuggle Dial options or functions.
-_DEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*/[A-Za-z0-9_.@+*#:/-]+(&[A-Za-z][A-Za-z0-9_-]*/[A-Za-z0-9_.@+*#:/-]+)*$")
+_DEST_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*/[A-Za-z0-9_.@+*#:/-]+(&[A-Za-z][A-Za-z0-9_-]*/[A-Za-z0-9_.@+*#:/-]+)*")
 
 
 class NumberRuleError(ValueError):
@@ -33,13 +35,13 @@ class NumberSettings:
 
 
 def check_number(number: str) -> str:
-    if not _NUMBER_RE.match(number or ""):
+    if not isinstance(number, str) or not _NUMBER_RE.fullmatch(number):
         raise NumberRuleError(f"{number!r} is not a 400 number (400 followed by 7 digits)")
     return number
 
 
 def check_key(key: str) -> str:
-    if not _KEY_RE.match(key or ""):
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
         raise NumberRuleError(f"extension key {key!r} must be 1 to {KEY_DIGITS_MAX} digits")
     return key
 
@@ -53,7 +55,7 @@ def check_name(name: str) -> str:
 
 
 def check_dest(dest: str) -> str:
-    if not dest or len(dest) > DEST_CHARS_MAX or not _DEST_RE.match(dest):
+    if not dest or len(dest) > DEST_CHARS_MAX or not _DEST_RE.fullmatch(dest):
         raise NumberRuleError(
             f"destination {dest!r} is not a Dial string like PJSIP/8001 or Local/8001@branches")
     return dest

@@ -117,8 +117,7 @@ class Settlement:
         await self.settle(facts_from_ami(fact))
 
     async def _settle_from_stored_answer(self, fact: CallEnd) -> None:
-        stored = {c["billing_id"]: c for c in await self.store.read(tx_calls.open_calls)}
-        call = stored.get(fact.billing_id)
+        call = await self.store.read(tx_calls.open_call, fact.billing_id)
         if call is None or not call["answer_at"]:
             log.info("settle.ami_incomplete", billing_id=fact.billing_id,
                      note="dial outcome not seen; waiting for the hangup handler or the sweeper")

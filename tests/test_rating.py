@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fastagi.rating import (BLOCK_S_MAX, CALL_S_MAX, PER_MINUTE_MAX, PlanError, Tariff,
@@ -25,6 +25,10 @@ def tariffs(draw: st.DrawFn) -> Tariff:
                   connect_fee=connect_fee, grace_s=grace, max_call_s=max_call)
 
 
+# The three grant properties run Hypothesis' default 100 examples; the others fewer, to keep
+# the suite fast (each still covers every plan shape the strategy biases towards).
+LIGHT = settings(max_examples=40)
+
 available_amounts = st.integers(min_value=0, max_value=10_000_000_000)
 talk_times = st.integers(min_value=0, max_value=2 * CALL_S_MAX)
 
@@ -46,6 +50,7 @@ def test_one_more_second_than_granted_would_be_unaffordable_unless_capped(t: Tar
     assert cost(granted + 1, t) > a
 
 
+@LIGHT
 @given(tariffs(), available_amounts)
 def test_grant_is_never_longer_than_the_maximum_call(t: Tariff, a: int) -> None:
     """No balance, however large, buys a call longer than the plan's maximum call length."""
@@ -58,6 +63,7 @@ def test_nothing_is_granted_exactly_when_the_first_block_is_unaffordable(t: Tari
     assert (seconds_max(a, t) == 0) == (a < first_block_cost(t))
 
 
+@LIGHT
 @given(tariffs())
 def test_first_block_boundary_is_exact(t: Tariff) -> None:
     """One minor unit less than the first block gets nothing; the first block's price gets a call."""
@@ -69,6 +75,7 @@ def test_first_block_boundary_is_exact(t: Tariff) -> None:
         assert seconds_max(fbc - 1, t) == 0
 
 
+@LIGHT
 @given(tariffs(), available_amounts, available_amounts)
 def test_more_money_never_buys_less_time(t: Tariff, a: int, b: int) -> None:
     """The granted time is monotonic in the available amount."""
@@ -76,6 +83,7 @@ def test_more_money_never_buys_less_time(t: Tariff, a: int, b: int) -> None:
     assert seconds_max(lo, t) <= seconds_max(hi, t)
 
 
+@LIGHT
 @given(tariffs(), talk_times, talk_times)
 def test_cost_is_monotonic_in_talk_time(t: Tariff, s1: int, s2: int) -> None:
     """Talking longer never costs less."""
@@ -83,6 +91,7 @@ def test_cost_is_monotonic_in_talk_time(t: Tariff, s1: int, s2: int) -> None:
     assert cost(lo, t) <= cost(hi, t)
 
 
+@LIGHT
 @given(tariffs(), talk_times)
 def test_billed_seconds_are_whole_blocks_covering_the_talk(t: Tariff, s: int) -> None:
     """Past grace, billing is the initial block plus whole increments, never less than the talk time."""
@@ -96,6 +105,7 @@ def test_billed_seconds_are_whole_blocks_covering_the_talk(t: Tariff, s: int) ->
     assert billed - s < max(t.initial_s, t.increment_s)
 
 
+@LIGHT
 @given(tariffs(), st.data())
 def test_grace_time_is_free(t: Tariff, data: st.DataObject) -> None:
     """A call no longer than the grace time (or not answered at all) costs nothing."""
@@ -103,6 +113,7 @@ def test_grace_time_is_free(t: Tariff, data: st.DataObject) -> None:
     assert cost(s, t) == 0
 
 
+@LIGHT
 @given(tariffs(), st.integers(min_value=1, max_value=CALL_S_MAX))
 def test_connect_fee_is_charged_once_per_billed_call(t: Tariff, s: int) -> None:
     """A billed call pays the connect fee exactly once, whatever its length."""
@@ -112,6 +123,7 @@ def test_connect_fee_is_charged_once_per_billed_call(t: Tariff, s: int) -> None:
     assert cost(s, t) - cost(s, without_fee) == t.connect_fee
 
 
+@LIGHT
 @given(tariffs(), talk_times)
 def test_rounding_up_happens_once_per_call_not_per_block(t: Tariff, s: int) -> None:
     """The price is the exact price of the billed seconds rounded up once to 0.001, never per block."""
@@ -219,6 +231,7 @@ def test_plan_price_applies_when_no_prefix_matches() -> None:
     assert tariff_for_caller(P60, "0044", {"0086": 200}) == P60
 
 
+@LIGHT
 @given(st.dictionaries(st.text("0123456789", max_size=6), st.integers(0, 10_000), max_size=8),
        st.text("0123456789", max_size=12))
 def test_longest_prefix_property(rates: dict[str, int], caller: str) -> None:

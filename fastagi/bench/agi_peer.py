@@ -92,9 +92,9 @@ class _LeanAgi(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.payload)
+        # not isinstance(asyncio.Transport): uvloop's transports only quack like one
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.payload)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
@@ -146,9 +146,23 @@ async def agi_request(host: str, port: int, payload: bytes, *,
     """Send a prepared header block (see header_block); the variables the server set."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[dict[str, str]] = loop.create_future()
-    transport, _ = await asyncio.wait_for(
-        loop.create_connection(lambda: _LeanAgi(payload, done), host, port), timeout_s)
-    try:
-        return await asyncio.wait_for(done, timeout_s)
-    finally:
-        transport.close()
+    async with asyncio.timeout(timeout_s):   # not wait_for: that makes a task per call
+        transport, _ = await loop.create_connection(lambda: _LeanAgi(payload, done), host, port)
+        try:
+            return await done
+        finally:
+            transport.close()
+
+
+class HeaderTemplate:
+    """header_block() for many calls to one server: the fixed lines are formatted once."""
+
+    def __init__(self, port: int) -> None:
+        text = header_block("{script}", [], uniqueid="{uniqueid}", callerid="{callerid}",
+                            extension="{extension}", port=port).decode()
+        assert text.endswith("\n\n") and text.count("{") == 6  # script, extension twice; uniqueid, callerid
+        self._fmt = text[:-1]   # without the blank line that ends the block
+
+    def block(self, script: str, args: list[str], *, uniqueid: str, callerid: str, extension: str) -> bytes:
+        head = self._fmt.format(script=script, uniqueid=uniqueid, callerid=callerid, extension=extension)
+        return (head + "".join(f"agi_arg_{i}: {a}\n" for i, a in enumerate(args, 1)) + "\n").encode()

@@ -45,7 +45,9 @@ LOG_SAMPLES_MAX = 5
 TARGETS: dict[str, tuple[float, str]] = {
     "setups_per_s": (1500, ">="), "setup_p99_ms": (20, "<="), "rss_peak_mb": (150, "<="),
     "ratio_vs_process_per_call": (20, ">="), "ratio_vs_raw": (0.5, ">="),
+    "paced_setup_p99_ms": (20, "<="),
 }
+PACED_KEYS = ("paced_rate_per_s", "paced_setup_p50_ms", "paced_setup_p99_ms", "paced_setup_max_ms")
 REQUIRED_KEYS = ("setups_per_s", "setup_p50_ms", "setup_p99_ms", "setup_max_ms", "calls_per_s",
                  "rss_peak_mb", "process_per_call_setups_per_s", "raw_tx_per_s",
                  "ratio_vs_process_per_call", "ratio_vs_raw", "ledger_consistent", "settled_exactly_once")
@@ -133,6 +135,7 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
     agi_port = _free_port()
     s = LoadSettings(agi_port=agi_port, seconds=a.seconds, concurrency=a.concurrency,
                      settle_concurrency=a.settle_concurrency, in_flight=a.in_flight,
+                     paced_seconds=a.paced_seconds, paced_share=a.paced_share,
                      numbers=a.numbers, extensions=a.extensions, seed=a.seed)
     load = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "fastagi.bench.load", json.dumps(asdict(s)),
@@ -150,7 +153,7 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
                      "--sweep-interval-s", "3600", "--connections-max", "5000"]
         if a.py_spy:
             serve_cmd = [_py_spy(), "record", "--rate", "250", "--nonblocking", "--format",
-                         "speedscope" if a.py_spy.endswith(".json") else "flamegraph",
+                         _py_spy_format(a.py_spy),
                          "-o", a.py_spy, "--", *serve_cmd]
         serve = await asyncio.create_subprocess_exec(
             *serve_cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -161,7 +164,7 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
         cpu0, t0 = _cpu_s(serve_pid), time.perf_counter()
         rss_max_kb = 0
         result_task = asyncio.create_task(_read_json_line(load.stdout, "result",
-                                                          a.seconds + LOAD_TIMEOUT_EXTRA_S))
+                                                          a.seconds + a.paced_seconds + LOAD_TIMEOUT_EXTRA_S))
         cpu_window: float | None = None
         cpu_window_s: float | None = None
         while not result_task.done():
@@ -199,6 +202,11 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
     result["serve_exit"] = result_rc
     result["serve_log"] = _log_summary(os.path.join(work, "serve.log"))
     return result
+
+
+def _py_spy_format(path: str) -> str:
+    """.json: speedscope; .txt: collapsed stacks (one line per stack, a count); else an SVG flamegraph."""
+    return "speedscope" if path.endswith(".json") else "raw" if path.endswith(".txt") else "flamegraph"
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -289,9 +297,16 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         "ratio_vs_raw": _ratio(server["setups_per_s"], raw["raw_tx_per_s"]),
         "ledger_consistent": check["ledger_consistent"],
         "settled_exactly_once": check["settled_exactly_once"],
+        # Latency below saturation: setups arriving at a fixed rate (open loop), at most
+        # `concurrency` in setup at once, timed from their scheduled arrival.
+        "paced_rate_per_s": server["paced_rate_per_s"],
+        "paced_setup_p50_ms": server["paced_setup_p50_ms"],
+        "paced_setup_p99_ms": server["paced_setup_p99_ms"],
+        "paced_setup_max_ms": server["paced_setup_max_ms"],
         "settings": {
             "seconds": a.seconds, "concurrency": a.concurrency, "settle_concurrency": a.settle_concurrency,
-            "in_flight": a.in_flight, "numbers": a.numbers, "extensions": a.extensions, "seed": a.seed,
+            "in_flight": a.in_flight, "paced_seconds": a.paced_seconds, "paced_share": a.paced_share,
+            "numbers": a.numbers, "extensions": a.extensions, "seed": a.seed,
             "ppc_seconds": a.ppc_seconds, "ppc_concurrency": a.ppc_concurrency,
             "ppc_calls_max": a.ppc_calls_max, "raw_seconds": a.raw_seconds,
             "serve_log_level": a.serve_log_level,
@@ -301,6 +316,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         "details": {
             "errors": server["errors"], "counts": server["counts"],
             "setups_window": server["setups_window"], "calls_completed_window": server["calls_completed_window"],
+            "paced_setups": server["paced_setups"], "paced_late": server["paced_late"],
             "in_flight_max": server["in_flight_max"], "in_flight_at_window_start": server["in_flight_at_window_start"],
             "rss_sampled_max_mb": server["rss_sampled_max_mb"],
             "serve_cpu_share_window": server["serve_cpu_share_window"],
@@ -327,7 +343,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
 
 def _print_table(doc: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = []
-    for key in REQUIRED_KEYS:
+    for key in REQUIRED_KEYS + PACED_KEYS:
         v = doc[key]
         text = ("yes" if v else "NO") if isinstance(v, bool) else f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
         target, verdict = "", ""
@@ -372,6 +388,17 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _seconds_or_zero(text: str) -> float:
+    return 0.0 if text in ("0", "0.0") else _positive_float(text)
+
+
+def _share(text: str) -> float:
+    v = _positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 1")
+    return v
+
+
 def _count(top: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not text.isdigit() or not 1 <= int(text) <= top:
@@ -391,6 +418,10 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
                    help="hangup requests at once (default 100)")
     p.add_argument("--in-flight", type=_count(100_000), default=1000,
                    help="granted calls kept reserved and unsettled during the window (default 1000)")
+    p.add_argument("--paced-seconds", type=_seconds_or_zero, default=5.0,
+                   help="then, setups arriving at a fixed rate for latency below saturation, s (default 5, 0: none)")
+    p.add_argument("--paced-share", type=_share, default=0.5,
+                   help="the paced rate as a share of the measured setups per second (default 0.5)")
     p.add_argument("--json", metavar="FILE", help="write every figure and the settings here")
     p.add_argument("--numbers", type=_count(100_000), default=1000, help="400 numbers seeded (default 1000)")
     p.add_argument("--extensions", type=_count(90), default=20, help="extensions per number (default 20)")
@@ -404,7 +435,8 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--raw-seconds", type=_positive_float, default=3.0, help="raw reference: how long, s (default 3)")
     p.add_argument("--serve-log-level", choices=("debug", "info", "warning", "error"), default="warning",
                    help="serve's log level during the run (default warning)")
-    p.add_argument("--py-spy", metavar="FILE", help="profile serve with py-spy into FILE (.svg or speedscope .json)")
+    p.add_argument("--py-spy", metavar="FILE", help="profile serve with py-spy into FILE (.svg flamegraph, .json speedscope, "
+                        ".txt collapsed stacks)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (databases, logs)")
 
 

@@ -21,7 +21,7 @@ import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass
 
-from .agi_peer import agi_request, header_block
+from .agi_peer import HeaderTemplate, agi_request
 from .ami_peer import CallChannels, FakeAmi
 from .mix import Call, CallMix
 from .seed import DataSet
@@ -40,6 +40,8 @@ class LoadSettings:
     concurrency: int = 100          # setup workers: calls in setup at once
     settle_concurrency: int = 100   # settle workers: hangup requests at once
     in_flight: int = 1000           # granted calls kept reserved and unsettled during the window
+    paced_seconds: float = 5.0      # then: setups arriving at a fixed rate (open loop), for latency
+    paced_share: float = 0.5        # that rate, as a share of the window's setups per second
     numbers: int = 1000
     extensions: int = 20
     seed: int = 1
@@ -76,6 +78,9 @@ class Generator:
         self.phase = "ramp"
         self.window_start = self.window_end = 0.0
         self.latencies_ms: list[float] = []     # setups that ended inside the window
+        self.paced_ms: list[float] = []         # paced setups, from their scheduled arrival
+        self.paced_late = 0                     # arrivals that waited for a free setup slot
+        self.headers = HeaderTemplate(s.agi_port)
         self.setups_window = 0
         self.completed_window = 0
         self.counts: Counter[str] = Counter()
@@ -94,11 +99,11 @@ class Generator:
             self.errors.append(what)
 
     def _in_window(self, t: float) -> bool:
-        return self.phase == "window" and self.window_start <= t < self.window_end
+        return self.window_start <= t < self.window_end
 
     async def _agi(self, script: str, args: list[str], call: Call) -> dict[str, str]:
-        payload = header_block(script, args, uniqueid=call.billing_id, callerid=call.caller,
-                               extension=call.number, port=self.s.agi_port)
+        payload = self.headers.block(script, args, uniqueid=call.billing_id, callerid=call.caller,
+                                     extension=call.number)
         return await agi_request(self.s.agi_host, self.s.agi_port, payload)
 
     # -- setups ---------------------------------------------------------------
@@ -115,15 +120,18 @@ class Generator:
             except (OSError, asyncio.TimeoutError) as exc:
                 self._error(f"setup {call.billing_id}: {exc!r}")
 
-    async def setup(self, call: Call) -> None:
-        t0 = time.perf_counter()
+    async def setup(self, call: Call, arrived: float | None = None) -> None:
+        """lookup + route; a paced call's latency counts from its scheduled arrival."""
+        t0 = time.perf_counter() if arrived is None else arrived
         v1 = await self._agi("lookup", [call.number], call)
         if v1.get("EXTBILL_RESULT") != "collect":
             self._error(f"lookup {call.number}: {v1}")
             return
         v2 = await self._agi("route", [call.number, call.digits, "1"], call)
         t1 = time.perf_counter()
-        if self._in_window(t1):
+        if arrived is not None:
+            self.paced_ms.append((t1 - t0) * 1000)
+        elif self._in_window(t1):
             self.setups_window += 1
             self.latencies_ms.append((t1 - t0) * 1000)
         self.counts["setups"] += 1
@@ -158,7 +166,7 @@ class Generator:
     # -- settlement -----------------------------------------------------------
     async def settle_worker(self) -> None:
         while True:
-            target = self.s.in_flight if self.phase in ("ramp", "window") else 0
+            target = self.s.in_flight if self.phase in ("ramp", "window", "paced") else 0
             if self.phase == "done" and not self.pool:
                 return
             if len(self.pool) <= target or self.phase == "ramp":
@@ -192,6 +200,40 @@ class Generator:
         if self._in_window(t):
             self.completed_window += 1
 
+    async def paced(self, rate: float, seconds: float) -> None:
+        """Open loop: a call arrives every 1/rate s whatever the server does; at most
+        `concurrency` in setup at once (a later arrival waits, and its wait counts)."""
+        slots = asyncio.Semaphore(self.s.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        n = 0
+        while True:
+            arrival = start + n / rate
+            if arrival >= start + seconds:
+                break
+            delay = arrival - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(self._paced_one(arrival, slots))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            n += 1
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _paced_one(self, arrival: float, slots: asyncio.Semaphore) -> None:
+        if slots.locked():
+            self.paced_late += 1
+        async with slots:
+            while len(self.pool) >= self.s.in_flight + 2 * self.s.concurrency:
+                self.room.clear()
+                await self.room.wait()
+            call = self.mix.next()
+            try:
+                await self.setup(call, arrived=arrival)
+            except (OSError, asyncio.TimeoutError) as exc:
+                self._error(f"setup {call.billing_id}: {exc!r}")
+
     # -- the run --------------------------------------------------------------
     async def run(self) -> dict[str, object]:
         s = self.s
@@ -211,9 +253,14 @@ class Generator:
         cpu0 = time.process_time()
         await asyncio.sleep(s.seconds)
         cpu_window_s = time.process_time() - cpu0
-        self.phase = "drain"
+        self.phase = "paced"
         self.room.set()
         await asyncio.gather(*setups, return_exceptions=True)
+        paced_rate = s.paced_share * self.setups_window / s.seconds
+        if s.paced_seconds > 0 and paced_rate > 0:
+            emit({"paced": {"start": time.time(), "seconds": s.paced_seconds, "rate_per_s": paced_rate}})
+            await self.paced(paced_rate, s.paced_seconds)
+        self.phase = "drain"
         t_drain = time.perf_counter()
         self.pool_changed.set()
         self.phase = "done"
@@ -225,12 +272,19 @@ class Generator:
         drain_s = time.perf_counter() - t_drain
         await self.ami.drain()
         lat = sorted(self.latencies_ms)
+        paced = sorted(self.paced_ms)
         return {
             "setups_per_s": self.setups_window / s.seconds,
             "setup_p50_ms": _percentile(lat, 0.50),
             "setup_p99_ms": _percentile(lat, 0.99),
             "setup_max_ms": lat[-1] if lat else 0.0,
             "calls_per_s": self.completed_window / s.seconds,
+            "paced_rate_per_s": paced_rate if s.paced_seconds > 0 else 0.0,
+            "paced_setups": len(self.paced_ms),
+            "paced_late": self.paced_late,
+            "paced_setup_p50_ms": _percentile(paced, 0.50),
+            "paced_setup_p99_ms": _percentile(paced, 0.99),
+            "paced_setup_max_ms": paced[-1] if paced else 0.0,
             "load_cpu_ms_per_call": cpu_window_s * 1000 / max(self.completed_window, 1),
             "setups_window": self.setups_window,
             "calls_completed_window": self.completed_window,
@@ -241,6 +295,7 @@ class Generator:
             "errors": self.errors,
             "ami_logins": self.ami.logins,
             "ami_bytes_sent": self.ami.bytes_sent,
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
         }
 
 
@@ -264,7 +319,14 @@ async def main_async(s: LoadSettings) -> None:
 
 def main(argv: list[str]) -> int:
     s = LoadSettings(**json.loads(argv[0]))
-    asyncio.run(main_async(s))
+    try:
+        # The generator shares the machine with the server it measures: the cheaper it is
+        # per call, the more CPU is left for serve. uvloop is optional.
+        import uvloop  # noqa: PLC0415
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(main_async(s))
     return 0
 
 

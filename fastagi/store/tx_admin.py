@@ -5,6 +5,7 @@ rating.py and ledger.py, so this module only reads and writes rows.
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 import uuid
 from dataclasses import asdict
@@ -44,7 +45,7 @@ def plan_id(conn: sqlite3.Connection, name: str) -> int:
 
 
 def set_plan_rate(conn: sqlite3.Connection, name: str, prefix: str, per_minute: int) -> None:
-    if prefix and not prefix.isdigit() or len(prefix) > 20:
+    if not re.fullmatch(r"[0-9]{0,20}", prefix):  # ASCII digits: what a caller number holds
         raise StoreError(f"prefix {prefix!r} must be up to 20 digits (empty for the default)")
     pid = plan_id(conn, name)
     if prefix == "":

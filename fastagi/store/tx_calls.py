@@ -23,7 +23,8 @@ from .tx_ledger import REVENUE_ACCOUNT_ID, load_account, now_iso, resolve, trans
 
 log = structlog.get_logger("extbill.calls")
 
-OPEN_CALLS_MAX = 10_000   # one sweep or reconcile looks at this many reservations at most
+OPEN_CALLS_MAX = 10_000
+GRANT_OVERRUN_S_MAX = 2    # talk past the grant up to this is measurement, not talk   # one sweep or reconcile looks at this many reservations at most
 
 
 def lookup(conn: sqlite3.Connection, number: str) -> Decision:
@@ -86,6 +87,13 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     tariff = Tariff(**json.loads(row["tariff"]))
     if f.answered:
         talk_s = (max(f.talk_ms, 0) + 500) // 1000   # to the nearest second
+        if talk_s > row["granted_s"]:
+            # Asterisk cuts the bridge at the grant; a little more is the caller's leg
+            # finishing the warning prompt, not talk. Far more is worth a look.
+            if talk_s > row["granted_s"] + GRANT_OVERRUN_S_MAX:
+                log.warning("call.talk_over_grant", billing_id=f.billing_id, talk_s=talk_s,
+                            granted_s=row["granted_s"], settled_by=f.settled_by)
+            talk_s = row["granted_s"]
         billed_s = billed_seconds(talk_s, tariff)
         rated = cost(talk_s, tariff)
         charged = min(rated, row["reserved"])         # never more than was held
@@ -99,7 +107,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
         resolve(conn, row["pending_id"], TransferKind.VOID, 0, "call")
         state = "unanswered"
     conn.execute(
-        "UPDATE calls SET state=?, answer_at=coalesce(?, answer_at), end_at=?, talk_s=?, billed_s=?, cost=?, "
+        "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
         "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
         (state, f.answer_at if f.answered else None, f.end_at, talk_s, billed_s, charged,
          f.disposition, f.cause, f.settled_by, now_iso(), f.billing_id))
@@ -154,6 +162,13 @@ def settled_times(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] |
     row = conn.execute("SELECT state, answer_at, end_at, talk_s FROM calls WHERE billing_id=?",
                        (billing_id,)).fetchone()
     return None if row is None else dict(row)
+
+
+def open_call(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:
+    """One reservation not yet settled, or None."""
+    row = conn.execute("SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls "
+                       "WHERE billing_id=? AND state='reserved'", (billing_id,)).fetchone()
+    return dict(row) if row is not None else None
 
 
 def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:

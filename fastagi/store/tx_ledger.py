@@ -11,6 +11,7 @@ import structlog
 
 from ..ledger import (Account, AccountKind, LedgerError, TransferKind, apply_pending,
                       apply_posted, apply_resolve)
+from ..money import format_amount
 from ..numbers import is_suspended
 from .base import Conflict, NotFound, TransferResult
 
@@ -68,7 +69,7 @@ def transfer(conn: sqlite3.Connection, transfer_id: str, debit_id: int, credit_i
                 row["code"]) == (kind.value, debit_id, credit_id, amount, code)
         if not same:
             raise Conflict(f"reference {ref or transfer_id!r} was already used for a different "
-                           f"{row['code']} of {row['amount']} minor units")
+                           f"{row['code']} of {format_amount(row['amount'])}")
         return TransferResult(transfer_id, created=False, amount=amount)
     debit, credit = load_account(conn, debit_id), load_account(conn, credit_id)
     apply = apply_pending if pending else apply_posted

@@ -10,8 +10,15 @@
         call.dial_strings()           # ['Local/talk-1-3@extbill-test-branch']
         call.bridged()                # True once caller and callee shared a bridge
     ast.played(call)                  # [('extbill/welcome', 'zh'), ...] from Asterisk's log,
-                                      # includes the Dial L() warning/timeout prompts
+                                      # includes the in-bridge Dial L() warning prompt
+    ast.cli("core show channels")     # asterisk -rx against this instance
     ast.stop()                        # core stop now, kill by PID, remove the config dir
+
+AMI: ast.ami_port on 127.0.0.1; users ast.harness_user (reads what [extbill] reads, writes
+all: Originate, Setvar) and ast.extbill_user = ("extbill", secret), the project's
+[extbill] user from dialplan/manager.conf, for the real server's AMI client.
+FastAGI: the dialplan calls agi://${EXTBILL_AGI}; set it per test with
+`await ami.set_agi("127.0.0.1:PORT")` (a global variable) or Asterisk(agi_address=...).
 
 The config dir (ROOT/opt/extbill-e2e-<pid>-<n>/) holds: the project's
 dialplan/extensions.conf copied UNCHANGED to etc/extbill/extensions.conf and #included by
@@ -40,7 +47,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -180,7 +186,15 @@ class Asterisk:
         return self.dir / "log" / "console.out"
 
     # ---------------------------------------------------------------- config
+    def remove_stale_dirs(self) -> None:
+        """Config dirs left by test runs that were killed (their PID is gone)."""
+        for old in (self.root / "opt").glob("extbill-e2e-*-*"):
+            m = re.fullmatch(r"extbill-e2e-(\d+)-\d+", old.name)
+            if m and not Path(f"/proc/{m.group(1)}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+
     def write_config(self) -> None:
+        self.remove_stale_dirs()
         d = self.dir
         if d.exists():
             shutil.rmtree(d)

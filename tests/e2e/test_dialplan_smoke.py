@@ -324,3 +324,19 @@ def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> 
                if e.get("Context") == "extbill-hangup" and e.get("Application") == "AGI"]
     assert handler and "/hangup,e2e-gone,ANSWER," in handler[0]["AppData"]
     assert call.var("AGISTATUS") == "FAILURE"
+
+
+def test_caller_hangs_up_while_talking(asterisk: Asterisk) -> None:
+    # The caller presses 1 at 1.5 s and hangs up 5 s later, while the branch (which
+    # would talk 30 s) is still on the line: the talk ends with the caller's hangup.
+    routes = {"1": grant("e2e-caller-bye", branch("talk-0-30"), 60000)}
+    call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=5)
+    assert stub is not None
+    assert call.bridged()
+    rep = hangup_report(stub)
+    assert rep["dialstatus"] == "ANSWER" and rep["answered"] is not None
+    enter, leave = call.bridge_times() or (0.0, 0.0)
+    talk = rep["ended"] - rep["answered"]
+    assert abs(talk - (leave - enter)) < 0.5, (talk, leave - enter)
+    assert 2.0 <= talk <= 5.5, talk
+    record("caller-hangup-in-call", call)
