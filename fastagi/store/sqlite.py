@@ -86,6 +86,15 @@ class SqliteStore:
             raise NotADatabase(f"no database at {path} (create it with: extbill db init --db {path})")
         if exists and os.path.isdir(path):
             raise NotADatabase(f"{path} is a directory, not a database file")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise NotADatabase(f"cannot create database {path}: directory {parent} does not exist")
+        # Probe with plain sqlite3 first: a failed aiosqlite.connect leaves its worker thread
+        # printing a traceback on a closed loop; this way the user gets one clear line.
+        try:
+            sqlite3.connect(path).close()
+        except sqlite3.Error as exc:
+            raise NotADatabase(f"cannot open database {path}: {exc}") from None
         try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
