@@ -340,8 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "own_store", False):
-            # admin commands: state changes (suspended/resumed) are logged as JSON on stderr
-            configure_logging("json")
+            # admin commands log state changes (suspended/resumed) on stderr: readable on a
+            # terminal, JSON lines when captured by a script or a log pipeline
+            configure_logging("console" if sys.stderr.isatty() else "json")
         return asyncio.run(_run(args))
     except REFUSALS as exc:
         print(f"extbill: error: {exc}", file=sys.stderr)

@@ -134,8 +134,9 @@ class _Connection(asyncio.Protocol):
 
     # --- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not `isinstance(transport, asyncio.Transport)`: uvloop's TCP transports have the
+        # same methods but do not inherit from it, and that check refused every call.
+        self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         server = self.server
         if server._stopping or len(server._conns) >= server.limits.connections_max:

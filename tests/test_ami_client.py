@@ -29,6 +29,7 @@ class FakeAmi:
     def __init__(self) -> None:
         self.refuse_logins = 0  # answer the next N logins with an error
         self.ignore_logins = 0  # never answer the next N logins
+        self.hang_up_on_logins = 0  # close the connection on the next N logins, no reply
         self.mute_pings_connections = 0  # on the next N connections, never answer Ping
         self.silent_actions = {"status"}  # never answered: for action timeouts
         self.banner = b"Asterisk Call Manager/9.0.0\r\n"
@@ -76,6 +77,9 @@ class FakeAmi:
                     self.logins.append(time.monotonic())
                     if self.ignore_logins > 0:
                         self.ignore_logins -= 1
+                    elif self.hang_up_on_logins > 0:
+                        self.hang_up_on_logins -= 1
+                        break
                     elif self.refuse_logins > 0 or f.get("Secret") != SECRET:
                         self.refuse_logins -= 1
                         writer.write(block(("Response", "Error"), aid,
@@ -269,6 +273,19 @@ async def test_login_without_reply_times_out_and_is_retried():
         await c.stop()
     assert ami.connections == 2 and len(ami.logins) == 2
     assert ami.logins[1] - ami.logins[0] >= FAST.action_timeout_s
+
+
+@aio
+async def test_peer_closing_during_login_fails_the_login_at_once():
+    """A peer that closes instead of answering Login is retried after the backoff, not after the action timeout."""
+    rec = Recorder()
+    async with FakeAmi() as ami:
+        ami.hang_up_on_logins = 1
+        c = client(ami.port, rec, limits=replace(FAST, action_timeout_s=2.0))
+        await c.start()
+        await until(lambda: c.connected)
+        await c.stop()
+    assert len(ami.logins) == 2 and ami.logins[1] - ami.logins[0] < 1.0
 
 
 @aio
