@@ -17,9 +17,11 @@ extensions.conf merges every `[globals]` section, the last definition winning.
 from __future__ import annotations
 
 import asyncio
+import errno
 import glob
 import os
 import re
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -756,18 +758,23 @@ async def check_fastagi(label: str, host: str, port: int, number: str | None, *,
     except TimeoutError:
         return Finding(FAIL, "fastagi", f"{label}: no FastAGI answer from {where} within {timeout_s:g} s",
                        f"{fix_down}; if it runs, check its log (journalctl -u extbill)")
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        reason = _why(exc)
-        return Finding(FAIL, "fastagi", f"{label}: no extbill FastAGI server on {where} ({reason})",
+    except (ConnectionRefusedError, socket.gaierror) as exc:
+        return Finding(FAIL, "fastagi", f"{label}: no extbill FastAGI server on {where} ({_why(exc)})",
                        fix_down)
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        if getattr(exc, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL):
+            return Finding(FAIL, "fastagi", f"{label}: cannot reach {where} ({_why(exc)})", fix_down)
+        return Finding(FAIL, "fastagi", f"{label}: {where} dropped the lookup before answering "
+                       f"({_why(exc)}); calls fail closed",
+                       f"make sure {where} is the extbill server, and check its log (journalctl -u extbill)")
     answer = result.variables.get("EXTBILL_RESULT", "")
     if answer not in ("collect", "prompt"):
         return Finding(FAIL, "fastagi", f"{label}: {where} answered a lookup of {number} without a valid "
-                       f"EXTBILL_RESULT (got {answer!r}); calls fail closed",
+                       f"EXTBILL_RESULT (got {answer or 'nothing'}); calls fail closed",
                        f"make sure {where} is the extbill server, and check its log (journalctl -u extbill)")
-    detail = result.variables.get("EXTBILL_PROMPT") if answer == "prompt" else "collect digits"
-    return Finding(OK, "fastagi", f"{label}: extbill answers on {where} (lookup {number} -> {answer}: "
-                   f"{detail}, language {result.variables.get('EXTBILL_LANG', '?')})")
+    prompt = f" {result.variables.get('EXTBILL_PROMPT', '?')}" if answer == "prompt" else ""
+    return Finding(OK, "fastagi", f"{label}: extbill answers on {where} (lookup {number} -> {answer}"
+                   f"{prompt}, language {result.variables.get('EXTBILL_LANG', '?')})")
 
 
 async def _ami_read(reader: asyncio.StreamReader, timeout_s: float) -> dict[str, str]:

@@ -75,6 +75,10 @@ class Service:
 
     async def _on_ami_connected(self, live_ids: set[str]) -> None:
         assert self.settlement is not None
+        # Calls we tracked whose channels are gone ended while we were deaf: their end
+        # time is unknown here, so the hangup handler's report (or the policy) settles them.
+        for billing_id in self.correlator.tracked_ids() - live_ids:
+            self.correlator.forget(billing_id)
         await self.settlement.reconcile(live_ids)
 
     async def _sweep_loop(self) -> None:
