@@ -311,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?")
     p.add_argument("--json", action="store_true")
 
-    from . import cli_calls, cli_serve  # noqa: PLC0415  (they build on this module's helpers)
+    from . import cli_calls, cli_doctor, cli_serve  # noqa: PLC0415  (they build on this module's helpers)
     cli_calls.add_parser(subs, _sub)
     cli_serve.add_parsers(subs, _sub)
+    cli_doctor.add_parsers(subs, _sub)
     return parser
 
 

@@ -17,7 +17,8 @@ async def cmd_doctor(a: argparse.Namespace) -> int:
                                    "correct that setting in the --config file, the EXTBILL_* "
                                    "variable or the flag it names; then run doctor again")]
     else:
-        findings = await doctor.run_checks(settings, a.asterisk_etc, timeout_s=a.timeout)
+        etc = None if a.no_asterisk_files else a.asterisk_etc
+        findings = await doctor.run_checks(settings, etc, timeout_s=a.timeout)
     if a.json:
         print(json.dumps({"ok": not doctor.failed(findings),
                           "checks": [f.as_dict() for f in findings]}, ensure_ascii=False, indent=2))
@@ -42,6 +43,9 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.set_defaults(own_store=True)   # opens the database read-only itself; never creates it
     p.add_argument("--asterisk-etc", default=doctor.DEFAULT_ETC, metavar="DIR",
                    help=f"Asterisk's configuration directory (default {doctor.DEFAULT_ETC})")
+    p.add_argument("--no-asterisk-files", action="store_true",
+                   help="skip the checks of Asterisk's files and prompts (run where Asterisk is not, "
+                        "e.g. in the extbill container)")
     p.add_argument("--config", help="extbill's TOML settings file (as given to extbill serve)")
     p.add_argument("--json", action="store_true", help="the findings as JSON")
     p.add_argument("--timeout", type=_timeout, default=5.0, metavar="S",

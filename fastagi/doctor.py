@@ -424,6 +424,11 @@ def _check_globals(conf: Conf, etc_dir: str) -> list[Finding]:
     if not agi:
         out.append(Finding(FAIL, "extensions", "extensions.conf: global EXTBILL_AGI is not set, so every "
                            "call fails closed (agi:///lookup)", fix_where))
+    elif "${" in agi:
+        out.append(Finding(WARN, "extensions", f"extensions.conf: global EXTBILL_AGI={agi} is an expression; "
+                           "doctor does not check the address it gives",
+                           'make sure it expands to the extbill server\'s host:port: '
+                           'asterisk -rx "dialplan show globals"'))
     elif agi_address(agi) is None:
         out.append(Finding(FAIL, "extensions", f"extensions.conf: global EXTBILL_AGI={agi!r} is not "
                            "host:port", fix_where))
@@ -575,7 +580,9 @@ def check_modules(conf: Conf | None, etc_dir: str) -> list[Finding]:
             out.append(Finding(FAIL, "modules", "modules.conf: no [modules] section, so Asterisk loads no "
                                "modules", f"add to {etc_dir}/modules.conf:\n[modules]\nautoload = yes\n{restart}"))
         return out
-    autoload = ast_true(section.value("autoload", first=True))
+    auto_value = section.value("autoload", first=True)
+    autoload = ast_true(auto_value)
+    auto_text = f"autoload = {auto_value}" if auto_value is not None else "autoload not set (so off)"
     listed = {_module(v) for k in ("load", "preload", "require", "preload-require")
               for v in section.values(k)}
     noload = {_module(v) for v in section.values("noload")}
@@ -588,7 +595,7 @@ def check_modules(conf: Conf | None, etc_dir: str) -> list[Finding]:
                            + "\n".join(f"noload => {m}.so" for m in refused) + f"\n{restart}"))
     if autoload:
         if not refused:
-            out.append(Finding(OK, "modules", f"modules.conf: autoload = yes, none of the "
+            out.append(Finding(OK, "modules", f"modules.conf: {auto_text}, none of the "
                                f"{len(REQUIRED_MODULES) + len(RECOMMENDED_MODULES)} modules extbill "
                                "uses is in noload"))
         return out
@@ -596,12 +603,12 @@ def check_modules(conf: Conf | None, etc_dir: str) -> list[Finding]:
         absent = [m for m in needed if m not in listed and m not in noload]
         if absent:
             what = "needs" if status == FAIL else "recommends"
-            out.append(Finding(status, "modules", f"modules.conf: autoload = no, and these modules extbill "
+            out.append(Finding(status, "modules", f"modules.conf: {auto_text}, and these modules extbill "
                                f"{what} are not loaded: {', '.join(m + '.so' for m in absent)}",
                                f"add to {at}:\n" + "\n".join(f"load => {m}.so" for m in absent)
                                + f"\n{restart}"))
     if not any(f.check == "modules" and f.status != OK for f in out):
-        out.append(Finding(OK, "modules", f"modules.conf: autoload = no, all "
+        out.append(Finding(OK, "modules", f"modules.conf: {auto_text}, all "
                            f"{len(REQUIRED_MODULES) + len(RECOMMENDED_MODULES)} modules extbill uses "
                            "are loaded"))
     return out
@@ -882,11 +889,12 @@ def check_asterisk_files(settings: Settings, etc_dir: str = DEFAULT_ETC,
     return findings
 
 
-async def run_checks(settings: Settings, etc_dir: str = DEFAULT_ETC, *,
+async def run_checks(settings: Settings, etc_dir: str | None = DEFAULT_ETC, *,
                      timeout_s: float = 5.0) -> list[Finding]:
-    """Every check, in checklist order: database, FastAGI, AMI, then the Asterisk files."""
+    """Every check, in checklist order: database, FastAGI, AMI, then the Asterisk files
+    (etc_dir None: extbill runs on another host than Asterisk; its files are not checked)."""
     db_finding, facts = check_database(settings.db)
-    exts = parse_conf("extensions.conf", etc_reader(etc_dir))
+    exts = parse_conf("extensions.conf", etc_reader(etc_dir)) if etc_dir else None
     bind_host, bind_port = parse_hostport(settings.agi_bind, "agi_bind")
     start = "start the server: systemctl start extbill (or: extbill serve --config ...)"
     agi_checks = [check_fastagi(f"FastAGI (agi_bind {settings.agi_bind})", bind_host, bind_port,
@@ -902,5 +910,5 @@ async def run_checks(settings: Settings, etc_dir: str = DEFAULT_ETC, *,
             fix_down=f"point EXTBILL_AGI in {etc_dir}/extensions.conf ([globals](+) after the #include) "
                      f"at the extbill server, or start it there; then: {RELOAD_DIALPLAN}"))
     *agi_findings, ami_finding = await asyncio.gather(*agi_checks, check_ami(settings, timeout_s=timeout_s))
-    return [db_finding, *agi_findings, ami_finding,
-            *check_asterisk_files(settings, etc_dir, facts.langs)]
+    files = check_asterisk_files(settings, etc_dir, facts.langs) if etc_dir else []
+    return [db_finding, *agi_findings, ami_finding, *files]

@@ -256,15 +256,15 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing() or self.session.state in _DEAD_STATES:
             raise ChannelClosed("connection closed")
         data = self.session.send_command(text)  # LocalProtocolError propagates
-        self.reply = fut = self.server._loop.create_future()
+        loop = self.server._loop
+        self.reply = fut = loop.create_future()
         transport.write(data)
-        deadline = asyncio.timeout(self.server.limits.reply_timeout_s)
+        # One timer handle per command (cheaper than an asyncio.timeout context); the
+        # handler's own deadline still cancels this await as before.
+        timer = loop.call_later(self.server.limits.reply_timeout_s, _expire_reply, fut)
         try:
-            async with deadline:
-                return await fut
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own deadline, not ours
+            return await fut
+        except _ReplyExpired:
             # The session still awaits that reply: any later line would be taken
             # for the next command's answer. Close rather than desync.
             transport.abort()
@@ -272,7 +272,17 @@ class _Connection(asyncio.Protocol):
                 f"no reply to {text.split(' ', 2)[:2]} within {self.server.limits.reply_timeout_s}s"
             ) from None
         finally:
+            timer.cancel()
             self.reply = None
+
+
+class _ReplyExpired(Exception):
+    """Internal: reply_timeout_s passed with the reply future still pending."""
+
+
+def _expire_reply(fut: asyncio.Future[Reply]) -> None:
+    if not fut.done():
+        fut.set_exception(_ReplyExpired())
 
 
 class AgiServer:

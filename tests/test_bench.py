@@ -108,3 +108,71 @@ def test_ledger_check_fails_on_a_reservation_left_open(tmp_path: Path) -> None:
     closed = check_ledger(db, expect)
     assert closed["ledger_consistent"] is True
     assert closed["settled_exactly_once"] is True
+
+
+def test_group_commit_keeps_each_operation_atomic_and_durable(tmp_path: Path, monkeypatch) -> None:
+    """Operations queued together commit together; a failing one rolls back alone; a read writes nothing."""
+    import asyncio  # noqa: PLC0415
+
+    from fastagi.store import sqlite as sqlite_store  # noqa: PLC0415
+    from fastagi.store import tx_admin  # noqa: PLC0415
+    from fastagi.store.sqlite import SqliteStore  # noqa: PLC0415
+
+    db = str(tmp_path / "g.db")
+    ds = DataSet(numbers=2, extensions=4)
+    seed_file(db, ds)
+    sizes: list[int] = []
+    real = sqlite_store._run_batch
+
+    def recording(conn, ops):  # type: ignore[no-untyped-def]
+        sizes.append(len(ops))
+        return real(conn, ops)
+
+    monkeypatch.setattr(sqlite_store, "_run_batch", recording)
+
+    class Boom(Exception):
+        pass
+
+    def write_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO accounts (kind) VALUES ('ext')")
+        raise Boom("refused")
+
+    def read_that_writes(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO accounts (kind) VALUES ('ext')")
+        return 7
+
+    async def main() -> list[object]:
+        store = await SqliteStore.open(db)
+        try:
+            ops = [store.run(tx_admin.recharge, ds.number(0), None, 1000, f"g{i}") for i in range(20)]
+            ops.insert(5, store.run(write_then_fail))
+            ops.insert(9, store.read(read_that_writes))
+            return await asyncio.gather(*ops, return_exceptions=True)
+        finally:
+            await store.close()
+
+    accounts_before = sqlite3.connect(db).execute("SELECT count(*) FROM accounts").fetchone()[0]
+    results = asyncio.run(main())
+    assert max(sizes) > 1                                   # they were batched
+    assert isinstance(results[5], Boom) and results[9] == 7
+    assert all(getattr(r, "created", False) for i, r in enumerate(results) if i not in (5, 9))
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM accounts").fetchone()[0] == accounts_before
+    assert conn.execute("SELECT count(*) FROM transfers WHERE ref LIKE 'g%'").fetchone()[0] == 20
+    conn.close()
+
+
+def test_stored_tariff_snapshot_is_unchanged_by_the_fast_path() -> None:
+    """The tariff JSON stored with a call is byte for byte what json.dumps(asdict(tariff)) wrote."""
+    import json  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from fastagi.bench.seed import PLANS  # noqa: PLC0415
+    from fastagi.rating import Tariff  # noqa: PLC0415
+
+    tariffs = [t for _, t, _ in PLANS] + [Tariff(per_minute=0, initial_s=1, increment_s=1, connect_fee=0,
+                                                 grace_s=0, max_call_s=1)]
+    for t in tariffs:
+        text = tx_calls.tariff_json(t)
+        assert text == json.dumps(asdict(t))
+        assert tx_calls.tariff_from_json(text) == t

@@ -3,9 +3,16 @@
 Each operation is a plain function of a sqlite3.Connection (in tx_*.py) that runs
 whole on aiosqlite's worker thread, inside one BEGIN IMMEDIATE transaction: one
 thread hop per operation instead of one per statement, and no interleaving.
+
+Group commit: operations that queue up while the thread is busy run next as one
+batch - one transaction, each operation inside its own SAVEPOINT (a failing one
+rolls back only itself), one COMMIT, one thread hop back. No caller hears of its
+operation before the COMMIT that made it durable. A lone operation runs exactly
+as before (its own BEGIN ... COMMIT).
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import sqlite3
@@ -18,7 +25,10 @@ from .base import NotADatabase, StoreError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
-SCHEMA_PATH = Path(__file__).resolve().parent.parent.parent / "schema.sql"
+BATCH_OPS_MAX = 64   # operations committed together at most (group commit)
+# schema.sql lives at the repository's top level; fastagi/schema.sql links to it so a
+# wheel carries it too.
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 DEFAULT_DB = "extbill.db"
 
 # Later versions: {2: "ALTER TABLE ...", ...}, applied in order by _migrate.
@@ -77,6 +87,10 @@ class SqliteStore:
         self._db = db
         self.path = path
         self.created = created
+        self._waiting: list[_Op] = []     # queued while a batch runs: the next batch
+        self._busy = False                # a batch is on the database thread
+        self._idle = asyncio.Event()      # no batch running and none waiting
+        self._idle.set()
 
     @classmethod
     async def open(cls, path: str, *, create: bool = True) -> "SqliteStore":
@@ -112,19 +126,100 @@ class SqliteStore:
         return cls(db, path, created)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn(conn, *args, **kwargs) on the database thread in one IMMEDIATE transaction."""
+        """Run fn(conn, *args, **kwargs) on the database thread in one IMMEDIATE transaction
+        (or one savepoint of a group-committed batch); return once it is committed."""
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        return await self._db._execute(_in_transaction, self._db._conn, fn, args)  # noqa: SLF001
+        return await self._submit(fn, args, True)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn(conn, *args, **kwargs) on the database thread in one read transaction."""
+        """Run fn(conn, *args, **kwargs) on the database thread in one read transaction
+        (or one savepoint of a batch, rolled back: a read never writes)."""
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        return await self._db._execute(_in_read, self._db._conn, fn, args)  # noqa: SLF001
+        return await self._submit(fn, args, False)
 
     async def close(self) -> None:
+        await self._idle.wait()   # every operation already asked for runs first
         await self._db.close()
+
+    def _submit(self, fn: Callable[..., Any], args: tuple, write: bool) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((fn, args, write, fut))
+        if not self._busy:
+            self._next_batch()
+        return fut
+
+    def _next_batch(self) -> None:
+        batch = self._waiting[:BATCH_OPS_MAX]
+        del self._waiting[:BATCH_OPS_MAX]
+        self._busy = True
+        self._idle.clear()
+        ops = [(fn, args, write) for fn, args, write, _ in batch]
+        task = asyncio.ensure_future(self._db._execute(_run_batch, self._db._conn, ops))  # noqa: SLF001
+        task.add_done_callback(functools.partial(self._batch_done, batch))
+
+    def _batch_done(self, batch: list[_Op], task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+        if task.cancelled():
+            outcomes: list[tuple[bool, Any]] = [(False, asyncio.CancelledError())] * len(batch)
+        elif task.exception() is not None:   # e.g. the connection was closed under us
+            outcomes = [(False, task.exception())] * len(batch)
+        else:
+            outcomes = task.result()
+        for (_, _, _, fut), (ok, value) in zip(batch, outcomes):
+            if fut.done():
+                continue   # its caller was cancelled; the operation ran all the same, as it always did
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        self._busy = False
+        if self._waiting:
+            self._next_batch()
+        else:
+            self._idle.set()
+
+
+_Op = tuple[Callable[..., Any], tuple, bool, "asyncio.Future[Any]"]
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple, bool]]
+               ) -> list[tuple[bool, Any]]:
+    """On the database thread: each (fn, args, write) -> (True, result) or (False, exception)."""
+    if len(ops) == 1:   # nothing queued behind it: its own transaction, as always
+        fn, args, write = ops[0]
+        try:
+            return [(True, (_in_transaction if write else _in_read)(conn, fn, args))]
+        except Exception as exc:  # noqa: BLE001  (handed to the caller)
+            return [(False, exc)]
+    writes = any(write for _, _, write in ops)
+    outcomes: list[tuple[bool, Any]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        for fn, args, write in ops:
+            conn.execute("SAVEPOINT extbill_op")
+            try:
+                result = fn(conn, *args)
+            except Exception as exc:  # noqa: BLE001  (this operation fails alone)
+                conn.execute("ROLLBACK TO extbill_op")
+                conn.execute("RELEASE extbill_op")
+                outcomes.append((False, exc))
+                continue
+            if not write:
+                conn.execute("ROLLBACK TO extbill_op")   # a read changes nothing, as in _in_read
+            conn.execute("RELEASE extbill_op")
+            outcomes.append((True, result))
+        conn.execute("COMMIT" if writes else "ROLLBACK")
+    except BaseException as exc:
+        # BEGIN or COMMIT failed, or SQLite rolled the whole transaction back (then the
+        # ROLLBACK TO above fails too): nothing of the batch is committed, so every
+        # operation in it fails.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if not isinstance(exc, Exception):
+            raise
+        return [(False, exc)] * len(ops)
+    return outcomes
 
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[..., T], args: tuple) -> T:

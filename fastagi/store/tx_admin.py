@@ -5,6 +5,7 @@ rating.py and ledger.py, so this module only reads and writes rows.
 """
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 import uuid
@@ -56,6 +57,17 @@ def set_plan_rate(conn: sqlite3.Connection, name: str, prefix: str, per_minute: 
                      (pid, prefix, per_minute))
 
 
+@functools.lru_cache(maxsize=1024)
+def tariff_of(values: tuple[int, ...]) -> Tariff:
+    """Tariff(*values), built and validated once per distinct set of values.
+
+    Safe to share: a Tariff is immutable and depends on nothing but these values.
+    Call setup loads a plan several times per call; validating it each time was a
+    measurable share of the benchmark's setup cost (issue 6).
+    """
+    return Tariff(*values)
+
+
 def load_plan(conn: sqlite3.Connection, pid: int | None) -> PlanView | None:
     if pid is None:
         return None
@@ -63,7 +75,7 @@ def load_plan(conn: sqlite3.Connection, pid: int | None) -> PlanView | None:
                      "FROM plans WHERE id=?", (pid,)).fetchone()
     rates = {p: m for p, m in conn.execute(
         "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,))}
-    return PlanView(Tariff(*tuple(r)), rates)
+    return PlanView(tariff_of(tuple(r)), rates)
 
 
 def list_plans(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -205,12 +217,17 @@ def move(conn: sqlite3.Connection, number: str, key: str, amount: int,
 
 # ---- views --------------------------------------------------------------------------------
 
-def number_view(conn: sqlite3.Connection, number: str) -> NumberView | None:
-    """The call-control snapshot of a number (None when unknown)."""
+def number_view(conn: sqlite3.Connection, number: str, *, with_keys: bool = True) -> NumberView | None:
+    """The call-control snapshot of a number (None when unknown).
+
+    with_keys=False leaves `keys` empty: only decide_lookup reads them (to size the
+    digit collection); decide_route looks up the one key pressed instead.
+    """
     row = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
     if row is None:
         return None
-    keys = tuple(k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (row["id"],)))
+    keys = tuple(k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (row["id"],))
+                 ) if with_keys else ()
     return NumberView(
         number_id=row["id"], number=row["number"], lang=row["lang"], ivr=bool(row["ivr"]),
         ext_billing=bool(row["ext_billing"]), min_balance=row["min_balance"],

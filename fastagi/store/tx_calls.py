@@ -6,10 +6,11 @@ once, whichever settlement path (AMI, hangup handler, reconcile, sweeper) comes 
 """
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -37,7 +38,7 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
     existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
     if existing is not None:
         return _repeat(existing)
-    nv = number_view(conn, number)
+    nv = number_view(conn, number, with_keys=False)
     ev = ext_view(conn, nv.number_id, digits) if nv is not None and digits else None
     d = decide_route(nv, digits, try_no, ev, caller)
     if d.action != "dial":
@@ -51,9 +52,21 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
         "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at) "
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?)",
         (billing_id, nv.number_id, d.extension_id, d.account_id, caller, channel, linkedid, d.dest,
-         d.charged, int(time.time() * 1000), json.dumps(asdict(d.tariff)), d.granted_s, d.reserve,
+         d.charged, int(time.time() * 1000), tariff_json(d.tariff), d.granted_s, d.reserve,
          pending_id, now_iso()))
     return d
+
+
+def tariff_json(t: Tariff) -> str:
+    """The tariff snapshot stored with a call: json.dumps(asdict(t)), without asdict's deep copy."""
+    return json.dumps({"per_minute": t.per_minute, "initial_s": t.initial_s, "increment_s": t.increment_s,
+                       "connect_fee": t.connect_fee, "grace_s": t.grace_s, "max_call_s": t.max_call_s})
+
+
+@functools.lru_cache(maxsize=1024)
+def tariff_from_json(text: str) -> Tariff:
+    """The stored snapshot back as a Tariff, parsed and validated once per distinct text."""
+    return Tariff(**json.loads(text))
 
 
 def _repeat(row: sqlite3.Row) -> Decision:
@@ -62,7 +75,7 @@ def _repeat(row: sqlite3.Row) -> Decision:
         return Decision(action="prompt", prompt="service-unavailable", reason="call-already-settled")
     return Decision(action="dial", reason="repeat", dest=row["dest"], charged=row["charged"],
                     account_id=row["account_id"], granted_s=row["granted_s"], reserve=row["reserved"],
-                    tariff=Tariff(**json.loads(row["tariff"])))
+                    tariff=tariff_from_json(row["tariff"]))
 
 
 def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> bool:
@@ -84,7 +97,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
         raise NotFound(f"no call {f.billing_id}")
     if row["state"] != "reserved":
         return _result(row, False)
-    tariff = Tariff(**json.loads(row["tariff"]))
+    tariff = tariff_from_json(row["tariff"])
     if f.answered:
         talk_s = (max(f.talk_ms, 0) + 500) // 1000   # to the nearest second
         if talk_s > row["granted_s"]:

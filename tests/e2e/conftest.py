@@ -4,6 +4,11 @@ The Asterisk root is built by .ci/asterisk-root (EXTBILL_ASTERISK_ROOT, default
 /var/cache/extbill/asterisk-root). Without it (or without root privileges for chroot)
 the e2e tests are skipped, unless EXTBILL_E2E_REQUIRED=1, which turns that into a failure.
 EXTBILL_E2E_KEEP=1 keeps the Asterisk config/log dir (ROOT/opt/extbill-e2e-*) afterwards.
+
+The real server: `extbill_server` (one per test module) runs `extbill serve` as a
+subprocess (tests/e2e/extbill_server.py) on a temporary SQLite file, with the harness
+Asterisk's [extbill] AMI user; `extbill` is the same server per test (started again if a
+test left it stopped, its log printed on failure).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from .asterisk import Asterisk, default_root, root_problem
+from .extbill_server import ExtbillServer
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,3 +71,29 @@ def asterisk(asterisk_server: Asterisk, request: pytest.FixtureRequest):
     leftover = asterisk_server.cli("core show channels count")
     if not leftover.lstrip().startswith("0 active channel"):
         asterisk_server.cli("channel request hangup all")
+
+
+@pytest.fixture(scope="module")
+def extbill_server(asterisk_server: Asterisk, tmp_path_factory: pytest.TempPathFactory):
+    """The real `extbill serve` on a fresh database (created by `extbill db init`), FastAGI
+    on a free loopback port, AMI to the session's Asterisk; stopped by PID afterwards."""
+    srv = ExtbillServer(asterisk_server, tmp_path_factory.mktemp("extbill-serve"))
+    srv.cli("db", "init")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def extbill(extbill_server: ExtbillServer, asterisk: Asterisk, request: pytest.FixtureRequest):
+    """The module's server, running, per test; on failure prints its log lines of the test."""
+    if not extbill_server.running:
+        extbill_server.start()
+    mark = len(extbill_server.logs)
+    yield extbill_server
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(f"\n--- extbill serve log ({extbill_server.log_file}) ---\n"
+              f"{extbill_server.log_tail(200, since=mark)}")
