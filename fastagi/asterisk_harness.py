@@ -714,7 +714,11 @@ class Ami:
         """Call <number> into extbill-ivr from a simulated caller that waits `dtmf_delay`
         seconds, sends `dtmf` (SendDTMF syntax; 'w' = 0.5 s pause), then stays `hold`
         seconds and hangs up (unless the IVR hung up first)."""
-        caller_id, ivr_id = f"sim-{uuid.uuid4().hex[:12]}", f"ivr-{uuid.uuid4().hex[:12]}"
+        # Shaped like Asterisk's own "[systemname-]epoch.seq" Uniqueids: the IVR channel's
+        # Uniqueid is the billing id, and extbill treats ids of that shape as naming the
+        # caller channel, as in production.
+        uid = f"{int(time.time())}.{uuid.uuid4().int % 10**9}"
+        caller_id, ivr_id = f"sim-{uid}", f"ivr-{uid}"
         aid = f"orig-{uuid.uuid4().hex[:8]}"
         call = Call(number, (caller_id, ivr_id), aid)
         self.calls.append(call)

@@ -93,8 +93,9 @@ class Settlement:
         rec = await self.store.read(tx_calls.settled_times, winner.billing_id)
         if rec is None or not rec["answer_at"] or not rec["end_at"]:
             return rough
-        exact = ms_from_iso(rec["end_at"]) - ms_from_iso(rec["answer_at"])
-        return exact if (max(exact, 0) + 500) // 1000 == winner.talk_s else rough
+        if winner.settled_by not in ("ami", "hangup"):
+            return rough    # closed by policy: its times are not a measurement
+        return max(ms_from_iso(rec["end_at"]) - ms_from_iso(rec["answer_at"]), 0)
 
     def _log_low(self, result: SettleResult) -> None:
         if result.low_balance:

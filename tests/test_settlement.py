@@ -406,7 +406,8 @@ async def _interleaving(template_db: Path, specs: list[tuple], data: Any) -> Non
             for r in rows:
                 state, talk_ms = expect[r["billing_id"]]
                 assert r["state"] == state and r["settled_by"] in ("ami", "hangup")
-                talk_s = 0 if talk_ms is None else (talk_ms + 500) // 1000
+                # talk past the grant is the caller's leg finishing a prompt: capped at the grant
+                talk_s = 0 if talk_ms is None else min((talk_ms + 500) // 1000, r["granted_s"])
                 assert r["talk_s"] == talk_s
                 assert r["cost"] == min(cost(talk_s, TARIFF), r["reserved"])
                 assert r["cost"] <= r["reserved"]
@@ -633,7 +634,7 @@ async def test_balance_low_uses_the_configured_threshold(tmp_path: Path) -> None
 @pytest.mark.parametrize("path", ["ami", "hangup"])
 @aio
 async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> None:
-    """HQ sees a call that talked past its grant charged exactly what was reserved, never driving the extension below zero."""
+    """HQ sees a call reported past its grant rated at the grant and charged exactly what was reserved, never below zero."""
     store = await open_store(tmp_path / "x.db", ext2=1500)
     try:
         d = await start_call(store, 1, "2")
@@ -646,9 +647,9 @@ async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> 
                 await feed(settlement, Correlator(), ami_answered(bid, at, 400_000))
             else:
                 await settlement.settle(hangup_answered(bid, at, 400_000))
-        assert events_named(logs, "call.cost_capped")
+        assert events_named(logs, "call.talk_over_grant")
         row = await call_row(store, bid)
-        assert row["state"] == "rated" and row["talk_s"] == 400
+        assert row["state"] == "rated" and row["talk_s"] == d.granted_s   # talk is capped at the grant
         assert row["cost"] == d.reserve == 1250
         bal = (await accounts(store))["2"]
         assert (bal["balance"], bal["reserved"], bal["available"]) == (250, 0, 250)

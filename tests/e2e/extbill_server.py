@@ -58,7 +58,7 @@ def extbill_command() -> list[str]:
 class ExtbillServer:
     def __init__(self, asterisk: Asterisk, workdir: Path, *, agi_port: int | None = None,
                  dial_timeout_s: int = 5, sweep_interval_s: int = 1, sweep_grace_s: int = 3,
-                 log_level: str = "info") -> None:
+                 log_level: str = "debug") -> None:
         self.asterisk = asterisk
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)

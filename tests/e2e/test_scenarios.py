@@ -122,6 +122,20 @@ def settled(srv: ExtbillServer, *calls: Call, timeout: float = 10) -> None:
     time.sleep(0.3)  # a slower second path may still be comparing: let it log
 
 
+def paths(srv: ExtbillServer, call: Call, timeout: float = 5) -> dict[str, str]:
+    """How each settlement path met the call: the winner ('settled') and the slower path
+    ('confirmed': it agreed to the second). Waits for the slower path's word."""
+    bid = call.ivr_id
+    winner = srv.wait_log_sync("call.settled", billing_id=bid, timeout=timeout)
+    out = {winner["settled_by"]: "settled"}
+    try:
+        other = srv.wait_log_sync("settle.confirmed", billing_id=bid, timeout=timeout)
+        out[other["other_path"]] = "confirmed"
+    except TimeoutError:
+        pass
+    return out
+
+
 def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -258,6 +272,7 @@ def test_key_for_funded_extension_is_bridged_and_charged_to_it(asterisk: Asteris
     after = money(srv, n)
     assert after["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
     assert after["main"] == before["main"] and after["2"] == before["2"]
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
     record("ext-answered", events, srv, n, [call])
 
@@ -280,6 +295,7 @@ def test_no_key_goes_to_default_destination_and_charges_main(asterisk: Asterisk,
     assert after["main"]["balance"] == before["main"]["balance"] - minor(rec["cost"])
     assert after["1"] == before["1"]
     assert [x["reason"] for x in srv.find("call.decision", number=n)] == ["no-key"]
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
 
 
@@ -324,6 +340,7 @@ def test_suspended_number_refuses_every_caller_until_recharged(asterisk: Asteris
     after = money(srv, n)
     assert after["main"]["balance"] == before["main"]["balance"] + 15_000
     assert after["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
 
 
@@ -341,6 +358,7 @@ def test_extension_billing_off_charges_main(asterisk: Asterisk, srv: ExtbillServ
     after = money(srv, n)
     assert after["main"]["balance"] == before["main"]["balance"] - minor(rec["cost"])
     assert after["1"] == before["1"]
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
 
 
@@ -363,6 +381,7 @@ def test_invalid_key_three_times_falls_back_to_default(asterisk: Asterisk, srv: 
     after = money(srv, n)
     assert after["main"]["balance"] == before["main"]["balance"] - minor(rec["cost"])
     assert after["1"] == before["1"]
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
     record("invalid-key-fallback", call.events, srv, n, [call])
 
@@ -384,6 +403,7 @@ def test_talk_time_excludes_ivr_and_ringing(asterisk: Asterisk, srv: ExtbillServ
     assert 2.5 <= ring_s <= 4.0, ring_s
     assert epoch(rec["start"]) - started >= 4.5            # the IVR came before the grant
     assert money(srv, n)["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
     record("talk-time", call.events, srv, n, [call])
 
@@ -408,6 +428,7 @@ def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk,
     assert rec["talk_s"] <= 20 and minor(rec["cost"]) <= 200
     acc = money(srv, n)["1"]
     assert acc["balance"] == 200 - minor(rec["cost"]) >= 0
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
     check_books(srv, [n], [call])
     record("short-grant", call.events, srv, n, [call])
 
@@ -431,6 +452,8 @@ def test_parallel_calls_never_spend_more_than_the_extension_held(asterisk: Aster
     acc = money(srv, n)["1"]
     assert spent <= 100 and acc["balance"] == 100 - spent >= 0
     assert money(srv, n)["main"]["balance"] == 50_000
+    for call in calls:
+        assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}
     check_books(srv, [n], calls)
     record("parallel", events, srv, n, calls)
 
@@ -454,6 +477,8 @@ def test_busy_and_no_answer_cost_nothing(asterisk: Asterisk, srv: ExtbillServer)
     assert money(srv, n) == before                 # ... and released
     statement = srv.cli_json("statement", n, "1")
     assert [r["kind"] for r in statement if r["code"] == "call"] == ["void", "pending"]
+    for call in calls:
+        assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}
     check_books(srv, [n], calls)
     record("busy-noanswer", events, srv, n, calls)
 
@@ -484,6 +509,7 @@ def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillSe
     assert call.bridged() and call.prompts() == [WELCOME]
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=6)
+    assert paths(srv, call)["hangup"] == "settled"   # the dialplan's report, AMI or not
     check_books(srv, [n], [call])
     record("ami-dropped", events, srv, n, [call])
 
@@ -510,6 +536,7 @@ def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -
     assert settlement["_run"] == srv.runs                   # settled by the new process
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=8)
+    assert paths(srv, call)["hangup"] == "settled"
     check_books(srv, [n], [call])
 
 
