@@ -316,7 +316,9 @@ class AmiClient:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if up:
-                log.warning("ami.disconnected", host=self._host, port=self._port, reason=reason)
+                # our own stop is routine; any other loss of the session is worth a warning
+                (log.info if reason == "stopped" else log.warning)(
+                    "ami.disconnected", host=self._host, port=self._port, reason=reason)
         return up
 
     async def _snapshot(self, session: _Session) -> None:

@@ -149,11 +149,11 @@ async def cmd_number_show(store: SqliteStore, a: argparse.Namespace) -> int:
 
 def _print_accounts(doc: dict[str, Any]) -> None:
     m = doc["main"]
-    print(f"  {'account':<22}{'balance':>14}{'reserved':>12}{'available':>14}{'spent':>12}  status")
-    print(f"  {'main':<22}{m['balance']:>14}{m['reserved']:>12}{m['available']:>14}{m['spent']:>12}  {doc['status']}")
+    print(f"  {'account':<26}{'balance':>14}{'reserved':>12}{'available':>14}{'spent':>12}  status")
+    print(f"  {'main':<26}{m['balance']:>14}{m['reserved']:>12}{m['available']:>14}{m['spent']:>12}  {doc['status']}")
     for e in doc["extensions"]:
-        label = f"ext {e['key']} {e['name']}"[:21]
-        print(f"  {label:<22}{e['balance']:>14}{e['reserved']:>12}{e['available']:>14}{e['spent']:>12}  {e['status']}")
+        label = f"ext {e['key']} {e['name']}"[:25]
+        print(f"  {label:<26}{e['balance']:>14}{e['reserved']:>12}{e['available']:>14}{e['spent']:>12}  {e['status']}")
 
 
 async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
@@ -311,10 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?")
     p.add_argument("--json", action="store_true")
 
-    from . import cli_calls, cli_doctor, cli_serve  # noqa: PLC0415  (they build on this module's helpers)
+    from . import cli_calls, cli_doctor, cli_serve, sandbox  # noqa: PLC0415  (they build on this module's helpers)
     cli_calls.add_parser(subs, _sub)
     cli_serve.add_parsers(subs, _sub)
     cli_doctor.add_parsers(subs, _sub)
+    sandbox.add_parsers(subs, _sub)
     return parser
 
 
