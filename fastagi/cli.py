@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_parsers(subs, _sub)
     cli_doctor.add_parsers(subs, _sub)
     sandbox.add_parsers(subs, _sub)
+    from .bench import cli as cli_bench  # noqa: PLC0415
+    cli_bench.add_parser(subs, _sub)
     return parser
 
 

@@ -36,7 +36,7 @@ def test_short_run_reports_every_figure_and_a_consistent_ledger(tmp_path: Path) 
     proc = subprocess.run(
         [sys.executable, "-m", "fastagi.bench.cli", "--seconds", "2", "--concurrency", "20",
          "--numbers", "20", "--in-flight", "50", "--ppc-seconds", "1", "--ppc-calls-max", "4",
-         "--raw-seconds", "0.5", "--paced-seconds", "1", "--json", str(out)],
+         "--raw-seconds", "0.5", "--paced-seconds", "1", "--no-seed-cache", "--json", str(out)],
         capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())
@@ -44,6 +44,7 @@ def test_short_run_reports_every_figure_and_a_consistent_ledger(tmp_path: Path) 
         assert key in doc, key
     assert doc["ledger_consistent"] is True
     assert doc["settled_exactly_once"] is True
+    assert doc["billed_as_simulated"] is True
     for key in REQUIRED_KEYS:
         if key not in ("ledger_consistent", "settled_exactly_once"):
             assert isinstance(doc[key], (int, float)) and doc[key] > 0, (key, doc[key])
@@ -62,7 +63,8 @@ def test_fake_ami_events_give_the_correlator_the_simulated_talk_time() -> None:
     answer_ms, end_ms = 1_732_650_012_345, 1_732_650_074_400
     c = Correlator()
     facts = []
-    for ev in _messages(chans.answered_events(answer_ms) + chans.ended_events(end_ms)):
+    for ev in _messages(chans.answered_events(answer_ms) + chans.ended_events(end_ms)
+                        + chans.caller_hangup(end_ms + 5)):
         facts += c.feed(ev)
     ends = [f for f in facts if isinstance(f, CallEnd)]
     assert len(ends) == 1
@@ -76,7 +78,8 @@ def test_fake_ami_unanswered_call_ends_unanswered() -> None:
     chans = CallChannels("1732650000.8", 8)
     c = Correlator()
     facts = []
-    for ev in _messages(chans.unanswered_events(1_732_650_020_000, "NOANSWER")):
+    for ev in _messages(chans.unanswered_events(1_732_650_020_000, "NOANSWER")
+                        + chans.caller_hangup(1_732_650_020_005)):
         facts += c.feed(ev)
     ends = [f for f in facts if isinstance(f, CallEnd)]
     assert len(ends) == 1 and ends[0].answered_us is None and ends[0].dial_status == "NOANSWER"

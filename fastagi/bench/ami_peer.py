@@ -75,13 +75,22 @@ class CallChannels:
         return (self.dial_end(answer_ms, "ANSWER") + self.bridge("BridgeEnter", answer_ms + 5, False)
                 + self.bridge("BridgeEnter", answer_ms + 6, True))
 
+    # How a call ends, in Asterisk's order: the talk ends (both leave the bridge, the callee's
+    # channel is destroyed), then the caller's channel runs its hangup handler - the dialplan's
+    # `hangup` FastAGI request - and only once that returns is the caller's channel destroyed:
+    # its Hangup event comes last, and CoreShowChannels lists it until then.
     def ended_events(self, end_ms: int) -> bytes:
-        """The caller hangs up after talking: both leave the bridge, both hang up."""
+        """The talk ends: both leave the bridge, the callee hangs up (the caller's Hangup: caller_hangup)."""
         return (self.bridge("BridgeLeave", end_ms, True) + self.bridge("BridgeLeave", end_ms + 1, False)
-                + self.hangup(end_ms + 2, False) + self.hangup(end_ms + 3, True))
+                + self.hangup(end_ms + 2, False))
 
     def unanswered_events(self, end_ms: int, status: str) -> bytes:
-        return self.dial_end(end_ms, status) + self.hangup(end_ms + 2, True)
+        """The Dial gives up (NOANSWER, BUSY ...): the ringing callee channel is hung up."""
+        return self.dial_end(end_ms, status) + self.hangup(end_ms + 1, False)
+
+    def caller_hangup(self, at_ms: int) -> bytes:
+        """The caller's channel is destroyed, after its hangup handler ran."""
+        return self.hangup(at_ms, True)
 
     def core_show_channel(self, action_id: str) -> bytes:
         return _message([("Event", "CoreShowChannel"), ("ActionID", action_id), *self.caller(),

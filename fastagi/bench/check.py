@@ -36,13 +36,19 @@ def check_ledger(db: str, expect: dict[str, int]) -> dict[str, Any]:
     finally:
         conn.close()
     ledger_consistent = total == 0 and pending_left == 0 and overdrawn == 0 and open_calls == 0
+    # every granted call (as the load generator counted them) has exactly one resolving transfer
     settled_exactly_once = (calls == expect["granted"] and pendings == calls and resolving == calls
-                            and not_once == 0 and open_calls == 0
-                            and by_state.get("rated", 0) == expect["answered"]
-                            and by_state.get("unanswered", 0) == expect["unanswered"])
+                            and not_once == 0 and open_calls == 0)
+    # ... and was resolved the way its simulated end calls for: answered ones rated for the
+    # talk time simulated, unanswered ones voided; revenue is the sum of the calls' costs
+    billed_as_simulated = (by_state.get("rated", 0) == expect["answered"]
+                           and by_state.get("unanswered", 0) == expect["unanswered"]
+                           and talk_s == expect["talk_s_total"]
+                           and revenue.credits_posted == cost and revenue.credits_pending == 0)
     return {
         "ledger_consistent": ledger_consistent,
         "settled_exactly_once": settled_exactly_once,
+        "billed_as_simulated": billed_as_simulated,
         "talk_time_matches": talk_s == expect["talk_s_total"],
         "revenue_matches_costs": revenue.credits_posted == cost and revenue.credits_pending == 0,
         "ledger": {"sum_credits_minus_debits": total, "pending_left": pending_left,

@@ -6,11 +6,14 @@ into (answer, bridge and hangup events). Phases:
   ramp    setups only, until `in_flight` granted calls are reserved and not settled;
   window  `seconds` of steady state, measured: `concurrency` workers make call setups
           while settle workers end the oldest calls, keeping ~`in_flight` reserved;
+  paced   `paced_seconds` of setups arriving at a fixed rate (`paced_share` of the
+          window's), whatever the server does: the latency below saturation;
   drain   no new calls; every granted call still open is ended and settled.
 A call's talk time exists only in its timestamps: nothing sleeps for it.
 
 Run by `extbill bench` as `python -m fastagi.bench.load '<json settings>'`; it writes
-one JSON object per line on stdout: {"ami_port": ...}, {"ready": ...}, {"result": ...}.
+one JSON object per line on stdout: {"ami_port": ...}, {"ready": ...}, {"window": ...},
+{"paced": ...}, {"result": ...}; then it stays logged in as serve's AMI peer until ended.
 """
 from __future__ import annotations
 
@@ -27,8 +30,9 @@ from .mix import Call, CallMix
 from .seed import DataSet
 
 READY_TIMEOUT_S = 20.0
-RAMP_TIMEOUT_S = 20.0
+RAMP_TIMEOUT_S = 10.0   # to `in_flight` reserved calls; a slower server starts the window with fewer
 DRAIN_TIMEOUT_S = 30.0
+LINGER_S = 60.0
 ERRORS_KEPT_MAX = 20
 
 
@@ -74,6 +78,7 @@ class Generator:
         self.mix = CallMix(DataSet(s.numbers, s.extensions), seed=s.seed, epoch=int(time.time()))
         self.ami = FakeAmi(s.ami_user, s.ami_secret, self.live_channels)
         self.pool: deque[Granted] = deque()     # granted, reserved, not yet ended
+        self.live: dict[str, CallChannels] = {}  # caller channels not yet destroyed (pool + ending)
         self.settling = 0
         self.phase = "ramp"
         self.window_start = self.window_end = 0.0
@@ -91,7 +96,8 @@ class Generator:
         self.room.set()
 
     def live_channels(self) -> list[CallChannels]:
-        return [g.chans for g in self.pool]
+        """What CoreShowChannels lists: granted calls whose caller channel is not destroyed yet."""
+        return list(self.live.values())
 
     def _error(self, what: str) -> None:
         self.counts["errors"] += 1
@@ -160,6 +166,7 @@ class Generator:
         else:
             end_ms = answer_ms
         self.pool.append(Granted(call, chans, answer_ms, end_ms))
+        self.live[call.billing_id] = chans
         self.in_flight_max = max(self.in_flight_max, len(self.pool) + self.settling)
         self.pool_changed.set()
 
@@ -184,6 +191,7 @@ class Generator:
                 self.settling -= 1
 
     async def settle(self, g: Granted) -> None:
+        """End a call as Asterisk does: talk-end events, the hangup handler's request, the caller's Hangup."""
         call = g.call
         if call.answered:
             self.ami.send(g.chans.ended_events(g.end_ms))
@@ -192,7 +200,11 @@ class Generator:
             status, cause = ("BUSY", "17") if call.ring_ms % 3 == 0 else ("NOANSWER", "19")
             self.ami.send(g.chans.unanswered_events(g.end_ms, status))
             args = [call.billing_id, status, cause, "", _sec(g.end_ms)]
-        await self._agi("hangup", args, call)
+        try:
+            await self._agi("hangup", args, call)
+        finally:
+            self.live.pop(call.billing_id, None)
+            self.ami.send(g.chans.caller_hangup(g.end_ms + 5))
         t = time.perf_counter()
         self.counts["settled"] += 1
         self.counts["answered" if call.answered else "unanswered"] += 1
@@ -314,6 +326,9 @@ async def main_async(s: LoadSettings) -> None:
     result = await gen.run()
     result["settings"] = asdict(s)
     emit({"result": result})
+    # Stay logged in to serve until `extbill bench` has stopped it (then it ends us with
+    # SIGTERM): an AMI peer vanishing under a running serve is not part of the run.
+    await asyncio.sleep(LINGER_S)
     await gen.ami.stop()
 
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, TypeVar
 import aiosqlite
 
 from .base import NotADatabase, StoreError
+from .checkpointer import Checkpointer
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -49,6 +50,7 @@ def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoint, no fsync per commit
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run in checkpointer.py, off the hot path
 
 
 def _schema_version(conn: sqlite3.Connection) -> int:
@@ -91,6 +93,8 @@ class SqliteStore:
         self._busy = False                # a batch is on the database thread
         self._idle = asyncio.Event()      # no batch running and none waiting
         self._idle.set()
+        self._checkpointer = Checkpointer(path)
+        self._checkpointer.start()
 
     @classmethod
     async def open(cls, path: str, *, create: bool = True) -> "SqliteStore":
@@ -142,6 +146,7 @@ class SqliteStore:
     async def close(self) -> None:
         await self._idle.wait()   # every operation already asked for runs first
         await self._db.close()
+        await asyncio.to_thread(self._checkpointer.stop)
 
     def _submit(self, fn: Callable[..., Any], args: tuple, write: bool) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -57,7 +57,7 @@ def extbill_command() -> list[str]:
 
 class ExtbillServer:
     def __init__(self, asterisk: Asterisk, workdir: Path, *, agi_port: int | None = None,
-                 dial_timeout_s: int = 5, sweep_interval_s: int = 1, sweep_grace_s: int = 3,
+                 dial_timeout_s: int = 5, sweep_interval_s: int = 1, sweep_grace_s: int = 10,
                  log_level: str = "debug") -> None:
         self.asterisk = asterisk
         self.workdir = Path(workdir)

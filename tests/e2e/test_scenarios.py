@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from datetime import datetime
 from pathlib import Path
@@ -123,21 +124,39 @@ def settled(srv: ExtbillServer, *calls: Call, timeout: float = 10) -> None:
 
 
 def paths(srv: ExtbillServer, call: Call, timeout: float = 5) -> dict[str, str]:
-    """How each settlement path met the call: the winner ('settled') and the slower path
-    ('confirmed': it agreed to the second). Waits for the slower path's word."""
+    """How each settlement path met the call: {winner: 'settled'} plus the slower path's
+    word: 'confirmed' (it agreed), 'disagreed', or for AMI 'incomplete' (it did not see
+    how the Dial ended, e.g. after a restart). Waits up to `timeout` for that word."""
     bid = call.ivr_id
     winner = srv.wait_log_sync("call.settled", billing_id=bid, timeout=timeout)
     out = {winner["settled_by"]: "settled"}
-    try:
-        other = srv.wait_log_sync("settle.confirmed", billing_id=bid, timeout=timeout)
-        out[other["other_path"]] = "confirmed"
-    except TimeoutError:
-        pass
+    words = {"settle.confirmed": "confirmed", "settle.disagreement": "disagreed",
+             "settle.ami_incomplete": "incomplete"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen = [x for event in words for x in srv.find(event, billing_id=bid)]
+        if seen:
+            for x in seen:
+                out[x.get("other_path", "ami")] = words[x["event"]]
+            break
+        time.sleep(0.05)
     return out
 
 
 def epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def log_times(ast: Asterisk, call: Call, what: str) -> list[datetime]:
+    """When Asterisk's log says `what` (a regex) happened on the call's IVR channel; naive
+    local times of the log's own clock: compare them only with each other."""
+    chans = {e["Channel"] for e in call.ivr_events() if "Channel" in e}
+    out = []
+    for m in re.finditer(r"^\[([0-9-]+ [0-9:.]+)\] (.*)$", ast.log_text(), re.M):
+        when, text = m.groups()
+        if any(f"<{c}> " in text or f"Channel {c} " in text for c in chans) and re.search(what, text):
+            out.append(datetime.strptime(when, "%Y-%m-%d %H:%M:%S.%f"))
+    return out
 
 
 # ------------------------------------------------------------------------ the books
@@ -188,8 +207,9 @@ def assert_rated(rec: dict[str, Any], call: Call, *, ext: str | None, charged: s
     assert minor(rec["cost"]) == rec["talk_s"] * CENT_PER_S
     assert minor(rec["cost"]) <= minor(rec["reserved"])
     assert rec["settled_by"] in ("hangup", "ami"), rec
+    # The billed seconds are the bridged time, rounded to the nearest second.
     shared = talk_window(call)
-    assert shared is not None and abs(rec["talk_s"] - (shared[1] - shared[0])) <= 1.0, (rec["talk_s"], shared)
+    assert shared is not None and abs(rec["talk_s"] - (shared[1] - shared[0])) <= 0.6, (rec["talk_s"], shared)
 
 
 def talk_window(call: Call) -> tuple[float, float] | None:
@@ -422,6 +442,13 @@ def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk,
     assert call.bridged() and call.dial_statuses() == ["ANSWER"]
     enter, leave = talk_window(call) or (0.0, 0.0)
     assert 19.8 <= leave - enter <= 20.5, leave - enter    # cut at the grant, not the branch's 60 s
+    # The warning (limit 20 s, warning 10 s before the end) plays inside the bridge, 10 s in.
+    warned = log_times(asterisk, call, r"Playing 'extbill/balance-warning")
+    joined = log_times(asterisk, call, r"joined '.*bridge")
+    assert len(warned) == 1 and len(joined) == 1, (warned, joined)
+    assert 9.5 <= (warned[0] - joined[0]).total_seconds() <= 10.5, (warned, joined)
+    dial = [d for a, d in call.applications() if a == "Dial"]
+    assert len(dial) == 1 and "L(20000:10000)" in dial[0], dial
     rec = srv.call(n, call.ivr_id)
     assert rec["granted_s"] == 20 and minor(rec["reserved"]) == 200
     assert_rated(rec, call, ext="1", charged="ext", talk_s=20)
@@ -498,8 +525,7 @@ def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillSe
         await srv.wait_log("ami.disconnected", since=mark)
         await srv.wait_log("ami.connected", since=mark, timeout=10)
 
-    calls, events = place_many(asterisk, srv, (n, {"dtmf": "1"}), during=during)
-    call = calls[0]
+    call = place(asterisk, srv, n, during=during, dtmf="1")
     settled(srv, call)
 
     assert kicked, "no AMI session of the extbill user to kick"
@@ -509,9 +535,9 @@ def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillSe
     assert call.bridged() and call.prompts() == [WELCOME]
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=6)
-    assert paths(srv, call)["hangup"] == "settled"   # the dialplan's report, AMI or not
+    # The dialplan's report settled it; AMI, which lost a second of events, agreed.
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}
     check_books(srv, [n], [call])
-    record("ami-dropped", events, srv, n, [call])
 
 
 def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -> None:
@@ -536,7 +562,8 @@ def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -
     assert settlement["_run"] == srv.runs                   # settled by the new process
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=8)
-    assert paths(srv, call)["hangup"] == "settled"
+    # The new process's AMI never saw this call's Dial end: it leaves it to the hangup handler.
+    assert paths(srv, call) == {"hangup": "settled", "ami": "incomplete"}
     check_books(srv, [n], [call])
 
 
