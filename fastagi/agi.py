@@ -423,6 +423,25 @@ def set_variable_command(name: str, value: str) -> str:
     return f"SET VARIABLE {name} {quote_arg(value)}"
 
 
+# MSet splits its argument on "," and "|", strips quotes and eats backslashes: only
+# values without those go through it (ours are digits, names, ids and Dial strings).
+_MSET_SAFE = re.compile(r"[A-Za-z0-9_./@&:+#*=-]*")
+_NAME_SAFE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MSET_VARIABLES_MAX = 99   # app MSet takes up to 99 name=value pairs
+
+
+def mset_command(pairs: list[tuple[str, str]]) -> str | None:
+    """`EXEC MSet "A=1,B=2"`: several variables in one round trip, or None if a value
+    cannot travel safely that way."""
+    if not pairs or len(pairs) > MSET_VARIABLES_MAX:
+        return None
+    for name, value in pairs:
+        if not _NAME_SAFE.fullmatch(name) or not _MSET_SAFE.fullmatch(value):
+            return None
+    text = "EXEC MSet " + quote_arg(",".join(f"{n}={v}" for n, v in pairs))
+    return text if len(text) + 1 <= COMMAND_BYTES_MAX else None
+
+
 def parse_command_args(line: str) -> list[str]:
     """Split a command line the way res_agi's parse_args does (for fakes and tests)."""
     args: list[str] = []

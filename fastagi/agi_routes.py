@@ -19,7 +19,7 @@ import structlog
 from .calls import Decision
 from .money import format_amount
 from .numbers import KEY_DIGITS_MAX
-from .server import AgiChannel, ChannelClosed, CommandFailed, ReplyTimeout
+from .server import AgiChannel, ChannelClosed, CommandFailed, NotSent, ReplyTimeout
 from .settlement import Settlement, iso_from_ms
 from .store import tx_calls
 from .store.base import CallFacts
@@ -63,17 +63,15 @@ def _number_arg(ch: AgiChannel) -> str:
 
 
 async def _answer(ch: AgiChannel, variables: list[tuple[str, str]]) -> None:
-    """Set the answer's variables (no money is at stake: prompts, retries, lookups)."""
-    for name, value in variables:
-        try:
-            await ch.set_variable(name, value)
-        except CommandFailed as exc:
-            if exc.reply.code != 511:
-                raise
-            # The caller hung up while we answered (HANGUP, then 511): nobody is left to
-            # hear the prompt. An ordinary event, not a handler error.
-            log.info("call.answer_undelivered", variable=name, hung_up=ch.hung_up)
-            return
+    """Set the answer's variables in one round trip (no money at stake: prompts, retries, lookups)."""
+    try:
+        await ch.set_variables(variables)
+    except CommandFailed as exc:
+        if exc.reply.code != 511:
+            raise
+        # The caller hung up while we answered (HANGUP, then 511): nobody is left to
+        # hear the prompt. An ordinary event, not a handler error.
+        log.info("call.answer_undelivered", hung_up=ch.hung_up)
 
 
 class CallRoutes:
@@ -141,27 +139,19 @@ class CallRoutes:
             ("EXTBILL_ID", billing_id), ("EXTBILL_DEST", d.dest or ""),
             ("EXTBILL_LIMIT_MS", str(d.limit_ms)), ("EXTBILL_WARN_MS", str(d.warning_ms)),
             ("EXTBILL_DIAL_TIMEOUT", str(self.dial_timeout_s)), ("EXTBILL_RESULT", "dial")]
-        for i, (name, value) in enumerate(variables):
-            try:
-                await ch.set_variable(name, value)
-            except CommandFailed as exc:
-                # Asterisk refused the command (511 after HANGUP): EXTBILL_RESULT is not
-                # "dial", so the dialplan will not Dial. Release the money now.
-                await self._release_undelivered(billing_id, str(exc))
-                return
-            except (ChannelClosed, ReplyTimeout) as exc:
-                if i < len(variables) - 1:
-                    # EXTBILL_RESULT was never sent: no Dial can follow. Release now.
-                    await self._release_undelivered(billing_id, str(exc))
-                    return
-                # The last command was sent but its reply never came: Asterisk may have set
-                # EXTBILL_RESULT=dial and be dialling now. Releasing would leave that call
-                # unbilled; keep the reservation. EXTBILL_ID is set (it was acknowledged),
-                # so the hangup handler settles the call either way (an undialled call is
-                # voided), and the sweeper is the backstop.
-                log.warning("call.grant_unconfirmed", error=str(exc),
-                            note="reservation kept until the hangup handler, AMI or the sweeper settles it")
-                return
+        try:
+            await ch.set_variables(variables)   # EXTBILL_RESULT=dial last: all or nothing
+        except (CommandFailed, NotSent) as exc:
+            # Asterisk refused it (511 after HANGUP) or never got it: EXTBILL_RESULT is not
+            # "dial", so the dialplan will not Dial. Release the money now.
+            await self._release_undelivered(billing_id, str(exc))
+        except (ChannelClosed, ReplyTimeout) as exc:
+            # Sent, but no reply: Asterisk may have set EXTBILL_RESULT=dial and be dialling
+            # now. Releasing would leave that call unbilled; keep the reservation. The hangup
+            # handler settles it either way (an undialled call is voided), the sweeper is
+            # the backstop.
+            log.warning("call.grant_unconfirmed", error=str(exc),
+                        note="reservation kept until the hangup handler, AMI or the sweeper settles it")
 
     async def _release_undelivered(self, billing_id: str, error: str) -> None:
         log.warning("call.grant_undelivered", error=error)

@@ -25,7 +25,7 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p = sub(subs, "serve", cmd_serve, "run the FastAGI call-control server and the AMI rating consumer")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = config.describe() + "\n\nPrecedence: defaults < --config file < environment < flags."
-    p.set_defaults(own_store=True)
+    p.set_defaults(own_store=True, fast_loop=True)
     p.add_argument("--config", help="TOML file with any of the settings below")
     p.add_argument("--agi-bind", help="FastAGI listen address host:port (default 127.0.0.1:4573)")
     p.add_argument("--ami-host")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import structlog
 
 from fastagi.agi import (
+    mset_command,
     AgiRequest,
     AgiSession,
     ConnectionClosed,
@@ -69,6 +70,10 @@ class ChannelClosed(ConnectionError):
     """The connection is gone (peer closed, protocol error, timeout or server stop)."""
 
 
+class NotSent(ChannelClosed):
+    """The connection was gone before the command was written: Asterisk never saw it."""
+
+
 class ReplyTimeout(TimeoutError):
     """No final reply within reply_timeout_s; the connection has been closed."""
 
@@ -102,6 +107,23 @@ class AgiChannel:
         command already pending on this channel).
         """
         return await self._conn.command(text)
+
+    async def set_variables(self, pairs: list[tuple[str, str]]) -> Reply:
+        """Set several variables in one round trip (EXEC MSet), in order; CommandFailed unless 200.
+
+        Values MSet could misread (separators, quotes) fall back to one SET VARIABLE each,
+        as does an Asterisk without MSet (result -2: application not found).
+        """
+        text = mset_command(pairs)
+        if text is not None:
+            reply = await self._conn.command(text)
+            if reply.code != 200:
+                raise CommandFailed(text, reply)
+            if reply.result != -2:
+                return reply
+        for name, value in pairs:
+            reply = await self.set_variable(name, value)
+        return reply
 
     async def set_variable(self, name: str, value: str) -> Reply:
         """SET VARIABLE with the value quoted for res_agi; raises CommandFailed unless 200."""
@@ -254,7 +276,7 @@ class _Connection(asyncio.Protocol):
     async def command(self, text: str) -> Reply:
         transport = self.transport
         if transport is None or transport.is_closing() or self.session.state in _DEAD_STATES:
-            raise ChannelClosed("connection closed")
+            raise NotSent("connection closed")
         data = self.session.send_command(text)  # LocalProtocolError propagates
         loop = self.server._loop
         self.reply = fut = loop.create_future()

@@ -88,14 +88,11 @@ class Settlement:
         stored times do not give it (e.g. a grant charged by the sweeper).
         """
         rough = (winner.talk_s or 0) * 1000
-        if winner.state != "rated":
-            return rough
-        rec = await self.store.read(tx_calls.settled_times, winner.billing_id)
-        if rec is None or not rec["answer_at"] or not rec["end_at"]:
+        if winner.state != "rated" or not winner.answer_at or not winner.end_at:
             return rough
         if winner.settled_by not in ("ami", "hangup"):
             return rough    # closed by policy: its times are not a measurement
-        return max(ms_from_iso(rec["end_at"]) - ms_from_iso(rec["answer_at"]), 0)
+        return max(ms_from_iso(winner.end_at) - ms_from_iso(winner.answer_at), 0)
 
     def _log_low(self, result: SettleResult) -> None:
         if result.low_balance:

@@ -62,8 +62,13 @@ async def agi_call(host: str, port: int, script: str, args: list[str], *, unique
             parts = parse_command_args(text)
             if len(parts) >= 4 and parts[0].upper() == "SET" and parts[1].upper() == "VARIABLE":
                 result.variables[parts[2]] = parts[3]
+            elif len(parts) >= 3 and parts[0].upper() == "EXEC" and parts[1].upper() == "MSET":
+                for pair in parts[2].split(","):   # as app MSet splits it
+                    name, _, value = pair.partition("=")
+                    result.variables[name] = value
             writer.write(b"511 Command Not Permitted on a dead channel or intercept routine\n"
-                         if hangup_after_headers else b"200 result=1\n")
+                         if hangup_after_headers else
+                         b"200 result=0\n" if parts[:1] == ["EXEC"] else b"200 result=1\n")
             await writer.drain()
     finally:
         writer.close()
@@ -117,11 +122,16 @@ class _LeanAgi(asyncio.Protocol):
                     parts = parse_command_args(text)
                     value = parts[1] if len(parts) > 1 else ""
                 self.variables[name] = value
+            elif line.startswith(b"EXEC MSet "):
+                parts = parse_command_args(line.decode("utf-8", "replace").rstrip("\r"))
+                for pair in (parts[2] if len(parts) > 2 else "").split(","):   # as app MSet splits it
+                    name, _, value = pair.partition("=")
+                    self.variables[name] = value
         self.buf = buf
         if replies:
             self.commands += replies
             assert self.transport is not None
-            self.transport.write(b"200 result=1\n" * replies)
+            self.transport.write(b"200 result=1\n" * replies)   # EXEC answers result=0; unused here
 
     def eof_received(self) -> bool:
         self._finish(None)

@@ -161,11 +161,7 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
     assert load.stdout is not None
     try:
         ami_port = await _read_json_line(load.stdout, "ami_port", SERVE_START_TIMEOUT_S)
-        # --serve-uvloop: the same `extbill serve`, on uvloop's event loop (an experiment:
-        # serve itself uses asyncio's).
-        launcher = (["-c", "import sys, uvloop; uvloop.install(); from fastagi.cli import main; "
-                           "sys.exit(main(sys.argv[1:]))"] if a.serve_uvloop else ["-m", "fastagi"])
-        serve_cmd = [sys.executable, *launcher, "serve", "--db", db,
+        serve_cmd = [sys.executable, "-m", "fastagi", "serve", "--db", db,
                      "--agi-bind", f"127.0.0.1:{agi_port}", "--ami-host", "127.0.0.1",
                      "--ami-port", str(ami_port), "--ami-user", s.ami_user, "--ami-secret", s.ami_secret,
                      "--no-demo", "--log-level", a.serve_log_level, "--log-format", "json",
@@ -388,7 +384,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
             "numbers": a.numbers, "extensions": a.extensions, "seed": a.seed,
             "ppc_seconds": a.ppc_seconds, "ppc_concurrency": a.ppc_concurrency,
             "ppc_calls_max": a.ppc_calls_max, "raw_seconds": a.raw_seconds, "seed_cached": seed_cached,
-            "serve_log_level": a.serve_log_level, "serve_uvloop": a.serve_uvloop,
+            "serve_log_level": a.serve_log_level,
             "cpus": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2),
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
         },
@@ -529,8 +525,6 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--raw-seconds", type=_positive_float, default=3.0, help="raw reference: how long, s (default 3)")
     p.add_argument("--serve-log-level", choices=("debug", "info", "warning", "error"), default="warning",
                    help="serve's log level during the run (default warning)")
-    p.add_argument("--serve-uvloop", action="store_true",
-                   help="run serve on uvloop's event loop (needs uvloop installed): an experiment")
     p.add_argument("--py-spy", metavar="FILE", help="profile serve with py-spy into FILE (.svg flamegraph, .json speedscope, "
                         ".txt collapsed stacks)")
     p.add_argument("--no-seed-cache", dest="seed_cache", action="store_false",

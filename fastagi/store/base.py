@@ -54,6 +54,8 @@ class SettleResult:
     cost: int | None
     settled_by: str | None
     low_balance: dict[str, Any] | None = None   # set when an extension just crossed its threshold
+    answer_at: str | None = None   # the stored answer and end times (ISO 8601), for comparisons
+    end_at: str | None = None
 
 
 class Store(Protocol):

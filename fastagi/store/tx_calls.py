@@ -87,7 +87,7 @@ def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> 
 
 def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
     return SettleResult(row["billing_id"], settled_now, row["state"], row["talk_s"], row["cost"],
-                        row["settled_by"], low)
+                        row["settled_by"], low, row["answer_at"], row["end_at"])
 
 
 def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
@@ -168,13 +168,6 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any] |
     if not below or was_below:
         return None
     return {"number": ext["number"], "ext": ext["key"], "available": available, "threshold": threshold}
-
-
-def settled_times(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:
-    """The stored answer and end times of one call, for the slower path's comparison."""
-    row = conn.execute("SELECT state, answer_at, end_at, talk_s FROM calls WHERE billing_id=?",
-                       (billing_id,)).fetchone()
-    return None if row is None else dict(row)
 
 
 def open_call(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:
