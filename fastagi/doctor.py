@@ -64,7 +64,7 @@ RECOMMENDED_MODULES = (
     "res_musiconhold", "cdr_manager",
 )
 
-AMI_READ_NEEDED = ("system", "call", "dialplan", "cdr")
+AMI_READ_NEEDED = ("system", "call")
 AMI_WRITE_ANY = ("reporting", "system")   # either lets CoreShowChannels through
 EXTBILL_TABLES = ("accounts", "transfers", "plans", "numbers", "extensions", "calls")
 PROBE_NUMBER = "4000000000"   # looked up when the database has no number: not-in-service

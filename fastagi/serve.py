@@ -21,6 +21,8 @@ from .store.sqlite import SqliteStore
 
 log = structlog.get_logger("extbill.serve")
 
+AMI_FACTS_IN_FLIGHT_MAX = 256   # AMI facts being settled at once; the event queue waits beyond
+
 
 class Service:
     """Everything `serve` runs; tests and the benchmark start it in-process or as a subprocess."""
@@ -34,6 +36,8 @@ class Service:
         self.settlement: Settlement | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._facts_slots = asyncio.Semaphore(AMI_FACTS_IN_FLIGHT_MAX)
+        self._fact_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         s = self.settings
@@ -69,9 +73,26 @@ class Service:
     async def _on_ami_event(self, event: Any) -> None:
         assert self.settlement is not None
         for fact in self.correlator.feed(event):
-            await self.settlement.on_ami_fact(fact)
+            # Settle concurrently (the store group-commits them), bounded: one fact at a
+            # time would let the AMI queue overflow under load. Order within a call does
+            # not matter: the store settles each call once, and a late answer is a no-op.
+            await self._facts_slots.acquire()
+            task = asyncio.create_task(self._apply_fact(fact))
+            self._fact_tasks.add(task)
+            task.add_done_callback(self._fact_done)
         for bad in self.correlator.take_malformed():
             log.warning("ami.malformed_event", reason=bad.reason, ami_event=bad.event, billing_id=bad.billing_id)
+
+    async def _apply_fact(self, fact: Any) -> None:
+        assert self.settlement is not None
+        try:
+            await self.settlement.on_ami_fact(fact)
+        except Exception as exc:  # noqa: BLE001  (one bad fact must not stop the consumer)
+            log.error("settle.ami_fact_failed", billing_id=fact.billing_id, error=repr(exc))
+
+    def _fact_done(self, task: "asyncio.Task[None]") -> None:
+        self._fact_tasks.discard(task)
+        self._facts_slots.release()
 
     async def _on_ami_connected(self, live_ids: set[str]) -> None:
         assert self.settlement is not None
@@ -111,6 +132,8 @@ class Service:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.ami is not None:
             await self.ami.stop()
+        if self._fact_tasks:
+            await asyncio.gather(*self._fact_tasks, return_exceptions=True)
         if self.store is not None:
             await self.store.close()
         log.info("serve.stopped")

@@ -8,6 +8,8 @@ reservation at most once; the losers are compared against the winner.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +22,7 @@ from .store.base import CallFacts, NotFound, SettleResult
 
 log = structlog.get_logger("extbill.settle")
 
+RECENT_SETTLED_MAX = 50_000   # settled calls remembered for the slower path's comparison
 DISAGREEMENT_MS_MAX = 1000   # two paths' talk times further apart than this are logged
 RECONCILE_MIN_AGE_MS = 2000  # a call granted this recently may not have its channel listed yet
 
@@ -52,13 +55,27 @@ class Settlement:
         self.unsettled_policy = unsettled_policy
         self.dial_timeout_s = dial_timeout_s
         self.sweep_grace_s = sweep_grace_s
+        # Calls this process settled recently: the slower path compares against this
+        # instead of asking the database again (every call is reported twice).
+        self._recent: OrderedDict[str, SettleResult] = OrderedDict()
+
+    def _remember(self, result: SettleResult) -> None:
+        self._recent[result.billing_id] = replace(result, settled_now=False, low_balance=None)
+        if len(self._recent) > RECENT_SETTLED_MAX:
+            self._recent.popitem(last=False)
 
     async def settle(self, facts: CallFacts) -> SettleResult | None:
+        known = self._recent.get(facts.billing_id)
+        if known is not None:
+            await self._compare(facts, known)
+            return known
         try:
             result = await self.store.run(tx_calls.settle, facts)
         except NotFound:
             log.info("settle.unknown_call", billing_id=facts.billing_id, settled_by=facts.settled_by)
             return None
+        if result.state != "reserved":
+            self._remember(result)
         if result.settled_now:
             log.info("call.settled", billing_id=facts.billing_id, state=result.state,
                      talk_s=result.talk_s, cost=format_amount(result.cost or 0),
@@ -103,6 +120,8 @@ class Settlement:
 
     async def on_ami_fact(self, fact: CallAnswered | CallEnd) -> None:
         if isinstance(fact, CallAnswered):
+            if fact.billing_id in self._recent:
+                return   # already settled: the answer time changes nothing
             await self.store.run(tx_calls.mark_answered, fact.billing_id,
                                  iso_from_ms(fact.answered_us // 1000))
             return
@@ -132,6 +151,8 @@ class Settlement:
             result = await self.store.run(tx_calls.expire, billing_id, self.unsettled_policy, settled_by)
         except NotFound:
             return None
+        if result.state != "reserved":
+            self._remember(result)
         if result.settled_now:
             log.warning("call.unsettled_closed", billing_id=billing_id, policy=self.unsettled_policy,
                         state=result.state, cost=format_amount(result.cost or 0), settled_by=settled_by)
