@@ -7,6 +7,7 @@ import json
 from typing import Any, Callable
 
 from . import config, doctor
+from .cli_types import seconds_up_to
 
 
 async def cmd_doctor(a: argparse.Namespace) -> int:
@@ -27,14 +28,7 @@ async def cmd_doctor(a: argparse.Namespace) -> int:
     return 1 if doctor.failed(findings) else 0
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 60 seconds")
-    return value
+_timeout = seconds_up_to(60)
 
 
 def add_parsers(subs: Any, sub: Callable) -> None:

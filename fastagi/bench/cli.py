@@ -38,6 +38,7 @@ from .mix import CallMix
 from .ppc import process_per_call
 from .raw import raw_setups_per_s
 from .seed import DataSet, seed_file
+from ..cli_types import seconds_up_to
 
 SERVE_START_TIMEOUT_S = 20.0
 SERVE_STOP_TIMEOUT_S = 15.0
@@ -468,14 +469,7 @@ def _pct(share: float | None) -> str:
     return "?" if share is None else f"{share * 100:.0f}%"
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < v <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most 3600")
-    return v
+_positive_float = seconds_up_to(3600)
 
 
 def _seconds_or_zero(text: str) -> float:
