@@ -204,6 +204,8 @@ class AmiClient:
         self._failing = False  # inside an episode of failing callbacks
         self._resync = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._episode: str | None = None   # the failure being retried, logged once
+        self._episode_failures = 0
         self._stopping = False
 
     @property
@@ -251,15 +253,27 @@ class AmiClient:
         while not self._stopping:
             if await self._session_once():
                 delay = self.limits.backoff_initial_s  # it worked: retry fast once
-            log.info("ami.reconnecting", delay_s=round(delay, 3))
+            # the first retry of an episode is news; the rest (every backoff step) is debug
+            (log.debug if self._episode else log.info)("ami.reconnecting", delay_s=round(delay, 3))
             await asyncio.sleep(delay)
             delay = min(self.limits.backoff_max_s, delay * 2)
+
+    def _fail(self, level: Any, event: str, **kw: Any) -> None:
+        """Log a failed attempt once per episode: the same failure again is only debug."""
+        key = f"{event}:{kw.get('error', '')[:40]}"
+        self._episode_failures += 1
+        if key == self._episode:
+            log.debug(event, host=self._host, port=self._port, attempt=self._episode_failures, **kw)
+            return
+        self._episode = key
+        level(event, host=self._host, port=self._port, **kw,
+              note="retrying with backoff; repeats of this failure are logged at debug level")
 
     async def _session_once(self) -> bool:
         """One connection's life; True if it got logged in and snapshotted."""
         lim = self.limits
         self.counters.connect_attempts += 1
-        log.info("ami.connecting", host=self._host, port=self._port)
+        (log.debug if self._episode else log.info)("ami.connecting", host=self._host, port=self._port)
         try:
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
             # that races with completion, and stop() would then hang.
@@ -267,7 +281,7 @@ class AmiClient:
                 reader, writer = await asyncio.open_connection(
                     self._host, self._port, limit=lim.message_bytes_max)
         except (OSError, TimeoutError) as exc:
-            log.warning("ami.connect_failed", host=self._host, port=self._port, error=repr(exc))
+            self._fail(log.warning, "ami.connect_failed", error=repr(exc))
             return False
         session = _Session(reader, writer, self._enqueue_event)
         tasks: list[asyncio.Task[Any]] = []
@@ -277,7 +291,7 @@ class AmiClient:
             async with asyncio.timeout(lim.connect_timeout_s):
                 banner = await reader.readline()
             if not banner.startswith(BANNER_PREFIX):
-                log.error("ami.not_ami", host=self._host, port=self._port, banner=banner[:80])
+                self._fail(log.error, "ami.not_ami", banner=banner[:80])
                 return False
             tasks.append(asyncio.create_task(session.read_loop()))
             reply = await session.action({"Action": "Login", "Username": self._username,
@@ -285,13 +299,16 @@ class AmiClient:
                                          lim.action_timeout_s)
             if not reply.success:
                 self.counters.login_refused += 1
-                log.error("ami.login_refused", host=self._host, port=self._port,
-                          username=self._username, reply=reply.get("Message", ""),
-                          hint="check the user, secret, permit/deny and read/write in manager.conf")
+                self._fail(log.error, "ami.login_refused", username=self._username,
+                           reply=reply.get("Message", ""),
+                           hint="check the user, secret, permit/deny and read/write in manager.conf")
                 return False
             await self._snapshot(session)
             self._session, up = session, True
             self.counters.sessions += 1
+            if self._episode:
+                log.info("ami.recovered", failed_attempts=self._episode_failures)
+            self._episode, self._episode_failures = None, 0
             log.info("ami.connected", host=self._host, port=self._port)
             tasks += [asyncio.create_task(self._ping_loop(session)),
                       asyncio.create_task(self._resync_loop(session))]
