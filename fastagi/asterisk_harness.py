@@ -276,7 +276,8 @@ documentation_language = en_US
         """The project's manager.conf: same [general] and [extbill] user, with our port
         and a known secret, plus a harness user. The harness user READS exactly what the
         [extbill] user reads (so recorded streams are what extbill gets in production)
-        and may write everything (Originate, Setvar, ...)."""
+        and may write everything (Originate, Setvar, ...). It also reads dialplan events
+        (Newexten): that is how a test knows which prompts a caller heard."""
         text = (self.project / "dialplan" / "manager.conf").read_text()
         text = re.sub(r"(?m)^(\s*port\s*=).*$", rf"\g<1> {self.ami_port}", text)
         text = re.sub(r"(?m)^(\s*secret\s*=).*$", rf"\g<1> {EXTBILL_SECRET}", text)
@@ -284,7 +285,7 @@ documentation_language = en_US
         return text + (
             f"\n[{HARNESS_USER}]\nsecret = {HARNESS_SECRET}\n"
             "deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n"
-            f"read = {read}\nwrite = all\nwritetimeout = 5000\n")
+            f"read = {read},dialplan\nwrite = all\nwritetimeout = 5000\n")
 
     # ---------------------------------------------------------------- process
     def start(self, timeout: float = 30.0) -> "Asterisk":
