@@ -40,6 +40,7 @@ class Settings:
         _validate(self)
 
 
+SWEEP_GRACE_S_MIN = 10
 CHOICES = {"unsettled_policy": ("mark", "charge"), "log_format": ("json", "console"),
            "log_level": ("debug", "info", "warning", "error")}
 POSITIVE = {"ami_port": 65535, "dial_timeout_s": 600, "sweep_interval_s": 3600, "sweep_grace_s": 86400,
@@ -54,6 +55,10 @@ def _validate(s: Settings) -> None:
         value = getattr(s, key)
         if not 0 < value <= top:
             raise ConfigError(f"{key}: {value!r} must be greater than 0 and at most {top}")
+    if s.sweep_grace_s < SWEEP_GRACE_S_MIN:
+        # the limit-reached prompt plays after the cut, so a granted call can report a few
+        # seconds past ring + grant: a shorter grace would close live calls as unrated
+        raise ConfigError(f"sweep_grace_s: {s.sweep_grace_s!r} must be at least {SWEEP_GRACE_S_MIN}")
     parse_hostport(s.agi_bind, "agi_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
