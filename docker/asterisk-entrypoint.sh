@@ -41,7 +41,7 @@ channelvars = EXTBILL_ID
 secret = ${EXTBILL_AMI_SECRET}
 deny = 0.0.0.0/0.0.0.0
 permit = ${EXTBILL_AMI_PERMIT}
-read = system,call,dialplan,cdr
+read = system,call
 write = reporting
 writetimeout = 1000
 CONF
