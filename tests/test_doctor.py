@@ -75,6 +75,9 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_good_config_every_check_ok(etc: Path) -> None:
+    """On a correctly installed Asterisk config, `extbill doctor` reports the extensions, manager,
+    modules and prompts checks all OK, showing the EXTBILL_AGI address and that all 8 prompts exist
+    for each language the numbers use."""
     findings = files(etc, db_langs=("zh", "en"))
     assert by_status(findings, doctor.OK) == findings, doctor.render(findings)
     checks = {f.check for f in findings}
@@ -85,6 +88,9 @@ def test_good_config_every_check_ok(etc: Path) -> None:
 
 
 def test_missing_include_fails_with_the_include_line(etc: Path) -> None:
+    """If extensions.conf does not include extbill's dialplan, doctor fails the extensions check and
+    tells the admin the exact `#include` line to add, the file it points at, and to run `dialplan
+    reload`."""
     (etc / "extensions.conf").write_text(TRUNK)
     [f] = fails(files(etc), "extensions")
     assert "not included" in f.message
@@ -93,6 +99,9 @@ def test_missing_include_fails_with_the_include_line(etc: Path) -> None:
 
 
 def test_include_of_a_missing_file_fails_the_whole_file(etc: Path) -> None:
+    """If extensions.conf includes an extbill dialplan file that does not exist, doctor fails
+    because Asterisk would refuse to load the whole file, and tells the admin to create that
+    file."""
     shutil.rmtree(etc / "extbill")
     found = fails(files(etc), "extensions")
     assert any("no such file" in f.message and "refuses to load" in f.message for f in found)
@@ -100,6 +109,8 @@ def test_include_of_a_missing_file_fails_the_whole_file(etc: Path) -> None:
 
 
 def test_missing_timestampevents(etc: Path) -> None:
+    """If manager.conf lacks timestampevents, doctor fails the manager check and tells the admin to
+    set `timestampevents = yes` and run `manager reload`."""
     edit(etc / "manager.conf", "timestampevents = yes", "")
     [f] = fails(files(etc))
     assert f.check == "manager" and "timestampevents is not set" in f.message
@@ -107,12 +118,15 @@ def test_missing_timestampevents(etc: Path) -> None:
 
 
 def test_timestampevents_no(etc: Path) -> None:
+    """If manager.conf sets `timestampevents = no`, doctor fails and says the value is 'no'."""
     edit(etc / "manager.conf", "timestampevents = yes", "timestampevents = no")
     [f] = fails(files(etc))
     assert "timestampevents is 'no'" in f.message
 
 
 def test_missing_channelvars(etc: Path) -> None:
+    """If manager.conf does not set channelvars, doctor fails and tells the admin to add
+    `channelvars = EXTBILL_ID`."""
     edit(etc / "manager.conf", "channelvars = EXTBILL_ID", "")
     [f] = fails(files(etc))
     assert "channelvars not set" in f.message
@@ -120,12 +134,17 @@ def test_missing_channelvars(etc: Path) -> None:
 
 
 def test_channelvars_without_ours_keeps_the_others(etc: Path) -> None:
+    """If manager.conf's channelvars lists other variables but not EXTBILL_ID, doctor's suggested
+    fix adds EXTBILL_ID while keeping the admin's existing ones."""
     edit(etc / "manager.conf", "channelvars = EXTBILL_ID", "channelvars = FOO, BAR")
     [f] = fails(files(etc))
     assert "`channelvars = FOO,BAR,EXTBILL_ID`" in f.fix
 
 
 def test_a_second_general_section_is_ignored_but_plus_adds(etc: Path) -> None:
+    """Like Asterisk, doctor ignores a setting put in a second [general] section of manager.conf and
+    tells the admin to put it in the FIRST [general], but accepts it in a `[general](+)`
+    addition."""
     # Asterisk 22 reads manager.conf's first [general] only (checked on the real one).
     edit(etc / "manager.conf", "timestampevents = yes", "")
     with open(etc / "manager.conf", "a") as fh:
@@ -137,6 +156,9 @@ def test_a_second_general_section_is_ignored_but_plus_adds(etc: Path) -> None:
 
 
 def test_missing_prompts_for_a_language_in_use(etc: Path, tmp_path: Path) -> None:
+    """When a language used by a number in the database has missing or empty prompt files, doctor
+    fails the prompts check naming those files and gives the `install` command that copies them,
+    while languages no number uses are not checked."""
     en = tmp_path / "data" / "sounds" / "en" / "extbill"
     (en / "welcome.wav").unlink()
     (en / "limit-reached.wav").write_bytes(b"")
@@ -148,12 +170,16 @@ def test_missing_prompts_for_a_language_in_use(etc: Path, tmp_path: Path) -> Non
 
 
 def test_astdatadir_template_means_the_default(etc: Path) -> None:
+    """If asterisk.conf's [directories] is only a template, doctor looks for the prompts under
+    Asterisk's default data directory, as Asterisk would, and reports them missing there."""
     edit(etc / "asterisk.conf", "[directories]", "[directories](!)")
     [f] = fails(files(etc))
     assert f"{doctor.DEFAULT_DATADIR}/sounds/zh/extbill" in f.message
 
 
 def test_globals_override_after_the_include(etc: Path) -> None:
+    """An EXTBILL_AGI set in a `[globals](+)` after the include overrides the shipped address, and
+    doctor passes and reports the overriding address."""
     with open(etc / "extensions.conf", "a") as fh:
         fh.write("\n[globals](+)\nEXTBILL_AGI=10.0.0.5:4573\n")
     findings = files(etc)
@@ -162,6 +188,8 @@ def test_globals_override_after_the_include(etc: Path) -> None:
 
 
 def test_plus_before_any_globals_breaks_the_file(etc: Path) -> None:
+    """A `[globals](+)` placed before any [globals] section makes doctor fail at extensions.conf
+    line 1, because (+) adds to a section that does not exist."""
     (etc / "extensions.conf").write_text("[globals](+)\nEXTBILL_AGI=10.0.0.5:4573\n\n" + TRUNK + INCLUDE)
     [f] = fails(files(etc))
     assert "(+) adds to a section that does not exist" in f.message
@@ -169,6 +197,8 @@ def test_plus_before_any_globals_breaks_the_file(etc: Path) -> None:
 
 
 def test_empty_extbill_agi_fails(etc: Path) -> None:
+    """If EXTBILL_AGI is overridden with an empty value, doctor fails saying it is not set and
+    suggests setting it in `[globals](+)`."""
     with open(etc / "extensions.conf", "a") as fh:
         fh.write("\n[globals](+)\nEXTBILL_AGI=\n")
     [f] = fails(files(etc))
@@ -176,6 +206,8 @@ def test_empty_extbill_agi_fails(etc: Path) -> None:
 
 
 def test_extbill_agi_from_an_expression_warns(etc: Path) -> None:
+    """If EXTBILL_AGI is set from a dialplan expression, doctor only warns that it is an expression
+    and suggests checking the real value with `dialplan show globals`."""
     with open(etc / "extensions.conf", "a") as fh:
         fh.write("\n[globals](+)\nEXTBILL_AGI=${AGI_HOST}:4573\n")
     [w] = by_status(files(etc), doctor.WARN)
@@ -183,6 +215,9 @@ def test_extbill_agi_from_an_expression_warns(etc: Path) -> None:
 
 
 def test_nothing_routes_into_the_ivr_warns(etc: Path) -> None:
+    """If nothing sends calls into extbill-ivr, doctor warns and shows the
+    `Goto(extbill-ivr,${EXTEN},1)` line to add, and the warning goes away once a pjsip endpoint uses
+    that context."""
     (etc / "extensions.conf").write_text(INCLUDE)
     [w] = by_status(files(etc), doctor.WARN)
     assert "Goto(extbill-ivr,${EXTEN},1)" in w.fix
@@ -191,12 +226,18 @@ def test_nothing_routes_into_the_ivr_warns(etc: Path) -> None:
 
 
 def test_an_edited_dialplan_warns(etc: Path) -> None:
+    """If the installed extbill dialplan has been edited, doctor warns that it differs from this
+    extbill's [extbill-ivr] dialplan."""
     edit(etc / "extbill" / "extensions.conf", "EXTBILL_TRY} < 9", "EXTBILL_TRY} < 99")
     [w] = by_status(files(etc), doctor.WARN)
     assert "differs from this extbill's dialplan ([extbill-ivr])" in w.message
 
 
 def test_modules_noload_and_autoload_no(etc: Path) -> None:
+    """doctor fails when modules.conf keeps out a module extbill needs, whether by `noload` or by
+    `autoload = no` without a `load` line, naming the missing modules and the lines to add, only
+    warns about missing recommended modules, and fails when there is no modules.conf because nothing
+    would load."""
     (etc / "modules.conf").write_text("[modules]\nautoload = yes\nnoload => res_agi.so\n")
     [f] = fails(files(etc))
     assert "noload keeps out res_agi.so" in f.message and "noload => res_agi.so" in f.fix
@@ -212,6 +253,8 @@ def test_modules_noload_and_autoload_no(etc: Path) -> None:
 
 
 def test_required_and_recommended_modules_are_dialplan_modules_conf() -> None:
+    """The modules.conf shipped in dialplan/ loads exactly the modules doctor requires or
+    recommends, and no module is both required and recommended."""
     conf = doctor.parse_conf("modules.conf", doctor.etc_reader(str(PROJECT / "dialplan")))
     shipped = {doctor._module(v) for v in conf.first("modules").values("load")}
     assert shipped == set(doctor.REQUIRED_MODULES) | set(doctor.RECOMMENDED_MODULES)
@@ -219,6 +262,9 @@ def test_required_and_recommended_modules_are_dialplan_modules_conf() -> None:
 
 
 def test_ami_user_checks(etc: Path) -> None:
+    """doctor fails when manager.conf has no real [extbill] AMI user (a template does not count, a
+    user built from one does), when its secret is not extbill's ami_secret, or when it lacks the
+    permissions to read system events and run CoreShowChannels."""
     manager = etc / "manager.conf"
     edit(manager, "[extbill]", "[extbill](!)")                 # a template is no user
     [f] = fails(files(etc))
@@ -237,6 +283,8 @@ def test_ami_user_checks(etc: Path) -> None:
 
 
 def test_unreadable_manager_conf() -> None:
+    """If doctor cannot read manager.conf (often 0640 asterisk:asterisk), it fails saying so and
+    suggests giving the user the asterisk group."""
     def read(pattern: str):   # manager.conf is often 0640 asterisk:asterisk
         raise doctor.ConfUnreadable(f"/etc/asterisk/{pattern} (Permission denied)")
     conf = doctor.parse_conf("manager.conf", read)
@@ -267,6 +315,9 @@ def test_pyst2_alone_cannot_read_includes_or_section_options(tmp_path: Path) -> 
 
 
 def test_parser_handles_what_asterisk_files_use() -> None:
+    """doctor reads Asterisk config files the way Asterisk does, with block comments, templates,
+    `(+)` additions, escaped semicolons, `same =>` lines, `#include` globs and `#tryinclude`, later
+    globals overriding earlier ones, and only a nonsense line reported as a non-fatal problem."""
     conf = doctor.parse_conf("extensions.conf", reader({
         "extensions.conf": (";-- a block\ncomment [nope] --;\n[globals]\nA=1 ; comment\n"
                             "[tpl](!)\nexten => t,1,NoOp()\n"
@@ -287,6 +338,8 @@ def test_parser_handles_what_asterisk_files_use() -> None:
 
 
 def test_include_loops_and_missing_globs_are_fatal() -> None:
+    """An include loop or an `#include` glob that matches no file is reported as a fatal problem,
+    and a config file that does not exist reads as absent."""
     conf = doctor.parse_conf("a.conf", reader({"a.conf": '#include "b.conf"\n', "b.conf": "#include a.conf\n"}))
     assert [p.fatal for p in conf.problems] == [True]
     conf = doctor.parse_conf("a.conf", reader({"a.conf": '#include <none/*.conf>\n[x]\ny=1\n'}))
@@ -299,6 +352,9 @@ STOCK_ETC = Path(os.environ.get("EXTBILL_ASTERISK_ROOT", "/var/cache/extbill/ast
 
 @pytest.mark.skipif(not (STOCK_ETC / "manager.conf").is_file(), reason="no Debian sid Asterisk root")
 def test_debian_stock_files_parse_as_asterisk_reads_them() -> None:
+    """Debian's stock Asterisk config files parse without fatal problems, with manager.conf's
+    `manager.d/*.conf` include, its enabled [general], the default astdatadir and [globals] all read
+    as Asterisk reads them."""
     read = doctor.etc_reader(str(STOCK_ETC))
     for name in ("extensions.conf", "manager.conf", "modules.conf", "asterisk.conf", "pjsip.conf"):
         conf = doctor.parse_conf(name, read)
@@ -325,6 +381,8 @@ async def _make_db(path: Path, *, demo: bool = True, en_number: bool = False) ->
 
 
 def test_database_ok_with_its_languages(tmp_path: Path) -> None:
+    """On a seeded extbill database doctor reports OK with the schema version, the number count and
+    the languages in use, and keeps those languages and a number to probe FastAGI with."""
     db = tmp_path / "x.db"
     run(_make_db(db, en_number=True))
     finding, facts = doctor.check_database(str(db))
@@ -334,6 +392,7 @@ def test_database_ok_with_its_languages(tmp_path: Path) -> None:
 
 
 def test_database_empty_extbill_db_warns(tmp_path: Path) -> None:
+    """An extbill database with no 400 numbers yet makes doctor warn rather than fail."""
     db = tmp_path / "x.db"
     run(_make_db(db, demo=False))
     finding, facts = doctor.check_database(str(db))
@@ -341,6 +400,8 @@ def test_database_empty_extbill_db_warns(tmp_path: Path) -> None:
 
 
 def test_database_missing_is_not_created(tmp_path: Path) -> None:
+    """When the database file does not exist, doctor fails and tells the admin to run `extbill db
+    init`, without creating the file itself."""
     db = tmp_path / "none.db"
     finding, _ = doctor.check_database(str(db))
     assert finding.status == doctor.FAIL and finding.fix.startswith(f"extbill db init --db {db}")
@@ -348,6 +409,9 @@ def test_database_missing_is_not_created(tmp_path: Path) -> None:
 
 
 def test_database_wrong_files(tmp_path: Path) -> None:
+    """doctor fails, with a fix, when the database path is another program's SQLite file, a database
+    from a newer extbill, a file that is no database, or an empty file, and leaves the empty file
+    empty."""
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as conn:
         conn.execute("CREATE TABLE t (x)")
@@ -375,6 +439,9 @@ def closed_port() -> int:
 
 
 def test_fastagi_lookup_round_trip_and_closed_port(tmp_path: Path) -> None:
+    """With `extbill serve` running, doctor's FastAGI check makes a real lookup and reports OK with
+    the prompt and language it got back, and with nothing listening it fails with connection
+    refused, probing 0.0.0.0 as 127.0.0.1, and shows the fix."""
     async def go() -> None:
         service = Service(Settings(db=str(tmp_path / "agi.db"), agi_bind="127.0.0.1:0", demo=False))
         with capture_logs():
@@ -394,6 +461,8 @@ def test_fastagi_lookup_round_trip_and_closed_port(tmp_path: Path) -> None:
 
 
 def test_fastagi_something_else_on_the_port() -> None:
+    """If something other than extbill's FastAGI server listens on the port and hangs up without
+    answering, doctor fails saying it got no valid EXTBILL_RESULT."""
     async def go() -> None:
         async def not_agi(reader, writer):   # reads the request, then hangs up without an answer
             await reader.readuntil(b"\n\n")
@@ -462,6 +531,9 @@ def ami_settings(port: int, secret: str = SECRET) -> Settings:
 
 
 def test_ami_login_and_permissions() -> None:
+    """doctor's AMI check logs in, runs CoreShowChannels and logs off to report OK, fails on a wrong
+    secret, a user without `write = reporting`, a port that is not an Asterisk manager or nothing
+    listening, and only warns when no AMI secret is configured."""
     async def go() -> None:
         async with FakeAmi() as ami:
             ok = await doctor.check_ami(ami_settings(ami.port), timeout_s=2)
@@ -500,6 +572,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_command_exit_status_and_output(etc: Path, tmp_path: Path, clean_env, capsys) -> None:
+    """`extbill doctor` prints an OK line per check and a summary and exits 0 when everything is
+    right, and with `--json` on a manager.conf missing channelvars it exits 1 with that failure and
+    its fix in the JSON."""
     db = tmp_path / "cmd.db"
     run(_make_db(db))
 
@@ -542,6 +617,8 @@ def test_command_exit_status_and_output(etc: Path, tmp_path: Path, clean_env, ca
 
 def test_command_nothing_running(etc: Path, tmp_path: Path, clean_env, capsys,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no database and no FastAGI server running, `extbill doctor` exits 1 with exactly those
+    two failures, suggests `extbill db init`, and does not create the database."""
     port = closed_port()   # not 4573: an extbill serve running on this machine must not matter
     monkeypatch.setenv("EXTBILL_AGI_BIND", f"127.0.0.1:{port}")
     with open(etc / "extensions.conf", "a") as fh:
@@ -555,6 +632,8 @@ def test_command_nothing_running(etc: Path, tmp_path: Path, clean_env, capsys,
 
 
 def test_command_without_asterisk_files(tmp_path: Path, clean_env, capsys) -> None:
+    """With `--no-asterisk-files`, `extbill doctor` skips the Asterisk config checks and reports
+    only the database, FastAGI and AMI checks, in that order."""
     a = doctor_parser().parse_args(["doctor", "--no-asterisk-files", "--db", str(tmp_path / "no.db"),
                                     "--timeout", "1"])
     run(a.fn(a))
@@ -565,6 +644,8 @@ def test_command_without_asterisk_files(tmp_path: Path, clean_env, capsys) -> No
 
 
 def test_command_bad_settings_file(tmp_path: Path, clean_env, capsys) -> None:
+    """A settings file with an unknown key makes `extbill doctor` exit 1 with a FAIL line for the
+    config file."""
     bad = tmp_path / "bad.toml"
     bad.write_text("no_such_key = 1\n")
     a = doctor_parser().parse_args(["doctor", "--config", str(bad)])
@@ -575,6 +656,8 @@ def test_command_bad_settings_file(tmp_path: Path, clean_env, capsys) -> None:
 @pytest.mark.skipif("doctor" not in cli.build_parser()._subparsers._group_actions[0].choices,
                     reason="cli_doctor is not registered in fastagi/cli.py yet")
 def test_registered_in_the_extbill_command(tmp_path: Path, clean_env, capsys) -> None:
+    """`extbill doctor` runs from the main extbill command and, pointed at an empty Asterisk etc
+    dir, exits 1 reporting that extensions.conf is not found."""
     rc = cli.main(["doctor", "--asterisk-etc", str(tmp_path), "--db", str(tmp_path / "none.db"),
                    "--timeout", "1"])
     assert rc == 1
@@ -584,6 +667,8 @@ def test_registered_in_the_extbill_command(tmp_path: Path, clean_env, capsys) ->
 # ---- docker/: the example files pass what they configure ------------------------------------
 
 def test_docker_example_settings_load() -> None:
+    """The docker example extbill.toml loads with the demo off and the database at
+    /var/lib/extbill/extbill.db."""
     settings = config.load(str(PROJECT / "docker" / "extbill.toml"), env={})
     assert settings.demo is False and settings.db == "/var/lib/extbill/extbill.db"
 

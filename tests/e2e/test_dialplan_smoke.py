@@ -160,6 +160,8 @@ def hangup_report(stub: StubAgi) -> dict[str, Any]:
 # ------------------------------------------------------------------------- tests
 
 def test_unknown_number_hears_not_in_service(asterisk: Asterisk) -> None:
+    """A caller dialling a 400 number the server does not know hears only the not-in-service prompt
+    in Chinese and is never connected."""
     call, stub = run_call(asterisk, {}, UNKNOWN, hold=20)
     assert stub is not None
     assert [r["script"] for r in stub.requests] == ["lookup"]
@@ -170,6 +172,9 @@ def test_unknown_number_hears_not_in_service(asterisk: Asterisk) -> None:
 
 
 def test_key_1_dials_branch_and_reports_talk_time(asterisk: Asterisk) -> None:
+    """A caller who hears the welcome and presses 1 is connected to the granted branch under its
+    time limit, the branch's channels carry the billing id, and at hangup the server gets
+    millisecond answer and end times matching the bridge, about 3 s of talk."""
     routes = {"1": grant("e2e-answered", branch("talk-1-3"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=30)
     assert stub is not None
@@ -204,6 +209,8 @@ def test_key_1_dials_branch_and_reports_talk_time(asterisk: Asterisk) -> None:
 
 
 def test_fastagi_server_down_fails_closed(asterisk: Asterisk) -> None:
+    """When the FastAGI server is down, a caller hears the service-unavailable prompt and is never
+    connected."""
     call, _ = run_call(asterisk, None, KNOWN, dtmf="1", hold=20)
     assert call.prompts() == ["extbill/service-unavailable"]
     assert asterisk.played(call) == [("extbill/service-unavailable", "zh")]
@@ -218,6 +225,10 @@ def test_fastagi_server_down_fails_closed(asterisk: Asterisk) -> None:
                  id="dest-smuggles-options"),
 ])
 def test_bad_route_answers_fail_closed(asterisk: Asterisk, answer: Answer) -> None:
+    """If the server's routing answer is missing, unknown, grants no time or smuggles Dial options
+    into the destination, the caller hears the service-unavailable prompt after the welcome and is
+    not connected, and a granted call is still reported at hangup as unanswered so its reservation
+    is released."""
     call, stub = run_call(asterisk, {"1": answer}, KNOWN, dtmf="1", hold=20)
     assert stub is not None
     assert call.prompts() == ["extbill/welcome", "extbill/service-unavailable"]
@@ -229,6 +240,9 @@ def test_bad_route_answers_fail_closed(asterisk: Asterisk, answer: Answer) -> No
 
 
 def test_limit_warns_then_cuts(asterisk: Asterisk) -> None:
+    """A caller granted 6 s hears the balance warning and then the limit-reached prompt, the branch
+    is cut at 6 s, and the reported talk time never exceeds the grant even though the warning is
+    still playing."""
     # The zh warning prompt (3.5 s) is longer than the 3 s warning: it still plays when
     # the limit hits, which must not stretch the reported talk time.
     routes = {"1": grant("e2e-limit", branch("talk-1-30"), 6000, warn_ms=3000)}
@@ -256,6 +270,8 @@ def test_limit_warns_then_cuts(asterisk: Asterisk) -> None:
 
 
 def test_busy_branch(asterisk: Asterisk) -> None:
+    """When the chosen branch is busy the caller is not connected and the server is told the call
+    ended BUSY without an answer time."""
     routes = {"1": grant("e2e-busy", branch("busy"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=30)
     assert stub is not None
@@ -267,6 +283,8 @@ def test_busy_branch(asterisk: Asterisk) -> None:
 
 
 def test_no_answer_branch(asterisk: Asterisk) -> None:
+    """When the chosen branch does not answer within the ring timeout the caller is not connected
+    and the server is told the call ended NOANSWER without an answer time."""
     routes = {"1": grant("e2e-noanswer", branch("noanswer"), 60000, ring_s=2)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=30)
     assert stub is not None
@@ -278,6 +296,8 @@ def test_no_answer_branch(asterisk: Asterisk) -> None:
 
 
 def test_caller_hangs_up_in_ivr(asterisk: Asterisk) -> None:
+    """A caller who hangs up during the welcome without pressing a key is never routed or dialled,
+    and only the number lookup reaches the server."""
     routes = {"1": grant("e2e-never", branch("talk-0-1"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="", hold=2)
     assert stub is not None
@@ -288,6 +308,8 @@ def test_caller_hangs_up_in_ivr(asterisk: Asterisk) -> None:
 
 
 def test_invalid_key_retries_then_dials(asterisk: Asterisk) -> None:
+    """A caller who presses a key that is no extension hears the invalid-extension prompt and the
+    welcome again, and pressing 1 on the second try connects them to the branch."""
     # 9 is not an extension: invalid-extension, welcome again; the caller then presses 1
     # (SendDTMF 'w' = 0.5 s pause; digits during a Playback are ignored, so wait it out).
     routes = {"1": grant("e2e-retry", branch("talk-0-1"), 60000)}
@@ -300,6 +322,8 @@ def test_invalid_key_retries_then_dials(asterisk: Asterisk) -> None:
 
 
 def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> None:
+    """If the FastAGI server disappears after granting a call, the call still connects and ends
+    normally within seconds, its hangup report failing at once instead of holding the channel."""
     # The server grants the call, then disappears: the hangup handler's AGI fails at
     # once (connection refused) and the channel goes away normally.
     async def main() -> tuple[Call, StubAgi]:
@@ -327,6 +351,8 @@ def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> 
 
 
 def test_caller_hangs_up_while_talking(asterisk: Asterisk) -> None:
+    """When the caller hangs up mid-conversation, the reported talk time ends at the caller's hangup
+    and matches the time they were bridged."""
     # The caller presses 1 at 1.5 s and hangs up 5 s later, while the branch (which
     # would talk 30 s) is still on the line: the talk ends with the caller's hangup.
     routes = {"1": grant("e2e-caller-bye", branch("talk-0-30"), 60000)}

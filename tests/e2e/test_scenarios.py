@@ -275,6 +275,8 @@ def record(name: str, events: list[dict[str, Any]], srv: ExtbillServer, number: 
 # ------------------------------------------------------------------------ scenarios
 
 def test_key_for_funded_extension_is_bridged_and_charged_to_it(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A caller who presses a funded extension's key is bridged to it, and only that extension is
+    charged the rated talk time."""
     n = "4000000101"
     seed(srv, n, main="50", exts={"1": (branch("talk-0-3"), "5"), "2": (branch("talk-0-3"), "5")})
     before = money(srv, n)
@@ -298,6 +300,8 @@ def test_key_for_funded_extension_is_bridged_and_charged_to_it(asterisk: Asteris
 
 
 def test_no_key_goes_to_default_destination_and_charges_main(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A caller who presses no key hears the welcome in the number's language and is bridged to the
+    default destination, and the talk time is charged to the main account, not the extension."""
     n = "4000000102"
     seed(srv, n, main="50", lang="en", default_dest=branch("talk-0-2"),
          exts={"1": (branch("talk-0-9"), "5")})
@@ -321,6 +325,9 @@ def test_no_key_goes_to_default_destination_and_charges_main(asterisk: Asterisk,
 
 def test_extension_without_money_hears_arrears_even_when_main_has_plenty(
         asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A caller who presses the key of an extension with no money hears the extension-in-arrears
+    prompt and is not connected even though the main account has plenty, and HQ sees that extension
+    in arrears with no balance changed."""
     n = "4000000103"
     seed(srv, n, main="500", exts={"1": (branch("talk-0-2"), "5"), "2": (branch("talk-0-2"), "0")})
     before = money(srv, n)
@@ -337,6 +344,9 @@ def test_extension_without_money_hears_arrears_even_when_main_has_plenty(
 
 
 def test_suspended_number_refuses_every_caller_until_recharged(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """While a number's main balance is below its minimum every caller hears the number-suspended
+    prompt and nothing is charged, and once HQ recharges it the number is active again and a call
+    goes through and is charged to the extension."""
     n = "4000000104"
     seed(srv, n, main="10", min_balance="20", exts={"1": (branch("talk-0-2"), "5")})
     assert srv.balance(n)["status"] == "suspended"
@@ -365,6 +375,8 @@ def test_suspended_number_refuses_every_caller_until_recharged(asterisk: Asteris
 
 
 def test_extension_billing_off_charges_main(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """With extension billing off, pressing an extension's key still connects to it but the talk
+    time is charged to the main account and the extension's balance is untouched."""
     n = "4000000105"
     seed(srv, n, main="50", ext_billing=False, exts={"1": (branch("talk-0-2"), "5")})
     before = money(srv, n)
@@ -383,6 +395,8 @@ def test_extension_billing_off_charges_main(asterisk: Asterisk, srv: ExtbillServ
 
 
 def test_invalid_key_three_times_falls_back_to_default(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A caller who presses an invalid key three times hears the invalid-extension prompt after the
+    first two and is then bridged to the default destination, charged to the main account."""
     n = "4000000106"
     seed(srv, n, main="50", default_dest=branch("talk-0-2"), exts={"1": (branch("talk-0-9"), "5")})
     before = money(srv, n)
@@ -407,6 +421,8 @@ def test_invalid_key_three_times_falls_back_to_default(asterisk: Asterisk, srv: 
 
 
 def test_talk_time_excludes_ivr_and_ringing(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A caller's extension is charged only for the time actually talking, not for the time spent in
+    the IVR menu or while the branch was ringing."""
     n = "4000000107"
     seed(srv, n, main="50", exts={"1": (branch("talk-3-4"), "5")})
     before = money(srv, n)
@@ -429,6 +445,9 @@ def test_talk_time_excludes_ivr_and_ringing(asterisk: Asterisk, srv: ExtbillServ
 
 
 def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A caller to an extension holding only 20 s worth of money hears the balance warning 10 s into
+    the talk and is cut off with the limit-reached prompt at 20 s, and the extension is never
+    charged more than it held."""
     n = "4000000108"
     seed(srv, n, main="50", exts={"1": (branch("talk-0-60"), "0.2")})   # pays for 20 s
     call = place(asterisk, srv, n, dtmf="1")
@@ -461,6 +480,9 @@ def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk,
 
 
 def test_parallel_calls_never_spend_more_than_the_extension_held(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """Two simultaneous calls to the same extension split what it holds between them, 6 s and 4 s,
+    are each cut at their grant, and together never spend more than the extension held or touch the
+    main account."""
     # The plan grants at most 6 s a call; the extension holds 10 s worth: the first call
     # reserves 6 s, the second the 4 s left. Both branches would talk 30 s.
     n = "4000000109"
@@ -486,6 +508,9 @@ def test_parallel_calls_never_spend_more_than_the_extension_held(asterisk: Aster
 
 
 def test_busy_and_no_answer_cost_nothing(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """Calls to a busy branch and to one that does not answer are never connected and cost nothing,
+    the money held while they rang is released, and the extension's statement shows the hold and its
+    void."""
     n = "4000000110"
     seed(srv, n, main="50", exts={"1": (branch("busy"), "5"), "2": (branch("noanswer"), "5")})
     before = money(srv, n)
@@ -513,6 +538,8 @@ def test_busy_and_no_answer_cost_nothing(asterisk: Asterisk, srv: ExtbillServer)
 # ------------------------------------------------------------------------ faults
 
 def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """If extbill's AMI connection drops mid-call it reconnects without disturbing the live call,
+    and the extension is still charged the full talk time exactly once."""
     n = "4000000111"
     seed(srv, n, main="50", exts={"1": (branch("talk-0-6"), "5")})
     mark = len(srv.logs)
@@ -541,6 +568,8 @@ def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillSe
 
 
 def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """If `extbill serve` is restarted mid-call the conversation goes on, and the new process
+    charges the extension the full talk time exactly once from the hangup report."""
     n = "4000000112"
     seed(srv, n, main="50", exts={"1": (branch("talk-0-8"), "5")})
     run_before = srv.runs
@@ -568,6 +597,8 @@ def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -
 
 
 def test_fastagi_server_down_when_a_call_arrives(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """If the extbill server is down when a call arrives, the caller hears the service-unavailable
+    prompt in Chinese and is not connected, and no money moves and no call is recorded."""
     n = "4000000113"
     seed(srv, n, main="50", exts={"1": (branch("talk-0-2"), "5")})
     before = money(srv, n)
