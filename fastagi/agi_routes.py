@@ -11,16 +11,16 @@ half-delivered answer leaves it empty, and the dialplan fails closed.
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import structlog
 
 from .calls import Decision
+from .clock import iso_from_ms, now_ms
 from .money import format_amount
 from .numbers import KEY_DIGITS_MAX
 from .server import AgiChannel, ChannelClosed, CommandFailed, NotSent, ReplyTimeout
-from .settlement import Settlement, iso_from_ms
+from .settlement import Settlement
 from .store import tx_calls
 from .store.base import CallFacts
 
@@ -157,7 +157,7 @@ class CallRoutes:
         log.warning("call.grant_undelivered", error=error)
         await self.settlement.settle(CallFacts(
             billing_id=billing_id, answered=False, talk_ms=0, answer_at=None,
-            end_at=iso_from_ms(_now_ms()), disposition="NOTDIALED", cause=None,
+            end_at=iso_from_ms(now_ms()), disposition="NOTDIALED", cause=None,
             settled_by="setup"))
 
     async def hangup(self, ch: AgiChannel) -> None:
@@ -171,7 +171,7 @@ class CallRoutes:
             if cause and not cause.isdigit():
                 raise BadRequest(f"HANGUPCAUSE {cause!r} is not a number")
             answered_ms = parse_time_ms(answered_text, "answered at")
-            ended_ms = parse_time_ms(ended_text, "ended at") or _now_ms()
+            ended_ms = parse_time_ms(ended_text, "ended at") or now_ms()
         except BadRequest as exc:
             log.warning("agi.bad_request", route="hangup", error=str(exc))
             return
@@ -188,6 +188,3 @@ class CallRoutes:
             end_at=iso_from_ms(ended_ms), disposition=status or ("ANSWER" if answered else "NOANSWER"),
             cause=cause or None, settled_by="hangup"))
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from dataclasses import fields
 from typing import Any, Callable
 

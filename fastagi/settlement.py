@@ -7,15 +7,15 @@ reservation at most once; the losers are compared against the winner.
 """
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import Any
 
 import structlog
 
 from .ami import CallAnswered, CallEnd
+from . import clock
+from .clock import iso_from_ms, ms_from_iso
 from .money import format_amount
 from .store import tx_calls
 from .store.base import CallFacts, NotFound, SettleResult
@@ -25,16 +25,6 @@ log = structlog.get_logger("extbill.settle")
 RECENT_SETTLED_MAX = 50_000   # settled calls remembered for the slower path's comparison
 DISAGREEMENT_MS_MAX = 1000   # two paths' talk times further apart than this are logged
 RECONCILE_MIN_AGE_MS = 2000  # a call granted this recently may not have its channel listed yet
-
-
-def iso_from_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms // 1000, timezone.utc).replace(
-        microsecond=(ms % 1000) * 1000).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def ms_from_iso(text: str) -> int:
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
 
 
 def facts_from_ami(end: CallEnd) -> CallFacts:
@@ -67,7 +57,7 @@ class Settlement:
     async def settle(self, facts: CallFacts) -> SettleResult | None:
         known = self._recent.get(facts.billing_id)
         if known is not None:
-            await self._compare(facts, known)
+            self._compare(facts, known)
             return known
         try:
             result = await self.store.run(tx_calls.settle, facts)
@@ -82,13 +72,13 @@ class Settlement:
                      disposition=facts.disposition, cause=facts.cause, settled_by=facts.settled_by)
             self._log_low(result)
         else:
-            await self._compare(facts, result)
+            self._compare(facts, result)
         return result
 
-    async def _compare(self, facts: CallFacts, winner: SettleResult) -> None:
+    def _compare(self, facts: CallFacts, winner: SettleResult) -> None:
         """The slower path checks the winner's talk time against its own, to the millisecond."""
         mine = facts.talk_ms if facts.answered else 0
-        theirs = await self._winner_talk_ms(winner) if winner.state in ("rated", "unanswered") else None
+        theirs = self._winner_talk_ms(winner) if winner.state in ("rated", "unanswered") else None
         if theirs is not None and abs(mine - theirs) > DISAGREEMENT_MS_MAX:
             log.warning("settle.disagreement", billing_id=facts.billing_id, settled_by=winner.settled_by,
                         talk_s=winner.talk_s, talk_ms=theirs, other_path=facts.settled_by,
@@ -97,7 +87,7 @@ class Settlement:
             log.debug("settle.confirmed", billing_id=facts.billing_id, settled_by=winner.settled_by,
                       other_path=facts.settled_by)
 
-    async def _winner_talk_ms(self, winner: SettleResult) -> int:
+    def _winner_talk_ms(self, winner: SettleResult) -> int:
         """The winner's talk time in ms, from its stored answer and end times.
 
         talk_s is rounded to the second: comparing it with the other path's milliseconds
@@ -161,7 +151,7 @@ class Settlement:
 
     async def reconcile(self, live_ids: set[str], now_ms: int | None = None) -> int:
         """After an AMI (re)connect: close the reservations whose channels are gone."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = clock.now_ms() if now_ms is None else now_ms
         closed = 0
         for call in await self.store.read(tx_calls.open_calls):
             if call["billing_id"] in live_ids or now_ms - call["start_ms"] < RECONCILE_MIN_AGE_MS:
@@ -173,7 +163,7 @@ class Settlement:
 
     async def sweep(self, now_ms: int | None = None) -> int:
         """Close reservations older than ring time + grant + grace: never silently dropped."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        now_ms = clock.now_ms() if now_ms is None else now_ms
         closed = 0
         for call in await self.store.read(tx_calls.open_calls):
             deadline = call["start_ms"] + (self.dial_timeout_s + call["granted_s"] + self.sweep_grace_s) * 1000

@@ -9,17 +9,17 @@ import functools
 import re
 import sqlite3
 import uuid
-from dataclasses import asdict
 from typing import Any
 
 from ..calls import ExtView, NumberView, PlanView, extension_status
+from ..clock import now_iso
 from ..money import format_amount
 from ..ledger import AccountKind, InsufficientFunds
 from ..numbers import (NumberRuleError, NumberSettings, check_dest, check_digit_timeout,
                        check_lang, check_name, check_new_key, check_number, check_settings)
 from ..rating import Tariff, first_block_cost
 from .base import Conflict, NotFound, StoreError, TransferResult
-from .tx_ledger import (FUNDING_ACCOUNT_ID, load_account, new_account, now_iso, transfer,
+from .tx_ledger import (FUNDING_ACCOUNT_ID, load_account, new_account, transfer,
                         update_suspension)
 
 STATEMENT_ROWS_MAX = 1000

@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import sqlite3
-import time
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -20,12 +18,13 @@ from ..ledger import TransferKind
 from ..rating import Tariff, billed_seconds, cost
 from .base import CallFacts, NotFound, SettleResult
 from .tx_admin import ext_view, load_plan, low_balance_threshold, number_view
-from .tx_ledger import REVENUE_ACCOUNT_ID, load_account, now_iso, resolve, transfer
+from ..clock import ms_from_iso, now_iso
+from .tx_ledger import REVENUE_ACCOUNT_ID, load_account, resolve, transfer
 
 log = structlog.get_logger("extbill.calls")
 
-OPEN_CALLS_MAX = 10_000
-GRANT_OVERRUN_S_MAX = 2    # talk past the grant up to this is measurement, not talk   # one sweep or reconcile looks at this many reservations at most
+OPEN_CALLS_MAX = 10_000     # one sweep or reconcile looks at this many reservations at most
+GRANT_OVERRUN_S_MAX = 2     # talk past the grant up to this is measurement, not talk
 
 
 def lookup(conn: sqlite3.Connection, number: str) -> Decision:
@@ -45,6 +44,8 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
         return d
     assert nv is not None and d.account_id is not None and d.tariff is not None
     pending_id = f"call:{billing_id}"
+    start_at = now_iso()             # one clock read: the record's time and the sweeper's
+    start_ms = ms_from_iso(start_at)
     transfer(conn, pending_id, d.account_id, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id,
              pending=True)
     conn.execute(
@@ -52,8 +53,8 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
         "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at) "
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?)",
         (billing_id, nv.number_id, d.extension_id, d.account_id, caller, channel, linkedid, d.dest,
-         d.charged, int(time.time() * 1000), tariff_json(d.tariff), d.granted_s, d.reserve,
-         pending_id, now_iso()))
+         d.charged, start_ms, tariff_json(d.tariff), d.granted_s, d.reserve,
+         pending_id, start_at))
     return d
 
 
@@ -122,14 +123,13 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     conn.execute(
         "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
         "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
-        (state, f.answer_at if f.answered else None, f.end_at, talk_s, billed_s, charged,
+        (state, answer_at := (f.answer_at if f.answered else None), f.end_at, talk_s, billed_s, charged,
          f.disposition, f.cause, f.settled_by, now_iso(), f.billing_id))
-    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (f.billing_id,)).fetchone()
-    return _result(row, True, _low_balance(conn, row))
+    return SettleResult(f.billing_id, True, state, talk_s, charged, f.settled_by,
+                        _low_balance(conn, row, charged), answer_at, f.end_at)
 
 
-def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str,
-           answer_at: str | None = None) -> SettleResult:
+def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str) -> SettleResult:
     """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
     row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
     if row is None:
@@ -142,15 +142,19 @@ def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: s
     else:
         resolve(conn, row["pending_id"], TransferKind.EXPIRE, 0, "call")
         state, talk, billed, charged = "unrated", None, None, 0
+    now = now_iso()
     conn.execute("UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
                  "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
-                 (state, talk, billed, charged, "UNKNOWN", settled_by, now_iso(), now_iso(), billing_id))
-    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
-    return _result(row, True, _low_balance(conn, row))
+                 (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id))
+    return SettleResult(billing_id, True, state, talk, charged, settled_by,
+                        _low_balance(conn, row, charged), row["answer_at"], row["end_at"] or now)
 
 
-def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any] | None:
-    """balance.low once per crossing: set a flag going down, clear it going back up."""
+def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row, cost: int) -> dict[str, Any] | None:
+    """balance.low once per crossing: set a flag going down, clear it going back up.
+
+    `row` is the call as it was before settling; `cost` is what settling it charged.
+    """
     if row["extension_id"] is None or row["charged"] != "ext":
         return None
     ext = conn.execute("SELECT e.*, n.plan_id AS number_plan_id, n.number FROM extensions e "
@@ -162,7 +166,7 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any] |
     # The flag is only looked at here, so a recharge that lifted the account back above the
     # threshold has not cleared it: the amount just before this call's charge tells whether
     # the account was still below, or went back above and is crossing again now.
-    was_below = bool(ext["low_flag"]) and available + (row["cost"] or 0) < threshold
+    was_below = bool(ext["low_flag"]) and available + cost < threshold
     if below != bool(ext["low_flag"]):
         conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext["id"]))
     if not below or was_below:
@@ -206,5 +210,5 @@ def call_records(conn: sqlite3.Connection, number: str, ext: str | None,
         "caller": r["caller"], "dest": r["dest"], "start": r["start_at"], "answer": r["answer_at"],
         "end": r["end_at"], "talk_s": r["talk_s"], "billed_s": r["billed_s"], "granted_s": r["granted_s"],
         "reserved": r["reserved"], "cost": r["cost"], "disposition": r["disposition"], "cause": r["cause"],
-        "settled_by": r["settled_by"], "state": "reserved" if r["state"] == "reserved" else r["state"],
+        "settled_by": r["settled_by"], "state": r["state"],
     } for r in conn.execute(sql, params)]

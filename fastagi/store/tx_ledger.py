@@ -5,10 +5,10 @@ Every function here runs inside the caller's transaction (see sqlite.py).
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
 
 import structlog
 
+from ..clock import now_iso
 from ..ledger import (Account, AccountKind, LedgerError, TransferKind, apply_pending,
                       apply_posted, apply_resolve)
 from ..money import format_amount
@@ -19,10 +19,6 @@ log = structlog.get_logger("extbill.ledger")
 
 FUNDING_ACCOUNT_ID = 1
 REVENUE_ACCOUNT_ID = 2
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_account(conn: sqlite3.Connection, kind: AccountKind) -> int:
@@ -77,9 +73,10 @@ def transfer(conn: sqlite3.Connection, transfer_id: str, debit_id: int, credit_i
     _insert(conn, transfer_id, kind, debit_id, credit_id, amount, code, ref)
     _save(conn, new_debit)
     _save(conn, new_credit)
-    for acc in (new_debit, new_credit):
-        if acc.kind is AccountKind.MAIN:
-            update_suspension(conn, acc, reason=code)
+    if not pending:   # a reservation moves no posted money, so it cannot change suspension
+        for acc in (new_debit, new_credit):
+            if acc.kind is AccountKind.MAIN:
+                update_suspension(conn, acc, reason=code)
     return TransferResult(transfer_id, created=True, amount=amount)
 
 
