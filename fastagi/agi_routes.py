@@ -22,7 +22,7 @@ from .numbers import KEY_DIGITS_MAX
 from .server import AgiChannel, ChannelClosed, CommandFailed, NotSent, ReplyTimeout
 from .settlement import Settlement
 from .store import tx_calls
-from .store.base import CallFacts
+from .store.base import CallFacts, Store
 
 log = structlog.get_logger("extbill.call")
 
@@ -75,7 +75,7 @@ async def _answer(ch: AgiChannel, variables: list[tuple[str, str]]) -> None:
 
 
 class CallRoutes:
-    def __init__(self, store: Any, settlement: Settlement, *, dial_timeout_s: int = 30) -> None:
+    def __init__(self, store: Store, settlement: Settlement, *, dial_timeout_s: int = 30) -> None:
         self.store = store
         self.settlement = settlement
         self.dial_timeout_s = dial_timeout_s

@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
 import re
 import shutil
@@ -186,9 +185,6 @@ class Asterisk:
         self.harness_user = (HARNESS_USER, HARNESS_SECRET)
 
     # ---------------------------------------------------------------- paths
-    def host_path(self, in_root: str) -> Path:
-        return self.root / in_root.lstrip("/")
-
     @property
     def conf_path(self) -> str:
         return f"{self.dir_in_root}/etc/asterisk.conf"
@@ -553,9 +549,6 @@ class Call:
             if e.get("Variable") == name and (cid == "*" or e.get("Uniqueid") == cid):
                 val = e.get("Value")
         return val
-
-    def to_json(self) -> str:
-        return json.dumps(self.events, indent=1, ensure_ascii=False)
 
 
 class Ami:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any
 
 import structlog
 
-from .ami import CallAnswered, CallEnd
 from . import clock
+from .ami import CallAnswered, CallEnd
 from .clock import iso_from_ms, ms_from_iso
 from .money import format_amount
 from .store import tx_calls
-from .store.base import CallFacts, NotFound, SettleResult
+from .store.base import CallFacts, NotFound, SettleResult, Store
 
 log = structlog.get_logger("extbill.settle")
 
@@ -39,7 +38,7 @@ def facts_from_ami(end: CallEnd) -> CallFacts:
 
 
 class Settlement:
-    def __init__(self, store: Any, *, unsettled_policy: str = "mark", dial_timeout_s: int = 30,
+    def __init__(self, store: Store, *, unsettled_policy: str = "mark", dial_timeout_s: int = 30,
                  sweep_grace_s: int = 120) -> None:
         self.store = store
         self.unsettled_policy = unsettled_policy

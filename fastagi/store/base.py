@@ -6,7 +6,9 @@ Errors are typed so the CLI and the server can tell the user what went wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -59,5 +61,12 @@ class SettleResult:
 
 
 class Store(Protocol):
+    """What the server and the CLI use of a store; SqliteStore is one, a PostgreSQL store another.
+
+    Each operation is a function of a DB-API connection run inside one transaction:
+    `run` commits it, `read` never writes.
+    """
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
     async def close(self) -> None: ...
-    async def run(self, fn: Any, *args: Any) -> Any: ...
