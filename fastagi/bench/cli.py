@@ -4,9 +4,11 @@ One run, in this order:
   1. seed a temporary SQLite file (numbers x extensions, a few plans with prefix rates);
   2. start the load generator (its own process: FastAGI client + fake AMI server) and
      the real `extbill serve` (another process) on a copy of it; ramp to `in_flight`
-     reserved calls, measure `seconds` of steady state at `concurrency` setups at once
-     (closed loop: throughput), then `paced_seconds` of setups arriving at a fixed rate
-     below that (open loop: latency), drain; read serve's peak RSS;
+     reserved calls; measure `seconds` of steady state (`concurrency` setups at once
+     while the oldest calls end: full calls per second), then `paced_seconds` of
+     setups arriving at a fixed rate below that (open loop: latency), then
+     `burst_seconds` of setups only (call setups per second and their latency at
+     `concurrency` in setup at once); drain; read serve's peak RSS;
   3. stop serve; check the ledger and that every granted call was settled exactly once;
   4. the process-per-call reference (pyst2 AGI, one process per call) on a fresh copy;
   5. the raw limit (the same transactions, no protocol) on another fresh copy;
@@ -56,7 +58,7 @@ TARGETS: dict[str, tuple[float, str]] = {
     "ratio_vs_process_per_call": (20, ">="), "ratio_vs_raw": (0.5, ">="),
     "paced_setup_p99_ms": (20, "<="),
 }
-EXTRA_KEYS = ("billed_as_simulated", "paced_rate_per_s", "paced_setup_p50_ms", "paced_setup_p99_ms", "paced_setup_max_ms")
+EXTRA_KEYS = ("billed_as_simulated", "steady_setups_per_s", "steady_setup_p99_ms", "paced_rate_per_s", "paced_setup_p50_ms", "paced_setup_p99_ms", "paced_setup_max_ms")
 REQUIRED_KEYS = ("setups_per_s", "setup_p50_ms", "setup_p99_ms", "setup_max_ms", "calls_per_s",
                  "rss_peak_mb", "process_per_call_setups_per_s", "raw_tx_per_s",
                  "ratio_vs_process_per_call", "ratio_vs_raw", "ledger_consistent", "settled_exactly_once")
@@ -149,7 +151,7 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
     """serve + load generator: the throughput, latency and memory figures."""
     agi_port = _free_port()
     s = LoadSettings(agi_port=agi_port, seconds=a.seconds, concurrency=a.concurrency,
-                     settle_concurrency=a.settle_concurrency, in_flight=a.in_flight,
+                     burst_seconds=a.burst_seconds, settle_concurrency=a.settle_concurrency, in_flight=a.in_flight,
                      paced_seconds=a.paced_seconds, paced_share=a.paced_share,
                      numbers=a.numbers, extensions=a.extensions, seed=a.seed)
     load_log = open(os.path.join(work, "load.log"), "wb")  # noqa: SIM115  (closed below)
@@ -184,33 +186,26 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
                              f"{_tail(os.path.join(work, 'serve.log'))}")
         exited.cancel()
         ready.result()
-        window = await _read_json_line(load.stdout, "window", SERVE_START_TIMEOUT_S + 30)
-        cpu0, t0 = _cpu_s(serve_pid), time.perf_counter()
+        result_task = asyncio.create_task(_follow_phases(
+            load.stdout, serve_pid, a.seconds + a.paced_seconds + a.burst_seconds + LOAD_TIMEOUT_EXTRA_S))
         rss_max_kb = 0
-        result_task = asyncio.create_task(_read_json_line(load.stdout, "result",
-                                                          a.seconds + a.paced_seconds + LOAD_TIMEOUT_EXTRA_S))
-        cpu_window: float | None = None
-        cpu_window_s: float | None = None
         while not result_task.done():
             rss_max_kb = max(rss_max_kb, _proc_status_kb(serve_pid, "VmRSS") or 0)
-            if cpu_window is None and time.perf_counter() - t0 >= a.seconds:
-                c1 = _cpu_s(serve_pid)
-                if c1 is not None and cpu0 is not None:
-                    cpu_window_s = c1 - cpu0
-                    cpu_window = cpu_window_s / (time.perf_counter() - t0)
             await asyncio.wait([result_task], timeout=RSS_SAMPLE_S)
-        result = result_task.result()
+        result, phases = result_task.result()
         hwm_kb = _proc_status_kb(serve_pid, "VmHWM")
         if hwm_kb is None:
             raise BenchError(f"serve (pid {serve_pid}) is gone before the end of the run; see "
                              f"{os.path.join(work, 'serve.log')}")
         result["rss_peak_mb"] = hwm_kb / 1024
         result["rss_sampled_max_mb"] = rss_max_kb / 1024
-        result["serve_cpu_share_window"] = cpu_window   # 1.0 = one core busy all the window
-        # CPU per call, whatever else runs on the machine: setup + settlement of the window's calls
-        result["serve_cpu_ms_per_call"] = (cpu_window_s * 1000 / max(result["calls_completed_window"], 1)
-                                           if cpu_window_s is not None else None)
-        result["in_flight_at_window_start"] = window["in_flight"]
+        # serve's CPU in each measured window: 1.0 = one core busy all the window
+        for name, done_key in (("steady", "completed"), ("burst", "setups")):
+            w = result[name]
+            cpu = _phase_cpu(phases, name)
+            w["serve_cpu_share"] = cpu / w["seconds"] if cpu is not None else None
+            w["serve_cpu_ms_per"] = cpu * 1000 / max(w[done_key], 1) if cpu is not None else None
+            w["load_cpu_ms_per"] = w["load_cpu_s"] * 1000 / max(w[done_key], 1)
     finally:
         result_rc = None
         if serve is not None:
@@ -227,6 +222,36 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
     result["serve_exit"] = result_rc
     result["serve_log"] = _log_summary(os.path.join(work, "serve.log"))
     return result
+
+
+async def _follow_phases(stream: asyncio.StreamReader, serve_pid: int, timeout_s: float
+                         ) -> tuple[dict[str, Any], list[tuple[str, float | None]]]:
+    """Read the load generator's lines to its result; serve's CPU seconds as each phase began."""
+    phases: list[tuple[str, float | None]] = []
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise BenchError("the load generator exited before sending its result")
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(doc, dict):
+                continue
+            if "phase" in doc:
+                phases.append((str(doc["phase"]), _cpu_s(serve_pid)))
+            elif "result" in doc:
+                phases.append(("end", _cpu_s(serve_pid)))
+                return doc["result"], phases
+
+
+def _phase_cpu(phases: list[tuple[str, float | None]], name: str) -> float | None:
+    """serve's CPU seconds from the start of phase `name` to the start of the next one."""
+    for (this, c0), (_, c1) in zip(phases, phases[1:]):
+        if this == name and c0 is not None and c1 is not None:
+            return c1 - c0
+    return None
 
 
 def _tail(path: str, lines: int = 3) -> str:
@@ -359,28 +384,34 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
+    burst, steady = server["burst"], server["steady"]
     doc: dict[str, Any] = {
-        "setups_per_s": server["setups_per_s"],
-        "setup_p50_ms": server["setup_p50_ms"],
-        "setup_p99_ms": server["setup_p99_ms"],
-        "setup_max_ms": server["setup_max_ms"],
-        "calls_per_s": server["calls_per_s"],
+        # Setups: the burst window, `concurrency` setups at once and nothing else asked of serve.
+        "setups_per_s": burst["setups_per_s"],
+        "setup_p50_ms": burst["setup_p50_ms"],
+        "setup_p99_ms": burst["setup_p99_ms"],
+        "setup_max_ms": burst["setup_max_ms"],
+        # Full calls: the steady window, setups and settlements together.
+        "calls_per_s": steady["calls_per_s"],
         "rss_peak_mb": server["rss_peak_mb"],
         "process_per_call_setups_per_s": ppc["process_per_call_setups_per_s"],
         "raw_tx_per_s": raw["raw_tx_per_s"],
-        "ratio_vs_process_per_call": _ratio(server["setups_per_s"], ppc["process_per_call_setups_per_s"]),
-        "ratio_vs_raw": _ratio(server["setups_per_s"], raw["raw_tx_per_s"]),
+        "ratio_vs_process_per_call": _ratio(burst["setups_per_s"], ppc["process_per_call_setups_per_s"]),
+        "ratio_vs_raw": _ratio(burst["setups_per_s"], raw["raw_tx_per_s"]),
         "ledger_consistent": check["ledger_consistent"],
         "settled_exactly_once": check["settled_exactly_once"],
         "billed_as_simulated": check["billed_as_simulated"],
-        # Latency below saturation: setups arriving at a fixed rate (open loop), at most
-        # `concurrency` in setup at once, timed from their scheduled arrival.
+        "steady_setups_per_s": steady["setups_per_s"],
+        "steady_setup_p99_ms": steady["setup_p99_ms"],
+        # Latency below saturation: setups arriving at a fixed rate (open loop) while calls
+        # also end, at most `concurrency` in setup at once, timed from their scheduled arrival.
         "paced_rate_per_s": server["paced_rate_per_s"],
         "paced_setup_p50_ms": server["paced_setup_p50_ms"],
         "paced_setup_p99_ms": server["paced_setup_p99_ms"],
         "paced_setup_max_ms": server["paced_setup_max_ms"],
         "settings": {
-            "seconds": a.seconds, "concurrency": a.concurrency, "settle_concurrency": a.settle_concurrency,
+            "seconds": a.seconds, "burst_seconds": a.burst_seconds, "concurrency": a.concurrency,
+            "settle_concurrency": a.settle_concurrency,
             "in_flight": a.in_flight, "paced_seconds": a.paced_seconds, "paced_share": a.paced_share,
             "numbers": a.numbers, "extensions": a.extensions, "seed": a.seed,
             "ppc_seconds": a.ppc_seconds, "ppc_concurrency": a.ppc_concurrency,
@@ -391,13 +422,11 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         },
         "details": {
             "errors": server["errors"], "counts": server["counts"],
-            "setups_window": server["setups_window"], "calls_completed_window": server["calls_completed_window"],
+            "burst": burst, "steady": steady,
             "paced_setups": server["paced_setups"], "paced_late": server["paced_late"],
-            "in_flight_max": server["in_flight_max"], "in_flight_at_window_start": server["in_flight_at_window_start"],
+            "in_flight_max": server["in_flight_max"],
+            "in_flight_at_steady_start": server["in_flight_at_steady_start"],
             "rss_sampled_max_mb": server["rss_sampled_max_mb"],
-            "serve_cpu_share_window": server["serve_cpu_share_window"],
-            "serve_cpu_ms_per_call": server["serve_cpu_ms_per_call"],
-            "load_cpu_ms_per_call": server["load_cpu_ms_per_call"],
             "ramp_s": server["ramp_s"], "drain_s": server["drain_s"], "seed_s": seed_s,
             "ami_logins": server["ami_logins"], "serve_exit": server["serve_exit"],
             "serve_log": server["serve_log"],
@@ -405,7 +434,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
             "revenue_matches_costs": check["revenue_matches_costs"],
             "ledger": check["ledger"],
             "process_per_call": ppc, "raw": raw,
-            "ratio_calls_vs_raw_full_calls": _ratio(server["calls_per_s"], raw["raw_full_calls_per_s"]),
+            "ratio_calls_vs_raw_full_calls": _ratio(steady["calls_per_s"], raw["raw_full_calls_per_s"]),
             "total_s": time.perf_counter() - t_start,
         },
     }
@@ -437,22 +466,24 @@ def _print_table(doc: dict[str, Any]) -> None:
     print(f"{'figure':<{width}}  {'value':>12}  {'target':>8}")
     for name, text, target, verdict in rows:
         print(f"{name:<{width}}  {text:>12}  {target:>8}  {verdict}")
-    c = d["counts"]
-    print(f"\n{doc['settings']['seconds']:g} s window, {doc['settings']['concurrency']} concurrent setups, "
-          f"{d['in_flight_max']} calls in flight at most; {c.get('setups', 0)} setups, "
-          f"{c.get('granted', 0)} granted, {c.get('prompted', 0)} prompted, {c.get('settled', 0)} settled, "
-          f"{c.get('errors', 0)} errors; serve used {_pct(d['serve_cpu_share_window'])} of a core, "
-          f"{_ms(d['serve_cpu_ms_per_call'])} CPU per call (load generator {_ms(d['load_cpu_ms_per_call'])}); "
-          f"settled by {d['ledger']['calls_by_settlement_path']}; total {d['total_s']:.1f} s")
-    st = doc["settings"]
+    c, st, bu, sd = d["counts"], doc["settings"], d["burst"], d["steady"]
+    print(f"\nburst: {st['burst_seconds']:g} s of setups only, {st['concurrency']} at once: serve used "
+          f"{_pct(bu['serve_cpu_share'])} of a core, {_ms(bu['serve_cpu_ms_per'])} CPU per setup "
+          f"(load generator {_ms(bu['load_cpu_ms_per'])})")
+    print(f"steady: {st['seconds']:g} s of setups and settlements, about {st['in_flight']} calls in flight: "
+          f"serve used {_pct(sd['serve_cpu_share'])} of a core, {_ms(sd['serve_cpu_ms_per'])} CPU per full call "
+          f"(load generator {_ms(sd['load_cpu_ms_per'])})")
+    print(f"in all: {c.get('setups', 0)} setups, {c.get('granted', 0)} granted, {c.get('prompted', 0)} prompted, "
+          f"{c.get('settled', 0)} settled, {c.get('errors', 0)} errors, {d['in_flight_max']} calls in flight "
+          f"at most; settled by {d['ledger']['calls_by_settlement_path']}; total {d['total_s']:.1f} s")
     if doc["setups_per_s"] > 0:
         # Little's law: with N setups always in progress, the mean setup takes N / throughput.
         print(f"note: with {st['concurrency']} setups always in progress a setup takes "
               f"{st['concurrency'] / doc['setups_per_s'] * 1000:.0f} ms on average at this throughput "
               f"(Little's law); p99 <= 20 ms at {st['concurrency']} in setup needs >= "
               f"{st['concurrency'] / 0.020:,.0f} setups/s. The paced rows are the latency below saturation.")
-    if d["in_flight_at_window_start"] < st["in_flight"]:
-        print(f"note: only {d['in_flight_at_window_start']} calls were in flight when the window began "
+    if d["in_flight_at_steady_start"] < st["in_flight"]:
+        print(f"note: only {d['in_flight_at_steady_start']} calls were in flight when the steady window began "
               f"(the ramp stopped after its time limit)")
     events = d["serve_log"].get("lines_by_event", {})
     if events:
@@ -495,8 +526,10 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
     p = sub(subs, "bench", cmd_bench, "benchmark call setups, full calls, latency and memory "
             "against a process-per-call AGI and the raw database limit")
     p.set_defaults(own_store=True)
-    p.add_argument("--seconds", type=_positive_float, default=15.0,
-                   help="measured steady-state window, s (default 15)")
+    p.add_argument("--seconds", type=_positive_float, default=10.0,
+                   help="steady window: setups and settlements together, s (default 10)")
+    p.add_argument("--burst-seconds", type=_positive_float, default=5.0,
+                   help="burst window: setups only, s (default 5)")
     p.add_argument("--concurrency", type=_count(1000), default=100, help="calls in setup at once (default 100)")
     p.add_argument("--settle-concurrency", type=_count(1000), default=100,
                    help="hangup requests at once (default 100)")

@@ -4,16 +4,21 @@ It plays Asterisk twice over: the FastAGI client of the dialplan (lookup, route,
 and the hangup handler's request) and the AMI server that extbill's consumer logs
 into (answer, bridge and hangup events). Phases:
   ramp    setups only, until `in_flight` granted calls are reserved and not settled;
-  window  `seconds` of steady state, measured: `concurrency` workers make call setups
-          while settle workers end the oldest calls, keeping ~`in_flight` reserved;
-  paced   `paced_seconds` of setups arriving at a fixed rate (`paced_share` of the
-          window's), whatever the server does: the latency below saturation;
+  steady  `seconds` of steady state: `concurrency` workers make call setups while
+          settle workers end the oldest calls, keeping ~`in_flight` reserved: full
+          calls per second (setup through settlement);
+  paced   `paced_seconds` of steady state with setups arriving at a fixed rate
+          (`paced_share` of the steady one), whatever the server does: the latency
+          below saturation;
+  burst   `burst_seconds` of setups only (callees still answer; nobody hangs up yet):
+          call setups per second and setup latency at `concurrency` in setup at once;
   drain   no new calls; every granted call still open is ended and settled.
 A call's talk time exists only in its timestamps: nothing sleeps for it.
 
 Run by `extbill bench` as `python -m fastagi.bench.load '<json settings>'`; it writes
-one JSON object per line on stdout: {"ami_port": ...}, {"ready": ...}, {"window": ...},
-{"paced": ...}, {"result": ...}; then it stays logged in as serve's AMI peer until ended.
+one JSON object per line on stdout: {"ami_port": ...}, {"ready": ...}, then
+{"phase": name} as each phase starts, then {"result": ...}; then it stays logged in
+as serve's AMI peer until ended.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import json
 import sys
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .agi_peer import HeaderTemplate, agi_request
 from .ami_peer import CallChannels, FakeAmi
@@ -31,7 +36,8 @@ from .seed import DataSet
 
 READY_TIMEOUT_S = 20.0
 RAMP_TIMEOUT_S = 10.0   # to `in_flight` reserved calls; a slower server starts the window with fewer
-DRAIN_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 40.0
+BURST_POOL_MAX = 100_000   # granted calls held open at most while the burst runs
 LINGER_S = 60.0
 ERRORS_KEPT_MAX = 20
 
@@ -40,7 +46,8 @@ ERRORS_KEPT_MAX = 20
 class LoadSettings:
     agi_host: str = "127.0.0.1"
     agi_port: int = 4573
-    seconds: float = 10.0
+    seconds: float = 10.0           # the steady window
+    burst_seconds: float = 5.0      # the setups-only window
     concurrency: int = 100          # setup workers: calls in setup at once
     settle_concurrency: int = 100   # settle workers: hangup requests at once
     in_flight: int = 1000           # granted calls kept reserved and unsettled during the window
@@ -65,6 +72,28 @@ def _sec(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}"
 
 
+@dataclass(slots=True)
+class Window:
+    """One measured phase: what ended inside [start, end)."""
+    start: float = 0.0
+    end: float = 0.0
+    setups: int = 0
+    completed: int = 0                     # prompted, or settled
+    latencies_ms: list[float] = field(default_factory=list)
+    load_cpu_s: float = 0.0
+
+    def holds(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+    def figures(self, seconds: float) -> dict[str, float]:
+        lat = sorted(self.latencies_ms)
+        return {"setups_per_s": self.setups / seconds, "calls_per_s": self.completed / seconds,
+                "setup_p50_ms": _percentile(lat, 0.50), "setup_p99_ms": _percentile(lat, 0.99),
+                "setup_max_ms": lat[-1] if lat else 0.0, "setups": self.setups, "completed": self.completed,
+                "seconds": seconds,
+                "load_cpu_s": self.load_cpu_s}
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
@@ -81,13 +110,11 @@ class Generator:
         self.live: dict[str, CallChannels] = {}  # caller channels not yet destroyed (pool + ending)
         self.settling = 0
         self.phase = "ramp"
-        self.window_start = self.window_end = 0.0
-        self.latencies_ms: list[float] = []     # setups that ended inside the window
+        self.steady, self.burst = Window(), Window()
+        self.measured: Window | None = None     # the window running now, if any
         self.paced_ms: list[float] = []         # paced setups, from their scheduled arrival
         self.paced_late = 0                     # arrivals that waited for a free setup slot
         self.headers = HeaderTemplate(s.agi_port)
-        self.setups_window = 0
-        self.completed_window = 0
         self.counts: Counter[str] = Counter()
         self.errors: list[str] = []
         self.in_flight_max = 0
@@ -104,8 +131,13 @@ class Generator:
         if len(self.errors) < ERRORS_KEPT_MAX:
             self.errors.append(what)
 
-    def _in_window(self, t: float) -> bool:
-        return self.window_start <= t < self.window_end
+    def _completed(self, t: float) -> None:
+        w = self.measured
+        if w is not None and w.holds(t):
+            w.completed += 1
+
+    def _pool_cap(self) -> int:
+        return BURST_POOL_MAX if self.phase == "burst" else self.s.in_flight + 2 * self.s.concurrency
 
     async def _agi(self, script: str, args: list[str], call: Call) -> dict[str, str]:
         payload = self.headers.block(script, args, uniqueid=call.billing_id, callerid=call.caller,
@@ -114,9 +146,8 @@ class Generator:
 
     # -- setups ---------------------------------------------------------------
     async def setup_worker(self) -> None:
-        cap = self.s.in_flight + 2 * self.s.concurrency
-        while self.phase in ("ramp", "window"):
-            if len(self.pool) >= cap:
+        while self.phase in ("ramp", "steady", "burst"):
+            if len(self.pool) >= self._pool_cap():
                 self.room.clear()
                 await self.room.wait()
                 continue
@@ -135,11 +166,12 @@ class Generator:
             return
         v2 = await self._agi("route", [call.number, call.digits, "1"], call)
         t1 = time.perf_counter()
+        w = self.measured
         if arrived is not None:
             self.paced_ms.append((t1 - t0) * 1000)
-        elif self._in_window(t1):
-            self.setups_window += 1
-            self.latencies_ms.append((t1 - t0) * 1000)
+        elif w is not None and w.holds(t1):
+            w.setups += 1
+            w.latencies_ms.append((t1 - t0) * 1000)
         self.counts["setups"] += 1
         result = v2.get("EXTBILL_RESULT")
         if result != call.expect:
@@ -149,8 +181,7 @@ class Generator:
             self.counts["prompted"] += 1
             if v2.get("EXTBILL_PROMPT") != "ext-in-arrears":
                 self._error(f"arrears call {call.billing_id} heard {v2.get('EXTBILL_PROMPT')}")
-            if self._in_window(t1):
-                self.completed_window += 1
+            self._completed(t1)
             return
         limit_ms = int(v2.get("EXTBILL_LIMIT_MS") or 0)
         if v2.get("EXTBILL_ID") != call.billing_id or limit_ms <= 0:
@@ -173,10 +204,10 @@ class Generator:
     # -- settlement -----------------------------------------------------------
     async def settle_worker(self) -> None:
         while True:
-            target = self.s.in_flight if self.phase in ("ramp", "window", "paced") else 0
+            target = self.s.in_flight if self.phase in ("ramp", "steady", "paced") else 0
             if self.phase == "done" and not self.pool:
                 return
-            if len(self.pool) <= target or self.phase == "ramp":
+            if len(self.pool) <= target or self.phase in ("ramp", "burst"):
                 self.pool_changed.clear()
                 await self.pool_changed.wait()
                 continue
@@ -209,8 +240,7 @@ class Generator:
         self.counts["settled"] += 1
         self.counts["answered" if call.answered else "unanswered"] += 1
         self.counts["talk_s_total"] += (call.talk_ms + 500) // 1000 if call.answered else 0
-        if self._in_window(t):
-            self.completed_window += 1
+        self._completed(t)
 
     async def paced(self, rate: float, seconds: float) -> None:
         """Open loop: a call arrives every 1/rate s whatever the server does; at most
@@ -247,6 +277,15 @@ class Generator:
                 self._error(f"setup {call.billing_id}: {exc!r}")
 
     # -- the run --------------------------------------------------------------
+    async def _measure(self, name: str, w: Window, seconds: float) -> None:
+        emit({"phase": name})
+        cpu0 = time.process_time()
+        w.start = time.perf_counter()
+        w.end = w.start + seconds
+        self.measured = w
+        await asyncio.sleep(seconds)
+        w.load_cpu_s = time.process_time() - cpu0
+
     async def run(self) -> dict[str, object]:
         s = self.s
         setups = [asyncio.create_task(self.setup_worker()) for _ in range(s.concurrency)]
@@ -257,24 +296,29 @@ class Generator:
                 break
             await asyncio.sleep(0.01)
         ramp_s = time.perf_counter() - t_ramp
-        self.window_start = time.perf_counter()
-        self.window_end = self.window_start + s.seconds
-        self.phase = "window"
-        emit({"window": {"start": time.time(), "seconds": s.seconds, "in_flight": len(self.pool)}})
+        in_flight_at_steady = len(self.pool)
+        self.phase = "steady"
         self.pool_changed.set()
-        cpu0 = time.process_time()
-        await asyncio.sleep(s.seconds)
-        cpu_window_s = time.process_time() - cpu0
+        await self._measure("steady", self.steady, s.seconds)
+        # Paced arrivals replace the closed-loop workers; settlement goes on as before.
         self.phase = "paced"
+        self.measured = None
         self.room.set()
         await asyncio.gather(*setups, return_exceptions=True)
-        paced_rate = s.paced_share * self.setups_window / s.seconds
+        paced_rate = s.paced_share * self.steady.setups / s.seconds
         if s.paced_seconds > 0 and paced_rate > 0:
-            emit({"paced": {"start": time.time(), "seconds": s.paced_seconds, "rate_per_s": paced_rate}})
+            emit({"phase": "paced"})
             await self.paced(paced_rate, s.paced_seconds)
+        # Setups only: what the server can admit when nothing else is asked of it.
+        self.phase = "burst"
+        self.room.set()
+        setups = [asyncio.create_task(self.setup_worker()) for _ in range(s.concurrency)]
+        await self._measure("burst", self.burst, s.burst_seconds)
+        self.measured = None
         self.phase = "drain"
+        emit({"phase": "drain"})
+        await asyncio.gather(*setups, return_exceptions=True)
         t_drain = time.perf_counter()
-        self.pool_changed.set()
         self.phase = "done"
         self.pool_changed.set()
         try:
@@ -283,24 +327,18 @@ class Generator:
             self._error(f"drain: {len(self.pool) + self.settling} calls not settled in {DRAIN_TIMEOUT_S}s")
         drain_s = time.perf_counter() - t_drain
         await self.ami.drain()
-        lat = sorted(self.latencies_ms)
         paced = sorted(self.paced_ms)
         return {
-            "setups_per_s": self.setups_window / s.seconds,
-            "setup_p50_ms": _percentile(lat, 0.50),
-            "setup_p99_ms": _percentile(lat, 0.99),
-            "setup_max_ms": lat[-1] if lat else 0.0,
-            "calls_per_s": self.completed_window / s.seconds,
+            "steady": self.steady.figures(s.seconds),
+            "burst": self.burst.figures(s.burst_seconds),
             "paced_rate_per_s": paced_rate if s.paced_seconds > 0 else 0.0,
             "paced_setups": len(self.paced_ms),
             "paced_late": self.paced_late,
             "paced_setup_p50_ms": _percentile(paced, 0.50),
             "paced_setup_p99_ms": _percentile(paced, 0.99),
             "paced_setup_max_ms": paced[-1] if paced else 0.0,
-            "load_cpu_ms_per_call": cpu_window_s * 1000 / max(self.completed_window, 1),
-            "setups_window": self.setups_window,
-            "calls_completed_window": self.completed_window,
             "in_flight_max": self.in_flight_max,
+            "in_flight_at_steady_start": in_flight_at_steady,
             "ramp_s": ramp_s,
             "drain_s": drain_s,
             "counts": dict(self.counts),
