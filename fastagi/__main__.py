@@ -1,3 +1,6 @@
 import sys
+
 from .cli import main
-sys.exit(main())
+
+if __name__ == "__main__":   # not when a serve worker process (spawn) imports it
+    sys.exit(main())

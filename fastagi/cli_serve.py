@@ -36,6 +36,7 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.add_argument("--sweep-interval-s", type=int)
     p.add_argument("--sweep-grace-s", type=int)
     p.add_argument("--connections-max", type=int)
+    p.add_argument("--workers", type=int, help="FastAGI processes sharing the port (default 1)")
     p.add_argument("--log-format", choices=("json", "console"))
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--no-demo", dest="demo", action="store_const", const=False,

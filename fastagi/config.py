@@ -30,6 +30,8 @@ class Settings:
     sweep_interval_s: int = field(default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"})
     sweep_grace_s: int = field(default=120, metadata={"help": "a reservation older than ring + grant + this is stale, s"})
     connections_max: int = field(default=1000, metadata={"help": "FastAGI connections at once; more are refused"})
+    workers: int = field(default=1, metadata={
+        "help": "FastAGI processes sharing the port (one per core to spare); the first also runs AMI and the sweeper"})
     header_timeout_s: float = field(default=5.0, metadata={"help": "a FastAGI client must send its headers within this, s"})
     drain_timeout_s: float = field(default=10.0, metadata={"help": "on SIGTERM, calls in setup get this long to finish, s"})
     log_format: str = field(default="json", metadata={"help": "json or console"})
@@ -44,7 +46,7 @@ SWEEP_GRACE_S_MIN = 10
 CHOICES = {"unsettled_policy": ("mark", "charge"), "log_format": ("json", "console"),
            "log_level": ("debug", "info", "warning", "error")}
 POSITIVE = {"ami_port": 65535, "dial_timeout_s": 600, "sweep_interval_s": 3600, "sweep_grace_s": 86400,
-            "connections_max": 100_000, "header_timeout_s": 300, "drain_timeout_s": 600}
+            "connections_max": 100_000, "workers": 64, "header_timeout_s": 300, "drain_timeout_s": 600}
 
 
 def _validate(s: Settings) -> None:

@@ -1,6 +1,8 @@
 """`extbill serve`: the FastAGI server, the AMI consumer and the sweeper on one store.
 
 The asyncio shell: it wires the parts, runs until SIGTERM/SIGINT, then drains.
+With `workers` > 1 this first process also starts the other FastAGI processes
+(workers.py); a worker (worker > 0) runs only the FastAGI server on the shared port.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from .demo import DEMO_NUMBER, seed
 from .server import AgiServer, ServerLimits
 from .settlement import Settlement
 from .store.sqlite import SqliteStore
+from .workers import Workers
 
 log = structlog.get_logger("extbill.serve")
 
@@ -29,8 +32,10 @@ GC_THRESHOLDS = (20_000, 20, 20)   # generation 0, 1, 2 (CPython's default: 700,
 class Service:
     """Everything `serve` runs; tests and the benchmark start it in-process or as a subprocess."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, worker: int = 0) -> None:
         self.settings = settings
+        self.worker = worker                     # 0: the first process; others only answer FastAGI
+        self.workers: Workers | None = None
         self.store: SqliteStore | None = None
         self.agi: AgiServer | None = None
         self.ami: AmiClient | None = None
@@ -43,7 +48,8 @@ class Service:
 
     async def start(self) -> None:
         s = self.settings
-        self.store = await SqliteStore.open(s.db)
+        shared = s.workers > 1
+        self.store = await SqliteStore.open(s.db, checkpoints=self.worker == 0, shared=shared)
         if self.store.created:
             log.info("db.created", path=s.db)
             if s.demo:
@@ -56,9 +62,16 @@ class Service:
         host, port = parse_hostport(s.agi_bind, "agi_bind")
         self.agi = AgiServer(routes.routes(), host, port, limits=ServerLimits(
             header_timeout_s=s.header_timeout_s, connections_max=s.connections_max,
-            drain_timeout_s=s.drain_timeout_s))
+            drain_timeout_s=s.drain_timeout_s), reuse_port=shared)
         await self.agi.start()
-        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db)
+        if self.worker:
+            log.info("serve.worker_listening", agi=f"{host}:{self.agi.port}")
+            self._tune_gc()
+            return
+        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db, workers=s.workers)
+        if shared:
+            self.workers = Workers(s, s.workers - 1)
+            self.workers.start(f"{host}:{self.agi.port}")
         if s.ami_secret:
             self.ami = AmiClient(s.ami_host, s.ami_port, s.ami_user, s.ami_secret,
                                  on_event=self._on_ami_event, on_connected=self._on_ami_connected,
@@ -71,6 +84,10 @@ class Service:
             log.warning("serve.ami_disabled", note="no AMI secret set (EXTBILL_AMI_SECRET): calls are "
                         "settled by the dialplan's hangup handler and the sweeper only")
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
+        self._tune_gc()
+
+    @staticmethod
+    def _tune_gc() -> None:
         # What exists now lives as long as the server: keep it out of every GC pass, and
         # collect young objects less often (each call makes thousands; full passes over a
         # large heap are what show up as latency spikes).
@@ -125,15 +142,20 @@ class Service:
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # a worker leaves Ctrl-C to the first process, which stops it with SIGTERM
+        for sig in (signal.SIGTERM,) if self.worker else (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
         log.info("serve.stopping", note="no new calls; calls in setup may finish")
         await self.stop()
 
     async def stop(self) -> None:
+        # the workers drain their calls while this process drains its own
+        workers = asyncio.create_task(self.workers.stop()) if self.workers is not None else None
         if self.agi is not None:
             await self.agi.stop()
+        if workers is not None:
+            await workers
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

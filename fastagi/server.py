@@ -317,8 +317,10 @@ class AgiServer:
         port: int = 4573,
         *,
         limits: ServerLimits | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.routes = dict(routes)
+        self.reuse_port = reuse_port   # several serve processes listen on one port
         self.host = host
         self.port = port
         self.limits = limits or ServerLimits()
@@ -340,6 +342,7 @@ class AgiServer:
             self.port,
             backlog=self.limits.backlog,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("agi.listening", host=self.host, port=self.port, routes=sorted(self.routes))

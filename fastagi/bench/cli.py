@@ -95,6 +95,44 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
+def _serve_pids(pid: int) -> list[int]:
+    """serve and its worker processes (not multiprocessing's resource tracker)."""
+    pids = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            kids = [int(k) for k in fh.read().split()]
+    except OSError:
+        return pids
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as fh:
+                if b"resource_tracker" in fh.read():
+                    continue
+        except OSError:
+            continue
+        pids.append(kid)
+    return pids
+
+
+def _tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of serve and its workers."""
+    total = 0.0
+    for p in _serve_pids(pid):
+        c = _cpu_s(p)
+        if c is None:
+            return None if p == pid else total
+        total += c
+    return total
+
+
+def _tree_kb(pid: int, field: str) -> int | None:
+    """A /proc status figure of serve, summed over its workers (None when serve is gone)."""
+    own = _proc_status_kb(pid, field)
+    if own is None:
+        return None
+    return own + sum(_proc_status_kb(p, field) or 0 for p in _serve_pids(pid)[1:])
+
+
 async def _read_json_line(stream: asyncio.StreamReader, key: str, timeout_s: float) -> Any:
     async with asyncio.timeout(timeout_s):
         while True:
@@ -168,7 +206,8 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
                      "--agi-bind", f"127.0.0.1:{agi_port}", "--ami-host", "127.0.0.1",
                      "--ami-port", str(ami_port), "--ami-user", s.ami_user, "--ami-secret", s.ami_secret,
                      "--no-demo", "--log-level", a.serve_log_level, "--log-format", "json",
-                     "--sweep-interval-s", "3600", "--connections-max", "5000"]
+                     "--sweep-interval-s", "3600", "--connections-max", "5000",
+                     "--workers", str(a.serve_workers)]
         if a.py_spy:
             serve_cmd = [_py_spy(), "record", "--rate", "250", "--nonblocking", "--format",
                          _py_spy_format(a.py_spy),
@@ -190,10 +229,10 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
             load.stdout, serve_pid, a.seconds + a.paced_seconds + a.burst_seconds + LOAD_TIMEOUT_EXTRA_S))
         rss_max_kb = 0
         while not result_task.done():
-            rss_max_kb = max(rss_max_kb, _proc_status_kb(serve_pid, "VmRSS") or 0)
+            rss_max_kb = max(rss_max_kb, _tree_kb(serve_pid, "VmRSS") or 0)
             await asyncio.wait([result_task], timeout=RSS_SAMPLE_S)
         result, phases = result_task.result()
-        hwm_kb = _proc_status_kb(serve_pid, "VmHWM")
+        hwm_kb = _tree_kb(serve_pid, "VmHWM")   # every serve process's own peak, added up
         if hwm_kb is None:
             raise BenchError(f"serve (pid {serve_pid}) is gone before the end of the run; see "
                              f"{os.path.join(work, 'serve.log')}")
@@ -240,9 +279,9 @@ async def _follow_phases(stream: asyncio.StreamReader, serve_pid: int, timeout_s
             if not isinstance(doc, dict):
                 continue
             if "phase" in doc:
-                phases.append((str(doc["phase"]), _cpu_s(serve_pid)))
+                phases.append((str(doc["phase"]), _tree_cpu_s(serve_pid)))
             elif "result" in doc:
-                phases.append(("end", _cpu_s(serve_pid)))
+                phases.append(("end", _tree_cpu_s(serve_pid)))
                 return doc["result"], phases
 
 
@@ -416,7 +455,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
             "numbers": a.numbers, "extensions": a.extensions, "seed": a.seed,
             "ppc_seconds": a.ppc_seconds, "ppc_concurrency": a.ppc_concurrency,
             "ppc_calls_max": a.ppc_calls_max, "raw_seconds": a.raw_seconds, "seed_cached": seed_cached,
-            "serve_log_level": a.serve_log_level,
+            "serve_log_level": a.serve_log_level, "serve_workers": a.serve_workers,
             "cpus": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2),
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
         },
@@ -539,6 +578,8 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
                    help="then, setups arriving at a fixed rate for latency below saturation, s (default 5, 0: none)")
     p.add_argument("--paced-share", type=_share, default=0.5,
                    help="the paced rate as a share of the measured setups per second (default 0.5)")
+    p.add_argument("--serve-workers", type=_count(64), default=min(os.cpu_count() or 1, 64),
+                   help="serve's FastAGI processes (serve --workers; default: one per core)")
     p.add_argument("--json", metavar="FILE", help="write every figure and the settings here")
     p.add_argument("--numbers", type=_count(100_000), default=1000, help="400 numbers seeded (default 1000)")
     p.add_argument("--extensions", type=_count(90), default=20, help="extensions per number (default 20)")

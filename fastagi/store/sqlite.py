@@ -9,10 +9,17 @@ batch - one transaction, each operation inside its own SAVEPOINT (a failing one
 rolls back only itself), one COMMIT, one thread hop back. No caller hears of its
 operation before the COMMIT that made it durable. A lone operation runs exactly
 as before (its own BEGIN ... COMMIT).
+
+Several serve processes (`workers` > 1) share one file: each one's writing batches
+take an exclusive flock on `<db>-writers.lock` around BEGIN IMMEDIATE ... COMMIT.
+SQLite's own busy handler would also serialise them, but by sleeping and retrying
+(1, 2, 5, 10 ... ms): a blocked flock wakes the next writer as soon as the lock is free.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import os
 import sqlite3
@@ -85,20 +92,31 @@ def _migrate(conn: sqlite3.Connection) -> bool:
 class SqliteStore:
     """An open extbill database. Use `await SqliteStore.open(path)`."""
 
-    def __init__(self, db: aiosqlite.Connection, path: str, created: bool):
+    def __init__(self, db: aiosqlite.Connection, path: str, created: bool, *, checkpoints: bool = True,
+                 shared: bool = False):
         self._db = db
         self.path = path
         self.created = created
+        # another serve process writes this file too: serialise writing batches (see above)
+        self._writers_lock: int | None = (
+            os.open(writers_lock_path(path), os.O_RDWR | os.O_CREAT, 0o600) if shared else None)
         self._waiting: list[_Op] = []     # queued while a batch runs: the next batch
         self._busy = False                # a batch is on the database thread
         self._idle = asyncio.Event()      # no batch running and none waiting
         self._idle.set()
-        self._checkpointer = Checkpointer(path)
-        self._checkpointer.start()
+        # one process per file folds the WAL back (the others leave it to that one)
+        self._checkpointer = Checkpointer(path) if checkpoints else None
+        if self._checkpointer is not None:
+            self._checkpointer.start()
 
     @classmethod
-    async def open(cls, path: str, *, create: bool = True) -> "SqliteStore":
-        """Open (and create or migrate) the database; refuse a file that is not one of ours."""
+    async def open(cls, path: str, *, create: bool = True, checkpoints: bool = True,
+                   shared: bool = False) -> "SqliteStore":
+        """Open (and create or migrate) the database; refuse a file that is not one of ours.
+
+        checkpoints=False: another process (serve's first) runs the WAL checkpoints.
+        shared=True: other serve processes write this file too (writers take a flock).
+        """
         exists = os.path.exists(path)
         if not exists and not create:
             raise NotADatabase(f"no database at {path} (create it with: extbill db init --db {path})")
@@ -127,7 +145,11 @@ class SqliteStore:
         except BaseException:
             await db.close()
             raise
-        return cls(db, path, created)
+        try:
+            return cls(db, path, created, checkpoints=checkpoints, shared=shared)
+        except OSError as exc:
+            await db.close()
+            raise NotADatabase(f"cannot open the writers' lock of {path}: {exc.strerror}") from None
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run fn(conn, *args, **kwargs) on the database thread in one IMMEDIATE transaction
@@ -146,7 +168,11 @@ class SqliteStore:
     async def close(self) -> None:
         await self._idle.wait()   # every operation already asked for runs first
         await self._db.close()
-        await asyncio.to_thread(self._checkpointer.stop)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+        if self._writers_lock is not None:
+            os.close(self._writers_lock)
+            self._writers_lock = None
 
     def _submit(self, fn: Callable[..., Any], args: tuple, write: bool) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -161,7 +187,8 @@ class SqliteStore:
         self._busy = True
         self._idle.clear()
         ops = [(fn, args, write) for fn, args, write, _ in batch]
-        task = asyncio.ensure_future(self._db._execute(_run_batch, self._db._conn, ops))  # noqa: SLF001
+        task = asyncio.ensure_future(self._db._execute(  # noqa: SLF001
+            _run_batch, self._db._conn, ops, self._writers_lock))  # noqa: SLF001
         task.add_done_callback(functools.partial(self._batch_done, batch))
 
     def _batch_done(self, batch: list[_Op], task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
@@ -188,9 +215,29 @@ class SqliteStore:
 _Op = tuple[Callable[..., Any], tuple, bool, "asyncio.Future[Any]"]
 
 
-def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple, bool]]
-               ) -> list[tuple[bool, Any]]:
+def writers_lock_path(db: str) -> str:
+    return db + "-writers.lock"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_fd: int | None):
+    """Hold the writers' flock (blocking, without the GIL) if there is one."""
+    if lock_fd is None:
+        yield
+        return
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple, bool]],
+               lock_fd: int | None = None) -> list[tuple[bool, Any]]:
     """On the database thread: each (fn, args, write) -> (True, result) or (False, exception)."""
+    if lock_fd is not None and any(write for _, _, write in ops):
+        with _exclusive(lock_fd):
+            return _run_batch(conn, ops)
     if len(ops) == 1:   # nothing queued behind it: its own transaction, as always
         fn, args, write = ops[0]
         try:
