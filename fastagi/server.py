@@ -246,32 +246,33 @@ class _Connection(asyncio.Protocol):
 
     async def _run(self, handler: Handler, request: AgiRequest) -> None:
         limits = self.server.limits
-        with structlog.contextvars.bound_contextvars(
-            uniqueid=request.uniqueid,
-            channel=request.channel,
-            callerid=request.callerid,
-            route=request.script,
-        ):
-            deadline = asyncio.timeout(limits.handler_timeout_s)
-            try:
-                async with deadline:
-                    await handler(AgiChannel(request, self))
-            except ReplyTimeout as exc:
-                log.warning("agi.reply_timeout", error=str(exc))
-            except TimeoutError as exc:
-                if deadline.expired():
-                    log.warning("agi.handler_timeout", timeout_s=limits.handler_timeout_s)
-                else:
-                    log.error("agi.handler_error", error=repr(exc), exc_info=True)
-            except ChannelClosed as exc:
-                log.info("agi.channel_closed", error=str(exc), hung_up=self.session.hung_up)
-            except asyncio.CancelledError:
+        # This task runs in its own copy of the context: what is bound here never reaches
+        # another call, and needs no unbinding.
+        structlog.contextvars.bind_contextvars(
+            uniqueid=request.uniqueid, channel=request.channel, callerid=request.callerid,
+            route=request.script)
+        task = self.task
+        assert task is not None
+        expired: list[bool] = []
+        # One timer handle (cheaper than an asyncio.timeout context): on expiry, cancel the handler.
+        deadline = self.server._loop.call_later(limits.handler_timeout_s, _expire_handler, task, expired)
+        try:
+            await handler(AgiChannel(request, self))
+        except ReplyTimeout as exc:
+            log.warning("agi.reply_timeout", error=str(exc))
+        except ChannelClosed as exc:
+            log.info("agi.channel_closed", error=str(exc), hung_up=self.session.hung_up)
+        except asyncio.CancelledError:
+            if not expired:
                 log.warning("agi.handler_cancelled")
                 raise
-            except Exception as exc:
-                log.error("agi.handler_error", error=repr(exc), exc_info=True)
-            finally:
-                self.close()
+            task.uncancel()
+            log.warning("agi.handler_timeout", timeout_s=limits.handler_timeout_s)
+        except Exception as exc:
+            log.error("agi.handler_error", error=repr(exc), exc_info=True)
+        finally:
+            deadline.cancel()
+            self.close()
 
     async def command(self, text: str) -> Reply:
         transport = self.transport
@@ -296,6 +297,12 @@ class _Connection(asyncio.Protocol):
         finally:
             timer.cancel()
             self.reply = None
+
+
+def _expire_handler(task: asyncio.Task[None], expired: list[bool]) -> None:
+    if not task.done():
+        expired.append(True)
+        task.cancel()
 
 
 class _ReplyExpired(Exception):
