@@ -127,9 +127,9 @@ def test_group_commit_keeps_each_operation_atomic_and_durable(tmp_path: Path, mo
     sizes: list[int] = []
     real = sqlite_store._run_batch
 
-    def recording(conn, ops):  # type: ignore[no-untyped-def]
+    def recording(conn, ops, *rest):  # type: ignore[no-untyped-def]
         sizes.append(len(ops))
-        return real(conn, ops)
+        return real(conn, ops, *rest)
 
     monkeypatch.setattr(sqlite_store, "_run_batch", recording)
 
@@ -179,3 +179,173 @@ def test_stored_tariff_snapshot_is_unchanged_by_the_fast_path() -> None:
         text = tx_calls.tariff_json(t)
         assert text == json.dumps(asdict(t))
         assert tx_calls.tariff_from_json(text) == t
+
+
+# -- the load generator's fast paths: the same bytes and values as the plain versions ---------
+
+def test_fake_ami_event_templates_write_what_the_field_lists_say() -> None:
+    """Every event the templates write is, byte for byte, the reference field list's message."""
+    import random  # noqa: PLC0415
+
+    r = random.Random(11)
+    for _ in range(500):
+        seq = r.choice([1, 7, 0xFFFFFFFF, r.randrange(1, 10**9)])
+        chans = CallChannels(f"{r.randrange(10**9, 2 * 10**9)}.{r.randrange(1, 10**7)}", seq)
+        ms = r.choice([0, 999, 1000, 1_732_650_012_001, r.randrange(10**12, 2 * 10**12)])
+        status = r.choice(["ANSWER", "BUSY", "NOANSWER", "CANCEL"])
+        assert chans.answered_events(ms) == (chans.reference_dial_end(ms, "ANSWER")
+                                             + chans.reference_bridge("BridgeEnter", ms + 5, False)
+                                             + chans.reference_bridge("BridgeEnter", ms + 6, True))
+        assert chans.ended_events(ms) == (chans.reference_bridge("BridgeLeave", ms, True)
+                                          + chans.reference_bridge("BridgeLeave", ms + 1, False)
+                                          + chans.reference_hangup(ms + 2, False))
+        assert chans.unanswered_events(ms, status) == (chans.reference_dial_end(ms, status)
+                                                       + chans.reference_hangup(ms + 1, False))
+        assert chans.caller_hangup(ms) == chans.reference_hangup(ms, True)
+        assert chans.dial_end(ms, status) == chans.reference_dial_end(ms, status)
+        for caller in (True, False):
+            assert chans.bridge("BridgeEnter", ms, caller) == chans.reference_bridge("BridgeEnter", ms, caller)
+            assert chans.hangup(ms, caller) == chans.reference_hangup(ms, caller)
+    chans = CallChannels("1732650000.7", 7)
+    (ev,) = _messages(chans.caller_hangup(1_732_650_012_345))
+    assert ev == {"Event": "Hangup", "Privilege": "call,all", "Timestamp": "1732650012.345000",
+                  "Channel": "PJSIP/trunk-ct-00000007", "ChannelState": "6", "ChannelStateDesc": "Up",
+                  "CallerIDNum": "13800138000", "Context": "extbill-ivr", "Exten": "s", "Priority": "1",
+                  "Uniqueid": "1732650000.7", "Linkedid": "1732650000.7",
+                  "ChanVariable": "EXTBILL_ID=1732650000.7", "Cause": "16", "Cause-txt": "Normal Clearing"}
+
+
+def test_header_template_is_header_block() -> None:
+    """The per-call header bytes are header_block's, whatever the values (even % and {})."""
+    from fastagi.bench.agi_peer import HeaderTemplate, header_block  # noqa: PLC0415
+
+    for port in (4573, 40123):
+        tpl = HeaderTemplate(port)
+        for script, args in [("lookup", ["4001000001"]), ("route", ["4001000001", "", "1"]),
+                             ("hangup", ["1732650000.5", "ANSWER", "16", "", "1732650072.345"]),
+                             ("x%s{y}", ["%d", "{0}"]), ("lookup", [])]:
+            for uid, caller, ext in [("1732650000.5", "13800131234", "4001000001"), ("é%s", "{x}", "")]:
+                assert tpl.block(script, args, uniqueid=uid, callerid=caller, extension=ext) == header_block(
+                    script, args, uniqueid=uid, callerid=caller, extension=ext, port=port)
+
+
+def test_lean_agi_reads_variables_as_the_full_parser_does() -> None:
+    """EXEC MSet / SET VARIABLE lines, however split: the values parse_command_args gives; one reply each."""
+    import asyncio  # noqa: PLC0415
+
+    from fastagi.agi import mset_command, parse_command_args, set_variable_command  # noqa: PLC0415
+    from fastagi.bench.agi_peer import _LeanAgi  # noqa: PLC0415
+
+    def expected(lines: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for text in lines:
+            parts = parse_command_args(text)
+            if parts[:2] == ["SET", "VARIABLE"]:
+                out[parts[2]] = parts[3] if len(parts) > 3 else ""
+            elif parts[:2] == ["EXEC", "MSet"]:
+                for pair in (parts[2] if len(parts) > 2 else "").split(","):
+                    name, _, value = pair.partition("=")
+                    out[name] = value
+        return out
+
+    class Transport:
+        def __init__(self) -> None:
+            self.sent = b""
+
+        def write(self, data: bytes) -> None:
+            self.sent += data
+
+        def abort(self) -> None:
+            pass
+
+    pairs = [("EXTBILL_ID", "1732650000.5"), ("EXTBILL_DEST", "Local/400100012312@bench-branches"),
+             ("EXTBILL_LIMIT_MS", "7200000"), ("EXTBILL_RESULT", "dial")]
+    cases = [
+        [mset_command(pairs)],
+        [mset_command(pairs) + "\r"],
+        ['EXEC MSet "A=1,B=x\\"y,C"'],                 # quotes and backslashes: the full parser
+        ['EXEC MSet "A=1" "B=2"'],
+        ["EXEC MSet A=1,B=2=3,,D"],                    # unquoted
+        ['EXEC MSet  "A=1"'],
+        ['EXEC MSet ""'],
+        [set_variable_command("EXTBILL_PROMPT", 'say "hi" \\ there'), set_variable_command("EXTBILL_RESULT", "prompt")],
+        ["NOOP", mset_command([("X", "1")])],
+    ]
+    loop = asyncio.new_event_loop()
+    try:
+        for lines in cases:
+            data = "".join(line + "\n" for line in lines).encode()
+            for cut in range(len(data) + 1):
+                proto = _LeanAgi(b"", loop.create_future())
+                proto.transport = Transport()  # type: ignore[assignment]
+                for piece in (data[:cut], data[cut:]):
+                    if piece:
+                        proto.data_received(piece)
+                assert proto.variables == expected([line.rstrip("\r") for line in lines]), (lines, cut)
+                assert proto.commands == len(lines)
+                assert proto.transport.sent == b"200 result=1\n" * len(lines)  # type: ignore[union-attr]
+    finally:
+        loop.close()
+
+
+def test_call_mix_draws_the_calls_randrange_and_choice_would() -> None:
+    """The cheaper draws give, for a seed, the very calls the randrange/choice version gave."""
+    import random  # noqa: PLC0415
+
+    from fastagi.bench import mix as m  # noqa: PLC0415
+
+    for seed, ds in [(1, DataSet(1000, 20)), (3, DataSet(2, 4)), (7, DataSet(100_000, 90))]:
+        calls = CallMix(ds, seed=seed, epoch=1_732_650_000)
+        r = random.Random(seed)
+        funded, arrears = ds.funded_keys(), ds.arrears_keys()
+        for seq in range(1, 5001):
+            number = ds.number(r.randrange(ds.numbers))
+            pick = r.random()
+            if pick < m.EXT_SHARE:
+                kind, digits = "ext", r.choice(funded)
+            elif pick < m.EXT_SHARE + m.NO_KEY_SHARE:
+                kind, digits = "no-key", ""
+            else:
+                kind, digits = "arrears", r.choice(arrears)
+            caller = r.choice(m.CALLER_PREFIXES) + f"{r.randrange(10_000):04d}"
+            answered = r.random() < m.ANSWERED_SHARE
+            ring_ms = r.randrange(m.RING_MS_MIN, m.RING_MS_MAX)
+            talk_ms = r.randrange(m.TALK_MS_MIN, m.TALK_MS_MAX) if answered else 0
+            assert calls.next() == m.Call(f"1732650000.{seq}", number, digits, caller, kind, answered,
+                                          ring_ms, talk_ms)
+
+
+def test_agi_request_times_out_answering_and_connecting() -> None:
+    """A server that never answers, or a connect that never completes: TimeoutError, nothing left armed."""
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from fastagi.bench import agi_peer  # noqa: PLC0415
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        t0 = time.monotonic()
+        try:
+            await agi_peer.agi_request("127.0.0.1", port, b"agi_network: yes\n\n", timeout_s=0.3)
+            raise AssertionError("no timeout")
+        except TimeoutError:
+            pass
+        assert 0.3 <= time.monotonic() - t0 < 2.0
+        silent.close()
+
+        async def never(*args: object, **kwargs: object) -> None:
+            await asyncio.sleep(3600)
+
+        loop.create_connection = never  # type: ignore[method-assign]
+        try:
+            await agi_peer.agi_request("127.0.0.1", port, b"", timeout_s=0.2)
+            raise AssertionError("no timeout")
+        except TimeoutError:
+            pass
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0   # the timeout's cancel is not left pending
+        assert agi_peer._Deadlines._by_loop == {}
+
+    asyncio.run(main())

@@ -6,12 +6,15 @@ records SET VARIABLE, and returns when the server closes the connection.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 
 from ..agi import parse_command_args
 
 REPLY_LINE_BYTES_MAX = 65536
 PEER_TIMEOUT_S = 10.0   # a server that neither answers nor closes within this fails the call
+DEADLINE_TICK_S = 0.5   # how often open requests are checked against their deadline
+_QUOTE = ord('"')
 
 
 @dataclass
@@ -86,15 +89,18 @@ class _LeanAgi(asyncio.Protocol):
     the load generator costs less CPU per call than the server it measures.
     """
 
-    __slots__ = ("payload", "done", "variables", "commands", "buf", "transport")
+    __slots__ = ("payload", "done", "variables", "commands", "buf", "transport", "task", "expired")
 
-    def __init__(self, payload: bytes, done: asyncio.Future[dict[str, str]]) -> None:
+    def __init__(self, payload: bytes, done: asyncio.Future[dict[str, str]],
+                 task: asyncio.Task[object] | None = None) -> None:
         self.payload = payload
         self.done = done
         self.variables: dict[str, str] = {}
         self.commands = 0
         self.buf = b""
         self.transport: asyncio.Transport | None = None
+        self.task = task          # the request's task: cancelled if the deadline passes while connecting
+        self.expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not isinstance(asyncio.Transport): uvloop's transports only quack like one
@@ -102,18 +108,36 @@ class _LeanAgi(asyncio.Protocol):
         transport.write(self.payload)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if len(buf) > REPLY_LINE_BYTES_MAX:
+        if self.buf:
+            data = self.buf + data
+        if len(data) > REPLY_LINE_BYTES_MAX:
             self._finish(ConnectionError("command line too long"))
             return
+        nl = data.find(b"\n")
+        if nl < 0:
+            self.buf = data
+            return
+        variables = self.variables
         replies = 0
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            line, buf = buf[:nl], buf[nl + 1:]
+        start = 0
+        while nl >= 0:
+            line = data[start:nl]
+            start = nl + 1
+            nl = data.find(b"\n", start)
             replies += 1
-            if line.startswith(b"SET VARIABLE "):
+            if line.startswith(b"EXEC MSet "):
+                # What serve sends: EXEC MSet "A=1,B=2" - one quoted argument, nothing to unescape.
+                arg = line[10:].rstrip(b"\r")
+                if len(arg) >= 2 and arg[0] == arg[-1] == _QUOTE and arg.count(b'"') == 2 \
+                        and b"\\" not in arg:
+                    text = arg[1:-1].decode("utf-8", "replace")
+                else:
+                    parts = parse_command_args(line.decode("utf-8", "replace").rstrip("\r"))
+                    text = parts[2] if len(parts) > 2 else ""
+                for pair in text.split(","):   # as app MSet splits it
+                    name, _, value = pair.partition("=")
+                    variables[name] = value
+            elif line.startswith(b"SET VARIABLE "):
                 text = line[13:].decode("utf-8", "replace").rstrip("\r")
                 name, _, value = text.partition(" ")
                 if len(value) >= 2 and value[0] == '"' and value[-1] == '"' and "\\" not in value:
@@ -121,17 +145,12 @@ class _LeanAgi(asyncio.Protocol):
                 else:
                     parts = parse_command_args(text)
                     value = parts[1] if len(parts) > 1 else ""
-                self.variables[name] = value
-            elif line.startswith(b"EXEC MSet "):
-                parts = parse_command_args(line.decode("utf-8", "replace").rstrip("\r"))
-                for pair in (parts[2] if len(parts) > 2 else "").split(","):   # as app MSet splits it
-                    name, _, value = pair.partition("=")
-                    self.variables[name] = value
-        self.buf = buf
-        if replies:
-            self.commands += replies
-            assert self.transport is not None
-            self.transport.write(b"200 result=1\n" * replies)   # EXEC answers result=0; unused here
+                variables[name] = value
+        self.buf = data[start:]
+        self.commands += replies
+        assert self.transport is not None
+        self.transport.write(b"200 result=1\n" if replies == 1 else b"200 result=1\n" * replies)
+        # EXEC answers result=0 in Asterisk; unused here
 
     def eof_received(self) -> bool:
         self._finish(None)
@@ -150,29 +169,111 @@ class _LeanAgi(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
+    def expire(self) -> None:
+        """The deadline passed: abort the connection, or the connecting itself."""
+        if self.expired:
+            return
+        self.expired = True
+        if self.transport is not None:
+            self._finish(TimeoutError())
+        elif self.task is not None and not self.done.done():
+            self.task.cancel()
 
-async def agi_request(host: str, port: int, payload: bytes, *,
-                      timeout_s: float = PEER_TIMEOUT_S) -> dict[str, str]:
-    """Send a prepared header block (see header_block); the variables the server set."""
-    loop = asyncio.get_running_loop()
+
+class _Deadlines:
+    """The requests open on one event loop, and one timer for all of them.
+
+    Cheaper per request than asyncio.timeout() (a Timeout object, a timer, and a
+    reschedule on entry) or a call_later() each: a dict entry. The timer ticks every
+    `tick_s` while requests are open; a request expires at most tick_s after its deadline.
+    """
+
+    __slots__ = ("loop", "open", "timer", "tick_s")
+    _by_loop: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float) -> None:
+        self.loop = loop
+        self.open: dict[_LeanAgi, float] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.tick_s = tick_s
+
+    @classmethod
+    def add(cls, loop: asyncio.AbstractEventLoop, proto: _LeanAgi, timeout_s: float) -> _Deadlines:
+        d = cls._by_loop.get(loop)
+        if d is None:
+            d = cls._by_loop[loop] = cls(loop, min(DEADLINE_TICK_S, timeout_s))
+        if not d.open:
+            d.timer = loop.call_later(d.tick_s, d._tick)
+        d.tick_s = min(d.tick_s, timeout_s)
+        d.open[proto] = loop.time() + timeout_s
+        return d
+
+    def remove(self, proto: _LeanAgi) -> None:
+        self.open.pop(proto, None)
+        if not self.open:
+            # nothing left to watch: no timer, and no reference to a loop that may close now
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self._by_loop.pop(self.loop, None)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        for proto, deadline in list(self.open.items()):
+            if deadline <= now:
+                proto.expire()
+        self.timer = self.loop.call_later(self.tick_s, self._tick) if self.open else None
+
+
+async def agi_request(host: str, port: int, payload: bytes, *, timeout_s: float = PEER_TIMEOUT_S,
+                      loop: asyncio.AbstractEventLoop | None = None) -> dict[str, str]:
+    """Send a prepared header block (see header_block); the variables the server set.
+
+    TimeoutError if the server neither answers nor closes within timeout_s (connecting included).
+    `loop`: the running loop, if the caller has it (asyncio.get_running_loop() makes a getpid()
+    system call on Python 3.11).
+    """
+    if loop is None:
+        loop = asyncio.get_running_loop()
     done: asyncio.Future[dict[str, str]] = loop.create_future()
-    async with asyncio.timeout(timeout_s):   # not wait_for: that makes a task per call
-        transport, _ = await loop.create_connection(lambda: _LeanAgi(payload, done), host, port)
+    task = asyncio.current_task(loop)
+    proto = _LeanAgi(payload, done, task)
+    deadlines = _Deadlines.add(loop, proto, timeout_s)
+    try:
         try:
-            return await done
-        finally:
-            transport.close()
+            await loop.create_connection(lambda: proto, host, port)
+        except asyncio.CancelledError:
+            if not proto.expired:
+                raise
+            if task is not None:
+                task.uncancel()
+            raise TimeoutError(f"no connection within {timeout_s}s") from None
+        return await done
+    finally:
+        deadlines.remove(proto)
+        if proto.transport is not None:
+            proto.transport.close()
 
 
 class HeaderTemplate:
-    """header_block() for many calls to one server: the fixed lines are formatted once."""
+    """header_block() for many calls to one server: formatted once per script and argument count."""
 
     def __init__(self, port: int) -> None:
-        text = header_block("{script}", [], uniqueid="{uniqueid}", callerid="{callerid}",
-                            extension="{extension}", port=port).decode()
-        assert text.endswith("\n\n") and text.count("{") == 6  # script, extension twice; uniqueid, callerid
-        self._fmt = text[:-1]   # without the blank line that ends the block
+        self.port = port
+        self._templates: dict[tuple[str, int], str] = {}
+
+    def _template(self, script: str, nargs: int) -> str:
+        """header_block's text with %s for extension, uniqueid, callerid, extension, args (in that order)."""
+        def mark(name: str) -> str:
+            return f"\x00{name}\x01"
+        text = header_block(script, [mark(f"a{i}") for i in range(nargs)], uniqueid=mark("u"),
+                            callerid=mark("c"), extension=mark("e"), port=self.port).decode()
+        pieces = re.split("\x00(\\w+)\x01", text.replace("%", "%%"))
+        assert pieces[1::2] == ["e", "u", "c", "e"] + [f"a{i}" for i in range(nargs)], pieces[1::2]
+        template = "%s".join(pieces[0::2])
+        self._templates[(script, nargs)] = template
+        return template
 
     def block(self, script: str, args: list[str], *, uniqueid: str, callerid: str, extension: str) -> bytes:
-        head = self._fmt.format(script=script, uniqueid=uniqueid, callerid=callerid, extension=extension)
-        return (head + "".join(f"agi_arg_{i}: {a}\n" for i, a in enumerate(args, 1)) + "\n").encode()
+        template = self._templates.get((script, len(args))) or self._template(script, len(args))
+        return (template % (extension, uniqueid, callerid, extension, *args)).encode()

@@ -36,16 +36,60 @@ def _channel_fields(prefix: str, channel: str, uniqueid: str, billing_id: str) -
             (f"{prefix}ChanVariable", f"EXTBILL_ID={billing_id}")]
 
 
+def _fields_template(fields: Iterable[tuple[str, str]]) -> bytes:
+    """Header lines as _message writes them (without the blank line), for bytes %-formatting."""
+    text = "".join(f"{k}: {v}\r\n" for k, v in fields)
+    return text.replace("%", "%%").replace("\x00", "%s").encode()
+
+
+# The events' bytes, %-formatted per call: the same lines _message writes from the
+# CallChannels.reference_* field lists (tests/test_bench.py holds them equal), without
+# building a list of pairs, f-strings and a join per event. \x00 marks a value.
+_V = "\x00"
+_CHANNEL = _fields_template(_channel_fields("", _V, _V, _V))          # channel, uniqueid, linkedid, id
+_DEST_CHANNEL = _fields_template(_channel_fields("Dest", _V, _V, _V))
+_EVENT = _fields_template([("Event", _V), ("Privilege", "call,all"), ("Timestamp", _V)])
+_DIAL_END = _EVENT + b"%s%s" + _fields_template([("DialStatus", _V)]) + b"\r\n"
+_BRIDGE = (_EVENT + _fields_template([("BridgeUniqueid", "bridge-" + _V), ("BridgeType", "basic"),
+                                      ("BridgeTechnology", "simple_bridge"), ("BridgeNumChannels", "2")])
+           + b"%s\r\n")
+_HANGUP = _EVENT + b"%s" + _fields_template([("Cause", CAUSE_NORMAL), ("Cause-txt", "Normal Clearing")]) + b"\r\n"
+_ANSWERED = _DIAL_END + _BRIDGE + _BRIDGE
+_ENDED = _BRIDGE + _BRIDGE + _HANGUP
+_UNANSWERED = _DIAL_END + _HANGUP
+
+
+def _ts(ms: int) -> bytes:
+    """ts() as bytes."""
+    return b"%d.%03d000" % divmod(ms, 1000)
+
+
 class CallChannels:
     """The two channels of a granted call: the caller's IVR channel and the callee's."""
 
-    __slots__ = ("billing_id", "caller_chan", "callee_uid", "callee_chan")
+    __slots__ = ("billing_id", "seq", "_id", "_caller", "_callee", "_dest")
 
     def __init__(self, billing_id: str, seq: int) -> None:
         self.billing_id = billing_id
-        self.caller_chan = f"PJSIP/trunk-ct-{seq:08x}"
-        self.callee_uid = f"{CALLEE_EPOCH}.{seq}"
-        self.callee_chan = f"Local/branch@bench-branches-{seq:08x};1"
+        self.seq = seq
+        bid = self._id = billing_id.encode()
+        callee_chan, callee_uid = b"Local/branch@bench-branches-%08x;1" % seq, b"%d.%d" % (CALLEE_EPOCH, seq)
+        # each channel's header lines, the same in every event of the call
+        self._caller = _CHANNEL % (b"PJSIP/trunk-ct-%08x" % seq, bid, bid, bid)
+        self._callee = _CHANNEL % (callee_chan, callee_uid, bid, bid)
+        self._dest = _DEST_CHANNEL % (callee_chan, callee_uid, bid, bid)
+
+    @property
+    def caller_chan(self) -> str:
+        return f"PJSIP/trunk-ct-{self.seq:08x}"
+
+    @property
+    def callee_uid(self) -> str:
+        return f"{CALLEE_EPOCH}.{self.seq}"
+
+    @property
+    def callee_chan(self) -> str:
+        return f"Local/branch@bench-branches-{self.seq:08x};1"
 
     def caller(self) -> list[tuple[str, str]]:
         return _channel_fields("", self.caller_chan, self.billing_id, self.billing_id)
@@ -53,27 +97,40 @@ class CallChannels:
     def callee(self) -> list[tuple[str, str]]:
         return _channel_fields("", self.callee_chan, self.callee_uid, self.billing_id)
 
-    def dial_end(self, at_ms: int, status: str) -> bytes:
+    # The events as lists of fields: what the templates below must write (and CoreShowChannel).
+    def reference_dial_end(self, at_ms: int, status: str) -> bytes:
         return _message([("Event", "DialEnd"), ("Privilege", "call,all"), ("Timestamp", ts(at_ms)),
                          *self.caller(),
                          *_channel_fields("Dest", self.callee_chan, self.callee_uid, self.billing_id),
                          ("DialStatus", status)])
 
-    def bridge(self, event: str, at_ms: int, caller: bool) -> bytes:
+    def reference_bridge(self, event: str, at_ms: int, caller: bool) -> bytes:
         return _message([("Event", event), ("Privilege", "call,all"), ("Timestamp", ts(at_ms)),
                          ("BridgeUniqueid", f"bridge-{self.billing_id}"), ("BridgeType", "basic"),
                          ("BridgeTechnology", "simple_bridge"), ("BridgeNumChannels", "2"),
                          *(self.caller() if caller else self.callee())])
 
-    def hangup(self, at_ms: int, caller: bool) -> bytes:
+    def reference_hangup(self, at_ms: int, caller: bool) -> bytes:
         return _message([("Event", "Hangup"), ("Privilege", "call,all"), ("Timestamp", ts(at_ms)),
                          *(self.caller() if caller else self.callee()),
                          ("Cause", CAUSE_NORMAL), ("Cause-txt", "Normal Clearing")])
 
+    def dial_end(self, at_ms: int, status: str) -> bytes:
+        return _DIAL_END % (b"DialEnd", _ts(at_ms), self._caller, self._dest, status.encode())
+
+    def bridge(self, event: str, at_ms: int, caller: bool) -> bytes:
+        return _BRIDGE % (event.encode(), _ts(at_ms), self._id, self._caller if caller else self._callee)
+
+    def hangup(self, at_ms: int, caller: bool) -> bytes:
+        return _HANGUP % (b"Hangup", _ts(at_ms), self._caller if caller else self._callee)
+
     def answered_events(self, answer_ms: int) -> bytes:
         """The callee answers and the two channels are bridged."""
-        return (self.dial_end(answer_ms, "ANSWER") + self.bridge("BridgeEnter", answer_ms + 5, False)
-                + self.bridge("BridgeEnter", answer_ms + 6, True))
+        # dial_end(answer_ms, "ANSWER") + bridge("BridgeEnter", answer_ms + 5, False)
+        # + bridge("BridgeEnter", answer_ms + 6, True), in one formatting
+        return _ANSWERED % (b"DialEnd", _ts(answer_ms), self._caller, self._dest, b"ANSWER",
+                            b"BridgeEnter", _ts(answer_ms + 5), self._id, self._callee,
+                            b"BridgeEnter", _ts(answer_ms + 6), self._id, self._caller)
 
     # How a call ends, in Asterisk's order: the talk ends (both leave the bridge, the callee's
     # channel is destroyed), then the caller's channel runs its hangup handler - the dialplan's
@@ -81,12 +138,17 @@ class CallChannels:
     # its Hangup event comes last, and CoreShowChannels lists it until then.
     def ended_events(self, end_ms: int) -> bytes:
         """The talk ends: both leave the bridge, the callee hangs up (the caller's Hangup: caller_hangup)."""
-        return (self.bridge("BridgeLeave", end_ms, True) + self.bridge("BridgeLeave", end_ms + 1, False)
-                + self.hangup(end_ms + 2, False))
+        # bridge("BridgeLeave", end_ms, True) + bridge("BridgeLeave", end_ms + 1, False)
+        # + hangup(end_ms + 2, False)
+        return _ENDED % (b"BridgeLeave", _ts(end_ms), self._id, self._caller,
+                         b"BridgeLeave", _ts(end_ms + 1), self._id, self._callee,
+                         b"Hangup", _ts(end_ms + 2), self._callee)
 
     def unanswered_events(self, end_ms: int, status: str) -> bytes:
         """The Dial gives up (NOANSWER, BUSY ...): the ringing callee channel is hung up."""
-        return self.dial_end(end_ms, status) + self.hangup(end_ms + 1, False)
+        # dial_end(end_ms, status) + hangup(end_ms + 1, False)
+        return _UNANSWERED % (b"DialEnd", _ts(end_ms), self._caller, self._dest, status.encode(),
+                              b"Hangup", _ts(end_ms + 1), self._callee)
 
     def caller_hangup(self, at_ms: int) -> bytes:
         """The caller's channel is destroyed, after its hangup handler ran."""

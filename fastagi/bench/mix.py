@@ -48,18 +48,21 @@ class CallMix:
         self.arrears = ds.arrears_keys()
 
     def next(self) -> Call:
+        # r._randbelow(n) is what r.randrange(n) and r.choice() draw with: the same calls as
+        # with those, for a seed, at a fraction of the cost per call.
         r = self.rng
+        below = r._randbelow
         seq, self.seq = self.seq, self.seq + 1
-        number = self.ds.number(r.randrange(self.ds.numbers))
+        number = self.ds.number(below(self.ds.numbers))
         pick = r.random()
         if pick < EXT_SHARE:
-            kind, digits = "ext", r.choice(self.funded)
+            kind, digits = "ext", self.funded[below(len(self.funded))]
         elif pick < EXT_SHARE + NO_KEY_SHARE:
             kind, digits = "no-key", ""
         else:
-            kind, digits = "arrears", r.choice(self.arrears)
-        caller = r.choice(CALLER_PREFIXES) + f"{r.randrange(10_000):04d}"
+            kind, digits = "arrears", self.arrears[below(len(self.arrears))]
+        caller = CALLER_PREFIXES[below(len(CALLER_PREFIXES))] + "%04d" % below(10_000)
         answered = r.random() < ANSWERED_SHARE
-        return Call(billing_id=f"{self.epoch}.{seq}", number=number, digits=digits, caller=caller,
-                    kind=kind, answered=answered, ring_ms=r.randrange(RING_MS_MIN, RING_MS_MAX),
-                    talk_ms=r.randrange(TALK_MS_MIN, TALK_MS_MAX) if answered else 0)
+        ring_ms = RING_MS_MIN + below(RING_MS_MAX - RING_MS_MIN)
+        talk_ms = TALK_MS_MIN + below(TALK_MS_MAX - TALK_MS_MIN) if answered else 0
+        return Call(f"{self.epoch}.{seq}", number, digits, caller, kind, answered, ring_ms, talk_ms)
