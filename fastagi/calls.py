@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .ledger import Account
-from .numbers import is_suspended, max_key_digits
+from .numbers import digits_to_collect, is_suspended
 from .rating import Tariff, cost, seconds_max, tariff_for_caller
 
 INVALID_TRIES_MAX = 3          # BRIEF: after three wrong keys the caller goes to the default destination
@@ -34,7 +34,11 @@ class NumberView:
     digit_timeout_s: int
     main: Account
     plan: PlanView | None
-    keys: tuple[str, ...]
+    # Length of the number's longest extension key; None when it has none. All the lookup
+    # needs of the keys (how many digits to collect), so the store reads one aggregate,
+    # not every key. Call setup's route step does not read it (None there): it looks up
+    # the one key pressed instead.
+    max_key_len: int | None
 
     @property
     def suspended(self) -> bool:
@@ -90,7 +94,7 @@ def decide_lookup(number: NumberView | None) -> Decision:
         return _prompt("number-suspended", "number-suspended", number.lang)
     return Decision(action="collect", reason="collect", lang=number.lang,
                     digit_timeout_s=number.digit_timeout_s,
-                    max_digits=max_key_digits(number.keys))
+                    max_digits=digits_to_collect(number.max_key_len))
 
 
 def decide_route(number: NumberView | None, digits: str, try_no: int,

@@ -10,7 +10,7 @@ the no-overdraw rule a second time (assertions in pairs).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -81,8 +81,8 @@ def _check_amount(amount: int) -> None:
         raise InvalidTransfer(f"transfer amount must be a positive integer, got {amount!r}")
 
 
-def _check_pair(debit: Account, credit: Account) -> None:
-    if debit.id == credit.id:
+def _check_pair(debit_id: int, credit_id: int) -> None:
+    if debit_id == credit_id:
         raise InvalidTransfer("an account cannot pay itself")
 
 
@@ -92,26 +92,40 @@ def _check_funds(debit: Account, amount: int) -> None:
             f"account {debit.id} has {debit.available} available, {amount} needed")
 
 
+# The new accounts below are built field by field, not with dataclasses.replace: replace
+# looks the fields up on every call, and call setup and settlement do this per call.
+
 def apply_posted(debit: Account, credit: Account, amount: int) -> tuple[Account, Account]:
     """A one-phase transfer (recharge, move): both sides posted at once."""
     _check_amount(amount)
-    _check_pair(debit, credit)
+    _check_pair(debit.id, credit.id)
     _check_funds(debit, amount)
-    return (replace(debit, debits_posted=debit.debits_posted + amount),
-            replace(credit, credits_posted=credit.credits_posted + amount))
+    return (Account(debit.id, debit.kind, debit.debits_pending, debit.debits_posted + amount,
+                    debit.credits_pending, debit.credits_posted),
+            Account(credit.id, credit.kind, credit.debits_pending, credit.debits_posted,
+                    credit.credits_pending, credit.credits_posted + amount))
 
 
-def apply_pending(debit: Account, credit: Account, amount: int) -> tuple[Account, Account]:
-    """Reserve: the money leaves `available` now and moves only when posted.
+def apply_pending_debit(debit: Account, credit_id: int, amount: int) -> Account:
+    """The debit side of apply_pending, with all of its checks.
 
+    For a store that adds `amount` to the credit account's credits_pending itself: no rule
+    reads the credit account's counters (a credit never overdraws), only its id.
     A zero reservation is allowed: a free plan still grants a call that must be settled.
     """
     if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
         raise InvalidTransfer(f"reservation amount must be an integer >= 0, got {amount!r}")
-    _check_pair(debit, credit)
+    _check_pair(debit.id, credit_id)
     _check_funds(debit, amount)
-    return (replace(debit, debits_pending=debit.debits_pending + amount),
-            replace(credit, credits_pending=credit.credits_pending + amount))
+    return Account(debit.id, debit.kind, debit.debits_pending + amount, debit.debits_posted,
+                   debit.credits_pending, debit.credits_posted)
+
+
+def apply_pending(debit: Account, credit: Account, amount: int) -> tuple[Account, Account]:
+    """Reserve: the money leaves `available` now and moves only when posted."""
+    return (apply_pending_debit(debit, credit.id, amount),
+            Account(credit.id, credit.kind, credit.debits_pending, credit.debits_posted,
+                    credit.credits_pending + amount, credit.credits_posted))
 
 
 def apply_resolve(debit: Account, credit: Account, pending_amount: int,
@@ -122,10 +136,10 @@ def apply_resolve(debit: Account, credit: Account, pending_amount: int,
             f"cannot post {posted_amount} of a reservation of {pending_amount}")
     if debit.debits_pending < pending_amount or credit.credits_pending < pending_amount:
         raise InvalidTransfer("reservation is larger than the accounts' pending counters")
-    return (replace(debit, debits_pending=debit.debits_pending - pending_amount,
-                    debits_posted=debit.debits_posted + posted_amount),
-            replace(credit, credits_pending=credit.credits_pending - pending_amount,
-                    credits_posted=credit.credits_posted + posted_amount))
+    return (Account(debit.id, debit.kind, debit.debits_pending - pending_amount,
+                    debit.debits_posted + posted_amount, debit.credits_pending, debit.credits_posted),
+            Account(credit.id, credit.kind, credit.debits_pending, credit.debits_posted,
+                    credit.credits_pending - pending_amount, credit.credits_posted + posted_amount))
 
 
 def invariant_holds(accounts: list[Account]) -> bool:

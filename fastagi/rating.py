@@ -4,6 +4,7 @@ Pure: no I/O. Money in minor units (see money.py), time in whole seconds.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Iterable, Mapping
 
@@ -109,4 +110,14 @@ def match_rate(caller: str, default_per_minute: int, rates: Mapping[str, int] | 
 def tariff_for_caller(base: Tariff, caller: str, rates: Mapping[str, int]) -> Tariff:
     """The plan's tariff with the caller's prefix rate applied."""
     per_minute = match_rate(caller, base.per_minute, rates)
-    return base if per_minute == base.per_minute else replace(base, per_minute=per_minute)
+    return base if per_minute == base.per_minute else _with_rate(base, per_minute)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _with_rate(base: Tariff, per_minute: int) -> Tariff:
+    """replace(base, per_minute=...), built and validated once per pair, not per call.
+
+    Safe to share: a Tariff is immutable. typed: 1 and True (or 1.0) stay apart, so a bad
+    value still fails validation as it would uncached.
+    """
+    return replace(base, per_minute=per_minute)

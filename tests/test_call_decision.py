@@ -38,7 +38,8 @@ def number(*, main: int = CNY("500"), reserved: int = 0, min_balance: int = CNY(
            keys: tuple[str, ...] = ("1", "2", "801")) -> NumberView:
     return NumberView(number_id=1, number="4008001234", lang=lang, ivr=ivr, ext_billing=ext_billing,
                       min_balance=min_balance, default_dest=default_dest, digit_timeout_s=7,
-                      main=account(main, reserved), plan=plan, keys=keys)
+                      main=account(main, reserved), plan=plan,
+                      max_key_len=max((len(k) for k in keys), default=None))
 
 
 def ext(balance: int = CNY("30"), reserved: int = 0, *, key: str = "1",
@@ -160,6 +161,8 @@ LOOKUP_CASES = [
      {"action": "collect", "lang": "zh", "digit_timeout_s": 7, "max_digits": 3, "prompt": None}),
     ("active number without extensions: collect one digit", number(keys=(), lang="en"),
      {"action": "collect", "lang": "en", "max_digits": 1}),
+    ("IVR off: still sized by the keys (as before)", number(ivr=False, ext_billing=False, keys=("12345",)),
+     {"action": "collect", "max_digits": 5}),
 ]
 
 
@@ -291,3 +294,13 @@ def test_never_a_zero_limit_and_never_over_available(t: Tariff, balance: int, re
     assert d.reserve == cost(d.granted_s, t) <= payer.available
     assert d.granted_s == t.max_call_s or cost(d.granted_s + 1, t) > payer.available
     assert 0 < d.warning_ms < d.limit_ms
+
+
+@given(st.lists(st.text("0123456789", max_size=6), max_size=12))
+def test_digits_to_collect_from_the_longest_key_is_max_key_digits(keys: list[str]) -> None:
+    """The store reads only max(length(key)) (NULL without keys); the digits collected are the same
+    as from the full list of keys."""
+    from fastagi.numbers import digits_to_collect, max_key_digits  # noqa: PLC0415
+    longest = max((len(k) for k in keys), default=None)
+    assert digits_to_collect(longest) == max_key_digits(keys)
+    assert decide_lookup(number(keys=tuple(keys))).max_digits == max_key_digits(keys)

@@ -257,3 +257,51 @@ def test_refusals_exit_2_with_one_line(db: Path, args: list[str], says: str) -> 
     assert len(lines) == 1, p.stderr
     assert lines[0].startswith("extbill") and says in lines[0]
     assert "Traceback" not in p.stderr
+
+
+# ---- the times the records hold: the fast formatter is the datetime formula -------------------
+
+def _iso_reference(ms: int) -> str:
+    """iso_from_ms as it was first written (datetime), which every stored time so far followed."""
+    from datetime import timezone  # noqa: PLC0415
+    return datetime.fromtimestamp(ms // 1000, timezone.utc).replace(
+        microsecond=(ms % 1000) * 1000).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+MS_FIRST, MS_END = -62_135_596_800_000, 253_402_300_800_000   # 0001-01-01 .. the end of 9999
+
+
+def test_iso_from_ms_is_the_datetime_formula() -> None:
+    """Every stored time reads exactly as before: the day, second and millisecond edges, leap days,
+    times before 1970, one whole second ms by ms, and the first and last millisecond datetime can show."""
+    from hypothesis import given, settings  # noqa: PLC0415
+    from hypothesis import strategies as st  # noqa: PLC0415
+
+    from fastagi.clock import iso_from_ms as fast  # noqa: PLC0415
+
+    edges = [0, 1, 999, 1000, 59_999, 60_000, 86_399_999, 86_400_000, -1, -999, -1000, -1001,
+             -86_400_001, 951_782_400_000, 951_868_799_999, 4_107_542_400_000, 1_732_650_000_123,
+             MS_FIRST, MS_FIRST + 1, MS_END - 1]
+    second = 1_767_225_599_000
+    for ms in edges + list(range(second - 1, second + 1001)) + list(range(MS_END - 61_000, MS_END, 997)):
+        assert fast(ms) == _iso_reference(ms), ms
+
+    @settings(max_examples=3000, deadline=None)
+    @given(st.one_of(st.integers(MS_FIRST, MS_END - 1), st.integers(0, 4_102_444_800_000)))
+    def same(ms: int) -> None:
+        assert fast(ms) == _iso_reference(ms)
+        if ms + 1 < MS_END:     # usually the same second again: the cached prefix
+            assert fast(ms + 1) == _iso_reference(ms + 1)
+
+    same()
+    for bad in (MS_FIRST - 1, MS_END, 10**20, 1.5):    # out of datetime's range, or not an int: as before
+        with pytest.raises(Exception) as want:
+            _iso_reference(bad)  # type: ignore[arg-type]
+        with pytest.raises(type(want.value)):
+            fast(bad)  # type: ignore[arg-type]
+
+
+def test_ms_from_iso_reads_back_what_iso_from_ms_wrote() -> None:
+    """A stored time read back gives the same millisecond (the sweeper's and reconcile's arithmetic)."""
+    for ms in (0, 1, 999, 1_732_650_000_123, 1_767_225_599_999, MS_END - 1):
+        assert ms_from_iso(iso_from_ms(ms)) == ms

@@ -13,11 +13,11 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invari
                                  rule)
 
 from fastagi.ledger import (Account, AccountKind, InsufficientFunds, InvalidTransfer,
-                            LedgerError, TransferKind, apply_pending, apply_posted, apply_resolve,
-                            invariant_holds)
+                            LedgerError, TransferKind, apply_pending, apply_pending_debit,
+                            apply_posted, apply_resolve, invariant_holds)
 from fastagi.rating import Tariff
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.base import Conflict
+from fastagi.store.base import CallFacts, Conflict, NotFound, StoreError
 from fastagi.store.sqlite import SqliteStore
 
 # =============================== the pure rules ==============================================
@@ -142,6 +142,26 @@ def test_reservation_larger_than_available_is_refused() -> None:
     assert new_main.available == 0
 
 
+accounts_st = st.builds(Account, st.integers(1, 3), st.sampled_from(list(AccountKind)),
+                        st.integers(0, 1_000), st.integers(0, 1_000), st.integers(0, 1_000),
+                        st.integers(0, 2_000))
+
+
+@given(debit=accounts_st, credit=accounts_st, amount=st.one_of(st.integers(-5, 3_000), st.just(True)))
+def test_pending_debit_side_alone_is_apply_pending(debit: Account, credit: Account, amount: int) -> None:
+    """apply_pending_debit (call setup's reservation) refuses exactly what apply_pending refuses and
+    changes the debit exactly as it does; apply_pending's credit side only adds to credits_pending."""
+    try:
+        new_debit, new_credit = apply_pending(debit, credit, amount)
+    except LedgerError as exc:
+        with pytest.raises(type(exc), match=str(exc)):
+            apply_pending_debit(debit, credit.id, amount)
+        return
+    assert apply_pending_debit(debit, credit.id, amount) == new_debit
+    assert new_credit == Account(credit.id, credit.kind, credit.debits_pending, credit.debits_posted,
+                                 credit.credits_pending + amount, credit.credits_posted)
+
+
 # =============================== the real SQLite store =======================================
 
 NUMBER = "4008001234"
@@ -229,8 +249,13 @@ def test_random_sequences_on_the_real_store_keep_the_books(tmp_path: Path, ops: 
                     elif op[0] == "reserve":
                         _, key, amount = op
                         pid = f"test:{n}"
-                        await store.run(tx_ledger.transfer, pid, ids[key], tx_ledger.REVENUE_ACCOUNT_ID,
-                                        amount, "call", pid, pending=True)
+                        if n % 2:   # call setup's path: the account read in the same transaction
+                            await store.run(lambda c: tx_ledger.reserve(
+                                c, pid, tx_ledger.load_account(c, ids[key]), tx_ledger.REVENUE_ACCOUNT_ID,
+                                amount, "call", pid))
+                        else:
+                            await store.run(tx_ledger.transfer, pid, ids[key], tx_ledger.REVENUE_ACCOUNT_ID,
+                                            amount, "call", pid, pending=True)
                         assert amount <= avail_before[key]
                         reservations.append((pid, amount))
                     else:
@@ -375,5 +400,210 @@ def test_parallel_reservations_never_overdraw_an_extension(tmp_path: Path, ext_m
         finally:
             for s in stores:
                 await s.close()
+
+    run(scenario())
+
+
+# ---- call setup's fast paths: the same effects with fewer statements ---------------------------
+
+def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
+    """tx_ledger.reserve (call setup) writes the same transfer row and counters as transfer(pending=True);
+    an amount over what is available, or a reused id, is refused and changes nothing."""
+
+    async def scenario() -> None:
+        store = await _open_with_number(tmp_path / "x.db")
+        try:
+            ids = await store.read(_account_ids)
+            await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)
+            await store.run(tx_admin.recharge, NUMBER, "2", 10_000, None)
+            rev = tx_ledger.REVENUE_ACCOUNT_ID
+            await store.run(tx_ledger.transfer, "a", ids["1"], rev, 4_000, "call", "ra", pending=True)
+            await store.run(lambda c: tx_ledger.reserve(c, "b", tx_ledger.load_account(c, ids["2"]), rev,
+                                                        4_000, "call", "rb"))
+            e1, e2, r = [await store.read(tx_ledger.load_account, i) for i in (ids["1"], ids["2"], rev)]
+            assert (e1.debits_pending, e1.debits_posted, e1.credits_posted) == \
+                   (e2.debits_pending, e2.debits_posted, e2.credits_posted) == (4_000, 0, 10_000)
+            assert r.credits_pending == 8_000
+            rows = await store.read(lambda c: c.execute(
+                "SELECT id, kind, credit_account_id, amount, pending_id, code FROM transfers "
+                "WHERE id IN ('a', 'b') ORDER BY id").fetchall())
+            assert [tuple(x) for x in rows] == [("a", "pending", rev, 4_000, None, "call"),
+                                                ("b", "pending", rev, 4_000, None, "call")]
+            await store.read(_check_books)
+            before = await store.read(_dump)
+            with pytest.raises(InsufficientFunds):
+                await store.run(lambda c: tx_ledger.reserve(c, "c", tx_ledger.load_account(c, ids["2"]), rev,
+                                                            6_001, "call", "rc"))
+            with pytest.raises(sqlite3.IntegrityError):     # the UNIQUE id still guards a reused id
+                await store.run(lambda c: tx_ledger.reserve(c, "b", tx_ledger.load_account(c, ids["2"]), rev,
+                                                            1, "call", "rb"))
+            with pytest.raises(NotFound):
+                await store.run(lambda c: tx_ledger.reserve(c, "d", tx_ledger.load_account(c, ids["2"]), 999,
+                                                            1, "call", "rd"))
+            with pytest.raises(InvalidTransfer):
+                await store.run(lambda c: tx_ledger.reserve(c, "e", tx_ledger.load_account(c, ids["2"]),
+                                                            ids["2"], 1, "call", "re"))
+            stale = await store.read(tx_ledger.load_account, ids["2"])
+            await store.run(tx_admin.recharge, NUMBER, "2", 1, None)
+            after_recharge = await store.read(_dump)
+            with pytest.raises(StoreError, match="changed since"):   # never overwrite newer counters
+                await store.run(tx_ledger.reserve, "f", stale, rev, 1, "call", "rf")
+            assert await store.read(_dump) == after_recharge
+            before = after_recharge
+            assert await store.read(_dump) == before
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def test_resolve_refuses_what_is_not_a_reservation(tmp_path: Path) -> None:
+    """resolve (one read for the reservation, its resolution and both accounts) refuses an unknown id
+    and a posted transfer, and refuses to post money through a void."""
+
+    async def scenario() -> None:
+        store = await _open_with_number(tmp_path / "x.db")
+        try:
+            ids = await store.read(_account_ids)
+            await store.run(tx_admin.recharge, NUMBER, "1", 10_000, "r1")
+            await store.run(tx_ledger.transfer, "p", ids["1"], tx_ledger.REVENUE_ACCOUNT_ID, 1_000,
+                            "call", "p", pending=True)
+            before = await store.read(_dump)
+            with pytest.raises(NotFound):
+                await store.run(tx_ledger.resolve, "nope", TransferKind.POST, 0, "call")
+            with pytest.raises(NotFound):
+                await store.run(tx_ledger.resolve, "ref:r1", TransferKind.VOID, 0, "call")
+            with pytest.raises(LedgerError):
+                await store.run(tx_ledger.resolve, "p", TransferKind.VOID, 1, "call")
+            with pytest.raises(InvalidTransfer):
+                await store.run(tx_ledger.resolve, "p", TransferKind.POST, 1_001, "call")
+            assert await store.read(_dump) == before
+        finally:
+            await store.close()
+
+    run(scenario())
+
+
+def _reference_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...]:
+    """What call setup's views hold, read the plain way: one row at a time."""
+    from fastagi.calls import PlanView  # noqa: PLC0415
+
+    def plan(pid: int | None) -> PlanView | None:
+        if pid is None:
+            return None
+        r = conn.execute("SELECT per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s "
+                         "FROM plans WHERE id=?", (pid,)).fetchone()
+        rates = dict(conn.execute("SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,)).fetchall())
+        return PlanView(Tariff(*r), rates)
+
+    n = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
+    if n is None:
+        return (None,)
+    keys = [k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (n["id"],))]
+    e = conn.execute("SELECT * FROM extensions WHERE number_id=? AND key=?", (n["id"], key)).fetchone()
+    ext = None if e is None or not key else (e["id"], e["key"], e["dest"],
+                                             tx_ledger.load_account(conn, e["account_id"]), plan(e["plan_id"]))
+    return ((n["id"], n["number"], n["lang"], bool(n["ivr"]), bool(n["ext_billing"]), n["min_balance"],
+             n["default_dest"], n["digit_timeout_s"], tx_ledger.load_account(conn, n["account_id"]),
+             plan(n["plan_id"])), max((len(k) for k in keys), default=None), ext)
+
+
+def _views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...]:
+    nv = tx_admin.number_view(conn, number)
+    rnv, ev = tx_admin.route_views(conn, number, key)
+    if nv is None:
+        assert rnv is None and ev is None
+        return (None,)
+    assert rnv is not None and rnv.max_key_len is None
+    # route_views reads the same number as number_view, and the same extension as ext_view
+    assert rnv == tx_admin.NumberView(**{**{f: getattr(nv, f) for f in nv.__slots__}, "max_key_len": None})
+    if key:
+        assert ev == tx_admin.ext_view(conn, nv.number_id, key)
+    else:
+        assert ev is None
+    ext = None if ev is None else (ev.extension_id, ev.key, ev.dest, ev.account, ev.plan)
+    return ((nv.number_id, nv.number, nv.lang, nv.ivr, nv.ext_billing, nv.min_balance, nv.default_dest,
+             nv.digit_timeout_s, nv.main, nv.plan), nv.max_key_len, ext)
+
+
+def test_call_setup_views_read_what_the_rows_hold(tmp_path: Path) -> None:
+    """number_view / route_views (one joined statement each) hold exactly what the rows say, and a
+    change made through another connection (the `extbill` CLI) shows in the very next read."""
+    path = tmp_path / "x.db"
+
+    async def scenario() -> None:
+        store = await _open_with_number(path, plan=Tariff(per_minute=600, initial_s=30, increment_s=6),
+                                        ext_billing=True)
+        cli = await SqliteStore.open(str(path))     # another process, as far as caching goes
+        try:
+            await store.run(tx_admin.add_plan, "own", Tariff(per_minute=900, connect_fee=100))
+            await store.run(tx_admin.add_number, "4008005678", "Bare", None, 0, "en", None, 9)
+            await store.run(tx_admin.add_extension, NUMBER, "345", "deep", "PJSIP/345", "own")
+            await store.run(tx_admin.recharge, NUMBER, None, 70_000, None)
+            await store.run(tx_admin.recharge, NUMBER, "345", 5_000, None)
+
+            async def check() -> None:
+                for number in (NUMBER, "4008005678", "4009999999"):
+                    for key in ("", "1", "345", "9", "34"):
+                        got = await store.read(_views, number, key)
+                        assert got == await store.read(_reference_views, number, key), (number, key)
+
+            await check()
+            await cli.run(tx_admin.set_plan_rate, "std", "00", 3_000)
+            await cli.run(tx_admin.set_plan_rate, "own", "0086", 700)
+            await check()
+            nv = await store.read(tx_admin.number_view, NUMBER)
+            assert dict(nv.plan.rates) == {"00": 3_000} and nv.max_key_len == 3
+            await cli.run(tx_admin.set_plan_rate, "std", "00", 2_500)
+            await cli.run(tx_admin.set_plan_rate, "std", "", 650)
+            await cli.run(tx_admin.set_number, NUMBER, min_balance=80_000)
+            await check()
+            nv = await store.read(tx_admin.number_view, NUMBER)
+            assert dict(nv.plan.rates) == {"00": 2_500} and nv.plan.tariff.per_minute == 650
+            assert nv.suspended
+            bare = await store.read(tx_admin.number_view, "4008005678")
+            assert bare.plan is None and bare.max_key_len is None
+        finally:
+            await cli.close()
+            await store.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("own_plan, low_balance, threshold", [
+    (None, None, 10 * 600),          # the number's plan: 10 first blocks of 60 s at 0.6/min
+    ("own", None, 10 * (100 + 450)), # the extension's own plan: 30 s at 0.9/min + 0.1 connect fee
+    ("own", 9_000, 9_000),           # configured: the plan is not asked
+    (None, 1_000, 1_000),            # configured and still above it: no warning
+])
+def test_balance_low_threshold_follows_the_extensions_plan(tmp_path: Path, own_plan: str | None,
+                                                           low_balance: int | None, threshold: int) -> None:
+    """Settling an extension's call reports balance.low against its own plan's first blocks, else its
+    number's, unless a threshold is configured."""
+
+    async def scenario() -> None:
+        store = await _open_with_number(tmp_path / "x.db", ext_billing=True)
+        try:
+            await store.run(tx_admin.add_plan, "own", Tariff(per_minute=900, initial_s=30, connect_fee=100))
+            await store.run(tx_admin.recharge, NUMBER, None, 100_000, None)
+            await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)
+            if own_plan or low_balance:
+                await store.run(tx_admin.set_extension, NUMBER, "1", plan=own_plan, low_balance=low_balance)
+            d = await store.run(tx_calls.route, "b1", NUMBER, "1", 1, "13800000000", None, None)
+            assert d.action == "dial" and d.charged == "ext"
+            res = await store.run(tx_calls.settle, CallFacts(
+                "b1", True, 8 * 60_000, "2026-01-01T00:00:00.000Z", "2026-01-01T00:08:00.000Z",
+                "ANSWER", "16", "hangup"))
+            available = 10_000 - res.cost
+            assert (available < threshold) == (low_balance != 1_000)
+            if available < threshold:
+                assert res.low_balance == {"number": NUMBER, "ext": "1", "available": available,
+                                           "threshold": threshold}
+            else:
+                assert res.low_balance is None
+            flag = await store.read(lambda c: c.execute("SELECT low_flag FROM extensions WHERE key='1'").fetchone()[0])
+            assert flag == int(available < threshold)
+        finally:
+            await store.close()
 
     run(scenario())

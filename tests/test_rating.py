@@ -257,3 +257,22 @@ def test_nonsense_tariffs_are_refused(kwargs: dict) -> None:
     base = {"per_minute": 600}
     with pytest.raises(PlanError):
         Tariff(**{**base, **kwargs})
+
+
+@LIGHT
+@given(tariffs(), st.one_of(st.integers(0, PER_MINUTE_MAX), st.sampled_from([-1, PER_MINUTE_MAX + 1, True, 1.0])),
+       st.text("0123456789", max_size=6))
+def test_caller_tariff_is_the_plan_with_the_prefix_price(t: Tariff, per_minute: int, prefix: str) -> None:
+    """tariff_for_caller (memoised per plan and price) is replace(plan, per_minute=price), and a bad
+    stored price is refused every time, not just the first."""
+    from dataclasses import replace  # noqa: PLC0415
+    caller = prefix + "1234"
+    for _ in range(2):
+        try:
+            expect = replace(t, per_minute=per_minute) if per_minute != t.per_minute else t
+        except PlanError:
+            with pytest.raises(PlanError):
+                tariff_for_caller(t, caller, {prefix: per_minute})
+            continue
+        got = tariff_for_caller(t, caller, {prefix: per_minute})
+        assert got == expect and type(got.per_minute) is type(expect.per_minute)

@@ -6,9 +6,11 @@ rating.py and ledger.py, so this module only reads and writes rows.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sqlite3
 import uuid
+from types import MappingProxyType
 from typing import Any
 
 from ..calls import ExtView, NumberView, PlanView, extension_status
@@ -19,8 +21,8 @@ from ..numbers import (NumberRuleError, NumberSettings, check_dest, check_digit_
                        check_lang, check_name, check_new_key, check_number, check_settings)
 from ..rating import Tariff, first_block_cost
 from .base import Conflict, NotFound, StoreError, TransferResult
-from .tx_ledger import (FUNDING_ACCOUNT_ID, load_account, new_account, transfer,
-                        update_suspension)
+from .tx_ledger import (FUNDING_ACCOUNT_ID, account_cols, account_at, load_account, new_account,
+                        transfer, update_suspension)
 
 STATEMENT_ROWS_MAX = 1000
 
@@ -217,37 +219,111 @@ def move(conn: sqlite3.Connection, number: str, key: str, amount: int,
 
 # ---- views --------------------------------------------------------------------------------
 
-def number_view(conn: sqlite3.Connection, number: str, *, with_keys: bool = True) -> NumberView | None:
-    """The call-control snapshot of a number (None when unknown).
+# Call setup reads a number, its main account, its plan with the plan's prefix rates and
+# (route) the pressed extension with its account and plan in ONE statement: per call the
+# statements, not the rows, are what costs (each execute is a round of Python and SQLite
+# work). Reads still go to the database every time, so an `extbill plan` or `number`
+# change by another process is seen by the next call; only parsing is memoised.
 
-    with_keys=False leaves `keys` empty: only decide_lookup reads them (to size the
-    digit collection); decide_route looks up the one key pressed instead.
+_TARIFF_COLS = ("per_minute", "initial_s", "increment_s", "connect_fee", "grace_s", "max_call_s")
+
+
+def _plan_cols(alias: str) -> str:
+    """The plan's id, its tariff (load_plan's columns) and its prefix rates as one JSON object."""
+    return (f"{alias}.id, " + ", ".join(f"{alias}.{c}" for c in _TARIFF_COLS) +
+            f", (SELECT json_group_object(prefix, per_minute) FROM plan_rates WHERE plan_id = {alias}.id)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan_view(values: tuple[int, ...], rates_json: str) -> PlanView:
+    """A PlanView built once per distinct plan row and rates (a pure function of the two).
+
+    Shared between calls, so its rates are a read-only view.
     """
-    row = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
+    return PlanView(tariff_of(values), MappingProxyType(json.loads(rates_json)))
+
+
+def _plan_at(row: sqlite3.Row, i: int, pid: int | None) -> PlanView | None:
+    """The plan in row[i:i+8] (_plan_cols order) of plan id `pid`, None when pid is None."""
+    if pid is None:
+        return None
+    if row[i] is None:
+        raise NotFound(f"plan {pid} does not exist")
+    return _plan_view(tuple(row[i + 1:i + 7]), row[i + 7])
+
+
+# numbers n: columns 0..9, main account a: 10..15, plan p: 16..23
+_NUMBER_COLS = ("n.id, n.number, n.lang, n.ivr, n.ext_billing, n.min_balance, n.default_dest, "
+                f"n.digit_timeout_s, n.account_id, n.plan_id, {account_cols('a')}, {_plan_cols('p')}")
+_NUMBER_FROM = ("FROM numbers n LEFT JOIN accounts a ON a.id = n.account_id "
+                "LEFT JOIN plans p ON p.id = n.plan_id")
+_NUMBER_WIDTH = 24
+# extensions e: columns 0..4, account ea: 5..10, own plan ep: 11..18 (after the number's)
+_EXT_COLS = f"e.id, e.key, e.dest, e.account_id, e.plan_id, {account_cols('ea')}, {_plan_cols('ep')}"
+_EXT_JOINS = ("LEFT JOIN accounts ea ON ea.id = e.account_id "
+              "LEFT JOIN plans ep ON ep.id = e.plan_id")
+
+_NUMBER_VIEW_SQL = (f"SELECT {_NUMBER_COLS}, (SELECT max(length(key)) FROM extensions "
+                    f"WHERE number_id = n.id) {_NUMBER_FROM} WHERE n.number = ?")
+_EXT_VIEW_SQL = f"SELECT {_EXT_COLS} FROM extensions e {_EXT_JOINS} WHERE e.number_id = ? AND e.key = ?"
+# The extension is joined on the pressed key; NULL for no key matches no extension.
+_ROUTE_VIEWS_SQL = (f"SELECT {_NUMBER_COLS}, {_EXT_COLS} {_NUMBER_FROM} "
+                    f"LEFT JOIN extensions e ON e.number_id = n.id AND e.key = ? {_EXT_JOINS} "
+                    "WHERE n.number = ?")
+
+
+def _number_at(row: sqlite3.Row, max_key_len: int | None) -> NumberView:
+    main = account_at(row, 10)
+    if main is None:
+        raise NotFound(f"account {row[8]} does not exist")
+    return NumberView(
+        number_id=row[0], number=row[1], lang=row[2], ivr=bool(row[3]), ext_billing=bool(row[4]),
+        min_balance=row[5], default_dest=row[6], digit_timeout_s=row[7], main=main,
+        plan=_plan_at(row, 16, row[9]), max_key_len=max_key_len)
+
+
+def _ext_at(row: sqlite3.Row, i: int) -> ExtView | None:
+    if row[i] is None:
+        return None
+    account = account_at(row, i + 5)
+    if account is None:
+        raise NotFound(f"account {row[i + 3]} does not exist")
+    return ExtView(extension_id=row[i], key=row[i + 1], dest=row[i + 2], account=account,
+                   plan=_plan_at(row, i + 11, row[i + 4]))
+
+
+def number_view(conn: sqlite3.Connection, number: str) -> NumberView | None:
+    """The call-control snapshot of a number (None when unknown), with its longest key's length."""
+    row = conn.execute(_NUMBER_VIEW_SQL, (number,)).fetchone()
     if row is None:
         return None
-    keys = tuple(k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (row["id"],))
-                 ) if with_keys else ()
-    return NumberView(
-        number_id=row["id"], number=row["number"], lang=row["lang"], ivr=bool(row["ivr"]),
-        ext_billing=bool(row["ext_billing"]), min_balance=row["min_balance"],
-        default_dest=row["default_dest"], digit_timeout_s=row["digit_timeout_s"],
-        main=load_account(conn, row["account_id"]), plan=load_plan(conn, row["plan_id"]), keys=keys)
+    return _number_at(row, row[_NUMBER_WIDTH])
 
 
 def ext_view(conn: sqlite3.Connection, number_id: int, key: str) -> ExtView | None:
-    row = conn.execute("SELECT * FROM extensions WHERE number_id=? AND key=?", (number_id, key)).fetchone()
+    row = conn.execute(_EXT_VIEW_SQL, (number_id, key)).fetchone()
+    return None if row is None else _ext_at(row, 0)
+
+
+def route_views(conn: sqlite3.Connection, number: str,
+                key: str) -> tuple[NumberView | None, ExtView | None]:
+    """number_view (without max_key_len) and, for a non-empty key, ext_view, in one statement."""
+    row = conn.execute(_ROUTE_VIEWS_SQL, (key or None, number)).fetchone()
     if row is None:
-        return None
-    return ExtView(extension_id=row["id"], key=row["key"], dest=row["dest"],
-                   account=load_account(conn, row["account_id"]), plan=load_plan(conn, row["plan_id"]))
+        return None, None
+    return _number_at(row, None), _ext_at(row, _NUMBER_WIDTH)
 
 
 def low_balance_threshold(plan: PlanView | None, configured: int | None) -> int:
     """Default: ten first billing blocks at the plan's base rate (issue 4)."""
+    return low_balance_threshold_of(plan.tariff if plan else None, configured)
+
+
+def low_balance_threshold_of(tariff: Tariff | None, configured: int | None) -> int:
+    """low_balance_threshold from the plan's base tariff alone: it reads no prefix rates."""
     if configured is not None:
         return configured
-    return 10 * first_block_cost(plan.tariff) if plan else 0
+    return 10 * first_block_cost(tariff) if tariff else 0
 
 
 def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:

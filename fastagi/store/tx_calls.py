@@ -17,9 +17,9 @@ from ..calls import Decision, decide_lookup, decide_route
 from ..ledger import TransferKind
 from ..rating import Tariff, billed_seconds, cost
 from .base import CallFacts, NotFound, SettleResult
-from .tx_admin import ext_view, load_plan, low_balance_threshold, number_view
+from .tx_admin import low_balance_threshold_of, number_view, route_views, tariff_of
 from ..clock import ms_from_iso, now_iso
-from .tx_ledger import REVENUE_ACCOUNT_ID, load_account, resolve, transfer
+from .tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve, resolve
 
 log = structlog.get_logger("extbill.calls")
 
@@ -37,17 +37,25 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
     existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
     if existing is not None:
         return _repeat(existing)
-    nv = number_view(conn, number, with_keys=False)
-    ev = ext_view(conn, nv.number_id, digits) if nv is not None and digits else None
+    nv, ev = route_views(conn, number, digits)
     d = decide_route(nv, digits, try_no, ev, caller)
     if d.action != "dial":
         return d
     assert nv is not None and d.account_id is not None and d.tariff is not None
+    # The account the decision charges, as route_views read it in this transaction (the
+    # write lock is held since BEGIN IMMEDIATE): reserve() need not read it again.
+    if d.charged == "ext":
+        assert ev is not None
+        debit = ev.account
+    else:
+        debit = nv.main
+    assert debit.id == d.account_id
     pending_id = f"call:{billing_id}"
     start_at = now_iso()             # one clock read: the record's time and the sweeper's
     start_ms = ms_from_iso(start_at)
-    transfer(conn, pending_id, d.account_id, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id,
-             pending=True)
+    # No call holds billing_id (checked above) and the call row and its reservation are
+    # only ever written together, so pending_id is new.
+    reserve(conn, pending_id, debit, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id)
     conn.execute(
         "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
         "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at) "
@@ -58,8 +66,12 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
     return d
 
 
+@functools.lru_cache(maxsize=1024)
 def tariff_json(t: Tariff) -> str:
-    """The tariff snapshot stored with a call: json.dumps(asdict(t)), without asdict's deep copy."""
+    """The tariff snapshot stored with a call: json.dumps(asdict(t)), without asdict's deep copy.
+
+    Memoised: a Tariff is immutable and few distinct ones (plan x prefix rate) exist.
+    """
     return json.dumps({"per_minute": t.per_minute, "initial_s": t.initial_s, "increment_s": t.increment_s,
                        "connect_fee": t.connect_fee, "grace_s": t.grace_s, "max_call_s": t.max_call_s})
 
@@ -157,21 +169,39 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row, cost: int) -> dict[
     """
     if row["extension_id"] is None or row["charged"] != "ext":
         return None
-    ext = conn.execute("SELECT e.*, n.plan_id AS number_plan_id, n.number FROM extensions e "
-                       "JOIN numbers n ON n.id = e.number_id WHERE e.id=?", (row["extension_id"],)).fetchone()
-    plan = load_plan(conn, ext["plan_id"] if ext["plan_id"] is not None else ext["number_plan_id"])
-    threshold = low_balance_threshold(plan, ext["low_balance"])
-    available = load_account(conn, ext["account_id"]).available
+    ext = conn.execute(_LOW_BALANCE_SQL, (row["extension_id"],)).fetchone()
+    plan_id = ext["plan_id"] if ext["plan_id"] is not None else ext["number_plan_id"]
+    tariff = None
+    if plan_id is not None:
+        if ext[10] is None:
+            raise NotFound(f"plan {plan_id} does not exist")
+        tariff = tariff_of(tuple(ext[11:17]))
+    threshold = low_balance_threshold_of(tariff, ext["low_balance"])
+    account = account_at(ext, 4)
+    if account is None:
+        raise NotFound(f"account {ext['account_id']} does not exist")
+    available = account.available
     below = available < threshold
     # The flag is only looked at here, so a recharge that lifted the account back above the
     # threshold has not cleared it: the amount just before this call's charge tells whether
     # the account was still below, or went back above and is crossing again now.
     was_below = bool(ext["low_flag"]) and available + cost < threshold
     if below != bool(ext["low_flag"]):
-        conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext["id"]))
+        conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext[0]))
     if not below or was_below:
         return None
     return {"number": ext["number"], "ext": ext["key"], "available": available, "threshold": threshold}
+
+
+# The extension, its number, its account (as settling just left it) and the base tariff
+# of its plan (its own, else the number's) in one read; the threshold needs no prefix rates.
+_LOW_BALANCE_SQL = (
+    "SELECT e.id, e.key, e.low_balance, e.low_flag, " + account_cols("a") + ", "   # 0..3, 4..9
+    "p.id, p.per_minute, p.initial_s, p.increment_s, p.connect_fee, p.grace_s, p.max_call_s, "  # 10..16
+    "n.number, e.plan_id, n.plan_id AS number_plan_id, e.account_id "
+    "FROM extensions e JOIN numbers n ON n.id = e.number_id "
+    "LEFT JOIN accounts a ON a.id = e.account_id "
+    "LEFT JOIN plans p ON p.id = coalesce(e.plan_id, n.plan_id) WHERE e.id=?")
 
 
 def open_call(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:

@@ -5,15 +5,16 @@ Every function here runs inside the caller's transaction (see sqlite.py).
 from __future__ import annotations
 
 import sqlite3
+from typing import Sequence
 
 import structlog
 
 from ..clock import now_iso
 from ..ledger import (Account, AccountKind, LedgerError, TransferKind, apply_pending,
-                      apply_posted, apply_resolve)
+                      apply_pending_debit, apply_posted, apply_resolve)
 from ..money import format_amount
 from ..numbers import is_suspended
-from .base import Conflict, NotFound, TransferResult
+from .base import Conflict, NotFound, StoreError, TransferResult
 
 log = structlog.get_logger("extbill.ledger")
 
@@ -25,13 +26,32 @@ def new_account(conn: sqlite3.Connection, kind: AccountKind) -> int:
     return conn.execute("INSERT INTO accounts (kind) VALUES (?)", (kind.value,)).lastrowid
 
 
+# An account's columns as account_at reads them; other modules join them into their reads
+# (prefixed: account_cols("a")) so a call needs no statement of its own per account.
+ACCOUNT_COLS = ("id", "kind", "debits_pending", "debits_posted", "credits_pending", "credits_posted")
+_KINDS = {k.value: k for k in AccountKind}   # a dict lookup instead of an Enum call per account
+
+
+def account_cols(alias: str) -> str:
+    return ", ".join(f"{alias}.{c}" for c in ACCOUNT_COLS)
+
+
+def account_at(row: Sequence, i: int) -> Account | None:
+    """The Account in row[i:i+6] (ACCOUNT_COLS order), or None when row[i] is NULL (no such row)."""
+    if row[i] is None:
+        return None
+    kind = row[i + 1]
+    return Account(row[i], _KINDS[kind] if kind in _KINDS else AccountKind(kind),
+                   row[i + 2], row[i + 3], row[i + 4], row[i + 5])
+
+
 def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
     row = conn.execute(
         "SELECT id, kind, debits_pending, debits_posted, credits_pending, credits_posted "
         "FROM accounts WHERE id = ?", (account_id,)).fetchone()
     if row is None:
         raise NotFound(f"account {account_id} does not exist")
-    return Account(row[0], AccountKind(row[1]), row[2], row[3], row[4], row[5])
+    return account_at(row, 0)  # type: ignore[return-value]
 
 
 def _save(conn: sqlite3.Connection, a: Account) -> None:
@@ -80,23 +100,60 @@ def transfer(conn: sqlite3.Connection, transfer_id: str, debit_id: int, credit_i
     return TransferResult(transfer_id, created=True, amount=amount)
 
 
+def reserve(conn: sqlite3.Connection, transfer_id: str, debit: Account, credit_id: int,
+            amount: int, code: str, ref: str | None) -> TransferResult:
+    """A new reservation (pending transfer) from an account already read in this transaction.
+
+    transfer(..., pending=True) for call setup, minus three reads: `debit` is the account
+    as call setup read it for its decision, and `transfer_id` is new - the caller has just
+    found no call holding it; should it exist after all, the UNIQUE id makes the INSERT
+    fail and the transaction rolls back. The credit side needs no read: no rule looks at a
+    credited account's counters.
+    """
+    new_debit = apply_pending_debit(debit, credit_id, amount)  # raises LedgerError, nothing written
+    # Written only if the account still holds the counters the funds check used, so a stale
+    # `debit` (a caller's bug) fails instead of overwriting another transfer's effect.
+    if conn.execute("UPDATE accounts SET debits_pending=? WHERE id=? AND debits_pending=? "
+                    "AND debits_posted=? AND credits_posted=?",
+                    (new_debit.debits_pending, debit.id, debit.debits_pending, debit.debits_posted,
+                     debit.credits_posted)).rowcount != 1:
+        raise StoreError(f"account {debit.id} changed since it was read")
+    if conn.execute("UPDATE accounts SET credits_pending = credits_pending + ? WHERE id=?",
+                    (amount, credit_id)).rowcount != 1:
+        raise NotFound(f"account {credit_id} does not exist")
+    _insert(conn, transfer_id, TransferKind.PENDING, debit.id, credit_id, amount, code, ref)
+    # a reservation moves no posted money, so it cannot change suspension
+    return TransferResult(transfer_id, created=True, amount=amount)
+
+
+# The reservation, whether it is already resolved, and both of its accounts: one read.
+_RESOLVE_SQL = (
+    "SELECT p.kind, p.amount, p.debit_account_id, p.credit_account_id, "
+    "EXISTS (SELECT 1 FROM transfers WHERE pending_id = p.id), "
+    f"{account_cols('d')}, {account_cols('c')} FROM transfers p "
+    "LEFT JOIN accounts d ON d.id = p.debit_account_id "
+    "LEFT JOIN accounts c ON c.id = p.credit_account_id WHERE p.id = ?")
+
+
 def resolve(conn: sqlite3.Connection, pending_id: str, kind: TransferKind, posted_amount: int,
             code: str) -> bool:
     """Post part of a reservation (releasing the rest), or void or expire it.
 
     Returns False when the reservation was already resolved (by any kind): exactly once.
     """
-    pend = _existing(conn, pending_id)
-    if pend is None or pend["kind"] != TransferKind.PENDING.value:
+    pend = conn.execute(_RESOLVE_SQL, (pending_id,)).fetchone()
+    if pend is None or pend[0] != TransferKind.PENDING.value:
         raise NotFound(f"no reservation {pending_id}")
-    done = conn.execute("SELECT 1 FROM transfers WHERE pending_id = ?", (pending_id,)).fetchone()
-    if done is not None:
+    if pend[4]:
         return False
     if kind is not TransferKind.POST and posted_amount:
         raise LedgerError("void and expire post nothing")
-    debit = load_account(conn, pend["debit_account_id"])
-    credit = load_account(conn, pend["credit_account_id"])
-    new_debit, new_credit = apply_resolve(debit, credit, pend["amount"], posted_amount)
+    debit, credit = account_at(pend, 5), account_at(pend, 11)
+    if debit is None:
+        raise NotFound(f"account {pend[2]} does not exist")
+    if credit is None:
+        raise NotFound(f"account {pend[3]} does not exist")
+    new_debit, new_credit = apply_resolve(debit, credit, pend[1], posted_amount)
     _insert(conn, f"{pending_id}:{kind.value}", kind, debit.id, credit.id, posted_amount, code,
             None, pending_id=pending_id)
     _save(conn, new_debit)
@@ -129,5 +186,5 @@ def update_suspension(conn: sqlite3.Connection, main: Account, *, reason: str,
 
 
 def all_accounts(conn: sqlite3.Connection) -> list[Account]:
-    return [Account(r[0], AccountKind(r[1]), r[2], r[3], r[4], r[5]) for r in conn.execute(
+    return [account_at(r, 0) for r in conn.execute(  # type: ignore[misc]
         "SELECT id, kind, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts")]
