@@ -40,10 +40,24 @@ DIAL_ENDS_PER_CALL_MAX = 32
 BILLING_ID_CHARS_MAX = 150  # AST_MAX_UNIQUEID
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
 UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
+CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
 
 ANSWER = "ANSWER"
 _RELEVANT = frozenset({"dialbegin", "dialend", "bridgeenter", "bridgeleave", "hangup"})
 _ENTER, _LEAVE, _HANGUP = 0, 1, 2  # timeline ranks: at one instant, enter first
+_RANKS = {"bridgeenter": _ENTER, "bridgeleave": _LEAVE, "hangup": _HANGUP}
+
+
+class AmiEvent(dict):
+    """An AMI event whose keys are already lowercase (values as sent: str, or a list of str
+    for a repeated header).
+
+    The AMI client's parser builds these, so `Correlator.feed` can use one as is;
+    any other Mapping (recorded JSON, panoramisk Messages, tests) gets its keys
+    lowercased into a copy first. Only build one with lowercase keys.
+    """
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +152,16 @@ def parse_timestamp_us(text: object) -> int | None:
     """'1732650000.123456' -> 1732650000123456; None if not a valid timestamp."""
     if not isinstance(text, str):
         return None
-    m = TIMESTAMP_RE.fullmatch(text.strip())
-    if m is None:
+    # Exactly TIMESTAMP_RE.fullmatch, without the regex and match object (once per event):
+    # isascii() + isdigit() is [0-9] (isdigit alone takes other scripts' digits).
+    sec, dot, frac = text.strip().partition(".")
+    if not (0 < len(sec) <= 12 and sec.isascii() and sec.isdigit()):
         return None
-    frac = (m.group(2) or "").ljust(6, "0")
-    return int(m.group(1)) * 1_000_000 + int(frac)
+    if not dot:
+        return int(sec) * 1_000_000
+    if not (0 < len(frac) <= 6 and frac.isascii() and frac.isdigit()):
+        return None
+    return int(sec) * 1_000_000 + int(frac.ljust(6, "0"))
 
 
 def chan_variable(value: object, name: str = VARIABLE) -> str | None:
@@ -152,6 +171,12 @@ def chan_variable(value: object, name: str = VARIABLE) -> str | None:
     """
     if value is None:
         return None
+    if type(value) is str:
+        # The usual shape (one channelvar): skip building the pairs list.
+        k, sep, v = value.partition("=")
+        if not sep:
+            raise _Bad("bad_chanvariable")
+        return _billing_id(v) if k.strip().upper() == name else None
     if isinstance(value, Mapping):
         pairs = [(str(k), v) for k, v in value.items()]
     else:
@@ -168,13 +193,17 @@ def chan_variable(value: object, name: str = VARIABLE) -> str | None:
         if k.strip().upper() == name:
             if not isinstance(v, str):
                 raise _Bad("bad_chanvariable")
-            v = v.strip()
-            if not v:
-                return None
-            if len(v) > BILLING_ID_CHARS_MAX or not v.isprintable() or " " in v:
-                raise _Bad("bad_billing_id")
-            return v
+            return _billing_id(v)
     return None
+
+
+def _billing_id(v: str) -> str | None:
+    v = v.strip()
+    if not v:
+        return None
+    if len(v) > BILLING_ID_CHARS_MAX or not v.isprintable() or " " in v:
+        raise _Bad("bad_billing_id")
+    return v
 
 
 def _lower_keys(event: Mapping[str, object]) -> dict[str, object]:
@@ -203,9 +232,12 @@ def live_ids_from_core_show_channels(events: Iterable[Mapping[str, object]]) -> 
     """
     live: set[str] = set()
     for raw in events:
-        if not isinstance(raw, Mapping):
+        if type(raw) is AmiEvent:
+            ev = raw
+        elif isinstance(raw, Mapping):
+            ev = _lower_keys(raw)
+        else:
             continue
-        ev = _lower_keys(raw)
         if str(ev.get("event", "")).strip().lower() != "coreshowchannel":
             continue
         uid = ev.get("uniqueid")
@@ -281,9 +313,12 @@ class Correlator:
         bid: str | None = None
         name: str | None = None
         try:
-            if not isinstance(event, Mapping):
+            if type(event) is AmiEvent:
+                ev = event  # the client's parser lowercased the keys: no copy per event
+            elif isinstance(event, Mapping):
+                ev = _lower_keys(event)
+            else:
                 raise _Bad("not_a_mapping")
-            ev = _lower_keys(event)
             name = _text(ev, "event", required=False)
             bid = chan_variable(ev.get("chanvariable")) or chan_variable(ev.get("destchanvariable"))
             if bid is None:
@@ -320,7 +355,7 @@ class Correlator:
         bridge = _text(ev, "bridgeuniqueid") if kind.startswith("bridge") else ""
         cause_txt = _text(ev, "cause-txt", required=False) if kind == "hangup" else None
         cause_text = _text(ev, "cause", required=False) if kind == "hangup" else None
-        cause = int(cause_text) if cause_text and re.fullmatch(r"[0-9]{1,4}", cause_text) else None
+        cause = int(cause_text) if cause_text and CAUSE_RE.fullmatch(cause_text) else None
 
         call = self._track(bid, ts)
         call.first_uid = _earliest(call.first_uid, (ts, uid))
@@ -329,8 +364,7 @@ class Correlator:
             if kind == "dialend":
                 self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
         else:
-            rank = {"bridgeenter": _ENTER, "bridgeleave": _LEAVE, "hangup": _HANGUP}[kind]
-            self._add(call.timeline, (ts, rank, uid, bridge or ""), TIMELINE_PER_CALL_MAX)
+            self._add(call.timeline, (ts, _RANKS[kind], uid, bridge or ""), TIMELINE_PER_CALL_MAX)
 
         out: list[Fact] = []
         caller = call.caller(bid)

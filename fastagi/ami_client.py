@@ -2,12 +2,14 @@
 
 A thin asyncio shell; all call logic lives in the pure `fastagi.ami`.
 Of panoramisk 1.4 only `Message.from_line` (the header parser: a repeated
-header becomes a list, a single one a str) and `Message.success` are used.
-Its `Manager`/`AMIProtocol` are not: they reconnect at a fixed delay with no
-way to turn it off, never check Ping replies (a half-open connection goes
-unnoticed), give actions no timeout, re-send queued actions on reconnect, and
-decode each TCP chunk on its own (a multi-byte character split across two
-reads is lost) into an unbounded buffer.
+header becomes a list, a single one a str) and `Message.success` are used, for
+replies to our actions. Events, nearly all the traffic, are parsed by
+`_parse_event` with the same header rules straight into an `AmiEvent` (lowercase
+keys), at a fraction of the CPU. panoramisk's `Manager`/`AMIProtocol` are not
+used: they reconnect at a fixed delay with no way to turn it off, never check
+Ping replies (a half-open connection goes unnoticed), give actions no timeout,
+re-send queued actions on reconnect, and decode each TCP chunk on its own (a
+multi-byte character split across two reads is lost) into an unbounded buffer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import structlog
 from panoramisk.message import Message
 
-from fastagi.ami import live_ids_from_core_show_channels
+from fastagi.ami import AmiEvent, live_ids_from_core_show_channels
 
 log = structlog.get_logger("extbill.ami")
 
@@ -82,13 +84,68 @@ class AmiCounters:
     callback_errors: int = 0
 
 
+def _parse_event(text: str) -> AmiEvent | None:
+    """An event (its stripped text) as an AmiEvent, by panoramisk's `Message.from_line` rules.
+
+    None for any other message (a Response, which may carry a body) and for the
+    rare events whose headers `from_line` treats specially (`Result` is unquoted,
+    `Content` is replaced by the body): the caller hands those to `from_line`.
+    """
+    if not text.startswith("Event: "):
+        return None
+    lines = text.split("\r\n")
+    ev = AmiEvent()
+    skipped = 0
+    for line in lines:
+        # from_line: a header is split at the first ": "; the value is kept as is.
+        k, sep, v = line.partition(": ")
+        if sep:
+            ev[k.lower()] = v
+        else:
+            skipped += 1  # from_line ignores such a line too
+    if len(ev) + skipped != len(lines):
+        # A repeated header (ChanVariable with several channelvars) overwrote an
+        # earlier one: from_line makes a list of it; redo it by its exact rules.
+        ev = _parse_event_exact(lines)
+    if "result" in ev or "content" in ev:
+        return None
+    return ev
+
+
+def _parse_event_exact(lines: list[str]) -> AmiEvent:
+    # As from_line: a key repeated with the same spelling collects a list; keys that
+    # differ only in case then collapse in its case-insensitive dict, the last one winning.
+    headers: dict[str, Any] = {}
+    for line in lines:
+        k, sep, v = line.partition(": ")
+        if not sep:
+            continue
+        if k in headers:
+            old = headers[k]
+            if isinstance(old, list):
+                old.append(v)  # in place: a message of many repeats stays linear
+            else:
+                headers[k] = [old, v]
+        else:
+            headers[k] = v
+    ev = AmiEvent()
+    for k, v in headers.items():
+        ev[k.lower()] = v
+    return ev
+
+
+def _event_of(msg: Message) -> AmiEvent:
+    # The shape `_parse_event` gives: lowercase keys, without the "content" Message adds.
+    return AmiEvent({k.lower(): v for k, v in msg.items() if k != "content"})
+
+
 class _Session:
     """One TCP connection: writes actions, reads messages, pairs replies by ActionID."""
 
     _numbers = itertools.count(1)
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 deliver: Callable[[dict[str, Any]], None]) -> None:
+                 deliver: Callable[[AmiEvent], None]) -> None:
         self._reader, self._writer, self._deliver = reader, writer, deliver
         self._no = next(self._numbers)
         self._ids = itertools.count(1)
@@ -100,11 +157,7 @@ class _Session:
         """Route messages until the peer closes; returns why it stopped."""
         try:
             while True:
-                raw = await self._reader.readuntil(MESSAGE_END)
-                # Whole messages are decoded, so multi-byte characters stay intact.
-                msg = Message.from_line(raw.decode("utf-8", "replace").strip())
-                if msg is not None:
-                    self._route(msg)
+                self._handle(await self._reader.readuntil(MESSAGE_END))
         except asyncio.IncompleteReadError:
             return "closed by peer"
         except asyncio.LimitOverrunError:
@@ -114,12 +167,27 @@ class _Session:
         finally:
             self.close()  # fail waiting actions now, not at their timeout
 
+    def _handle(self, raw: bytes) -> None:
+        """One whole message (it ends with MESSAGE_END)."""
+        # Whole messages are decoded, so multi-byte characters stay intact.
+        text = raw.decode("utf-8", "replace").strip()
+        ev = _parse_event(text)
+        if ev is not None:
+            aid = ev.get("actionid")
+            if type(aid) is not str or aid not in self._pending:
+                self._deliver(ev)  # the per-event path: no panoramisk Message
+                return
+        # A reply to a pending action (its caller gets a Message) or an unusual message.
+        msg = Message.from_line(text)
+        if msg is not None:
+            self._route(msg)
+
     def _route(self, msg: Message) -> None:
         aid = msg.get("ActionID")
         entry = self._pending.get(aid) if isinstance(aid, str) else None
         if entry is None:
             if "Event" in msg:
-                self._deliver({k: v for k, v in msg.items() if k != "content"})
+                self._deliver(_event_of(msg))
             return  # a reply to an action that already timed out
         fut, collect, got = entry
         if fut.done():
@@ -183,8 +251,8 @@ _MARKER = object()  # queue item kind: a live-ids snapshot for on_connected
 class AmiClient:
     """Keeps one AMI session alive and feeds its events to on_event.
 
-    on_event gets each event as a plain dict (a repeated header as a list),
-    through a bounded queue, in arrival order. on_connected gets the live
+    on_event gets each event as an AmiEvent: a dict with lowercase keys (a
+    repeated header as a list), through a bounded queue, in arrival order. on_connected gets the live
     billing ids after each (re)connect, and again after an episode of dropped
     events; it runs in the same queue, after every event received before the
     snapshot, so it never races on_event.
@@ -366,7 +434,7 @@ class AmiClient:
             await self._snapshot(session)
 
     # -- event queue --------------------------------------------------------
-    def _enqueue_event(self, event: dict[str, Any]) -> None:
+    def _enqueue_event(self, event: AmiEvent) -> None:
         self.counters.events_received += 1
         if self._queued_events >= self.limits.event_queue_max:
             self.counters.events_dropped += 1

@@ -29,6 +29,8 @@ def configure(fmt: str = "json", level: str = "info", stream: TextIO | None = No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # One write per line (message and newline together): print() writes them apart, and
+        # serve's worker processes share stderr, so their lines ran into each other.
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
+from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from panoramisk.message import Message
 from structlog.testing import capture_logs
 
-from fastagi.ami_client import AmiActionTimeout, AmiClient, AmiLimits, AmiNotConnected
+from fastagi.ami import AmiEvent, CallEnd, Correlator
+from fastagi.ami_client import AmiActionTimeout, AmiClient, AmiLimits, AmiNotConnected, _Session
+from fastagi.bench.ami_peer import CallChannels
 
 SECRET = "s3cret"
 # Short, but with room for a loaded CI machine: a spurious ping timeout would reconnect.
@@ -170,7 +178,7 @@ async def test_refused_login_is_logged_and_retried_with_backoff_until_accepted()
 
 @aio
 async def test_events_reach_on_event_in_order_as_plain_dicts():
-    """Events arrive in order; one ChanVariable is a str, a repeated one a list; UTF-8 split across writes survives."""
+    """Events arrive in order as dicts with lowercase keys; one ChanVariable is a str, a repeated one a list; UTF-8 split across writes survives."""
     rec = Recorder()
     got_async: list[dict] = []
 
@@ -193,10 +201,12 @@ async def test_events_reach_on_event_in_order_as_plain_dicts():
         await until(lambda: len(got_async) == 4)
         await c.stop()
     booted, new, hang, utf = got_async
-    assert booted["Event"] == "FullyBooted"
-    assert new["ChanVariable"] == "EXTBILL_ID=1.1" and type(new) is dict and "content" not in new
-    assert hang["ChanVariable"] == ["EXTBILL_ID=1.1", "OTHER=x"]
-    assert utf["CallerIDName"] == "张三"
+    # AmiEvent: a plain dict (no panoramisk Message) whose keys the client lowercased once.
+    assert all(type(e) is AmiEvent and all(k == k.lower() for k in e) for e in got_async)
+    assert booted["event"] == "FullyBooted"
+    assert new["chanvariable"] == "EXTBILL_ID=1.1" and "content" not in new
+    assert hang["chanvariable"] == ["EXTBILL_ID=1.1", "OTHER=x"]
+    assert utf["calleridname"] == "张三"
 
 
 @aio
@@ -356,3 +366,189 @@ async def test_stop_closes_the_connection():
         await c.stop()
         await until(lambda: ami.closed_by_client == 1)
     assert not c.connected
+
+
+# -- the event parser: the same as panoramisk, without it ------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "ami"
+
+
+class StubWriter:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def before(raw: bytes, pending: Collection[str] = ()) -> object:
+    """What the client did with a message when panoramisk parsed them all: "reply" (it
+    resolved a pending action), the delivered event with its keys lowercased as the
+    Correlator then did, or None (dropped)."""
+    msg = Message.from_line(raw.decode("utf-8", "replace").strip())
+    if msg is None:
+        return None
+    aid = msg.get("ActionID")
+    if isinstance(aid, str) and aid in pending:
+        return "reply"
+    if "Event" in msg:
+        return {k.lower(): v for k, v in msg.items() if k != "content"}
+    return None
+
+
+def handle(raw: bytes, pending: Collection[str] = ()) -> tuple[object, dict[str, object]]:
+    """What _Session does with the message now, in the same terms, and the pending actions' results."""
+    got: list[AmiEvent] = []
+    session = _Session(None, StubWriter(), got.append)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    try:
+        futs = {aid: loop.create_future() for aid in pending}
+        for aid, fut in futs.items():
+            session._pending[aid] = (fut, False, [])
+        session._handle(raw)
+    finally:
+        loop.close()
+    results = {aid: f.result() for aid, f in futs.items() if f.done()}
+    if results:
+        assert not got
+        return "reply", results
+    assert len(got) <= 1 and all(type(e) is AmiEvent for e in got)
+    return (got[0] if got else None), results
+
+
+ODD_MESSAGES = [
+    b"Event: Hangup\r\nChanVariable: EXTBILL_ID=1.1\r\nChanVariable: OTHER=x\r\nChanVariable: Y=\r\n\r\n",
+    b"Event: Hangup\r\nChanVariable: A=1\r\nchanvariable: B=2\r\nChanVariable: C=3\r\n\r\n",
+    b"Event: X\r\nEVENT: Y\r\n\r\n",
+    b"Event: X\r\nNoColon\r\nKey:nospace\r\nEmpty: \r\nValue: a: b: c\r\n Spaced : v \r\nLast: \r\n\r\n",
+    b"Event: X\r\nResult: a%20b \r\n\r\n",
+    b"Event: X\r\nContent: body\r\n\r\n",
+    b"Response: Success\r\nEvent: X\r\nA: 1\r\n\r\n",
+    b"Response: Follows\r\nEvent: X\r\nthe body\r\n\r\n",
+    b"EVENT: X\r\nA: 1\r\n\r\n",
+    b"Ping: Pong\r\n\r\n",
+    b"\r\n Event: X\r\nA: 1\r\n\r\n",
+    b"Event: X\r\nBare\nLF: v\r\nCR\rin: v\r\nA: \t v \t\r\n\r\n",
+    b"Event: X\r\nActionID: not-ours\r\n\r\n",
+    b"Event: X\r\nActionID: extbill-1-1\r\nActionID: extbill-1-1\r\n\r\n",
+    b"Event: \xff\xfe\r\nCallerIDName: \xe5\xbc\xa0\xe4\xb8\x89\r\n\xc4\xb0d: 1\r\nK\xce\xa3: 2\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", ODD_MESSAGES, ids=range(len(ODD_MESSAGES)))
+def test_events_are_parsed_as_panoramisk_parsed_them(raw):
+    """Repeated headers (same or other case), lines without ': ', Result/Content, bodies, odd bytes: the same event, or none."""
+    assert handle(raw, {"extbill-1-1"})[0] == before(raw, {"extbill-1-1"})
+
+
+def test_real_events_take_the_fast_path_and_match_panoramisk():
+    """Every event the benchmark's fake Asterisk sends parses like panoramisk, with no Message built."""
+    c = CallChannels("1732650000.7", 7)
+    data = (c.answered_events(1_732_650_000_000) + c.ended_events(1_732_650_030_000)
+            + c.unanswered_events(1_732_650_040_000, "BUSY") + c.caller_hangup(1_732_650_050_000))
+    raws = [m + b"\r\n\r\n" for m in data.split(b"\r\n\r\n") if m]
+    assert len(raws) == 9
+    with mock.patch.object(Message, "from_line", side_effect=AssertionError("slow path")):
+        now = [handle(raw)[0] for raw in raws]
+    assert now == [before(raw) for raw in raws]
+
+
+HEADER_LINES = st.one_of(
+    st.sampled_from(["Event: Hangup", "event: hangup", "ChanVariable: EXTBILL_ID=1.1",
+                     "chanvariable: X=1", "ActionID: extbill-1-1", "ActionID: other",
+                     "Result: %41%20", "Content: c", "Response: Success", "Response: Follows",
+                     "Key:v", "Key: ", "nothing", ""]),
+    st.text(alphabet="Eevnt:Cc \r\n=A1%\tİΣ", max_size=12))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.booleans(), st.lists(HEADER_LINES, max_size=8))
+def test_any_message_is_handled_as_with_panoramisk(event_first, lines):
+    """Whatever the header lines, the client delivers the same event, drops the same messages and resolves the same actions."""
+    raw = "\r\n".join((["Event: X"] if event_first else []) + lines).encode() + b"\r\n\r\n"
+    assume(raw.find(b"\r\n\r\n") == len(raw) - 4)  # readuntil hands over exactly one message
+    assert handle(raw, {"extbill-1-1"})[0] == before(raw, {"extbill-1-1"})
+
+
+def test_a_message_with_a_pending_action_id_resolves_the_action_with_a_message():
+    """Replies and list events carrying our pending ActionID resolve the action with panoramisk Messages, as before; other events are delivered."""
+    event = b"Event: CoreShowChannel\r\nActionID: extbill-1-1\r\nUniqueid: 1.1\r\nChanVariable: EXTBILL_ID=1.1\r\n\r\n"
+    kind, results = handle(event, {"extbill-1-1"})
+    reply = results["extbill-1-1"]
+    assert kind == "reply" and isinstance(reply, Message) and reply.success
+    assert reply["Uniqueid"] == "1.1" and reply.get("chanvariable") == "EXTBILL_ID=1.1"
+    kind, results = handle(b"Response: Error\r\nActionID: extbill-1-1\r\nMessage: Permission denied\r\n\r\n",
+                           {"extbill-1-1"})
+    assert not results["extbill-1-1"].success and results["extbill-1-1"].get("Message") == "Permission denied"
+    delivered, results = handle(event, {"extbill-1-2"})  # an action that already timed out
+    assert results == {} and delivered == {"event": "CoreShowChannel", "actionid": "extbill-1-1",
+                                           "uniqueid": "1.1", "chanvariable": "EXTBILL_ID=1.1"}
+
+
+@aio
+async def test_list_action_collects_events_with_its_action_id_as_messages():
+    """Over TCP: CoreShowChannel events answering our list action go to the action as Messages, not to on_event."""
+    rec = Recorder()
+    async with FakeAmi() as ami:
+        ami.live = [("1732650000.12", "1732650000.12")]
+        c = client(ami.port, rec)
+        await c.start()
+        await until(lambda: c.connected)
+        listing = await c.send_list_action({"Action": "CoreShowChannels"})
+        ami.emit(("Event", "Hangup"), ("Uniqueid", "1.1"), ("ChanVariable", "EXTBILL_ID=1.1"))
+        await until(lambda: len(rec.events) == 2)
+        await c.stop()
+    assert all(isinstance(m, Message) for m in listing) and listing[0].success
+    assert [m.get("Event") for m in listing[1:]] == ["CoreShowChannel", "CoreShowChannelsComplete"]
+    assert listing[1]["Uniqueid"] == "1732650000.12"
+    assert [e["event"] for e in rec.events] == ["FullyBooted", "Hangup"]
+
+
+def as_bytes(event: dict[str, object]) -> bytes:
+    """An event dict as Asterisk writes it: Event first, a list as repeated headers."""
+    first = {k: v for k, v in event.items() if k.lower() == "event"}
+    lines = [f"{k}: {x}\r\n" for k, v in {**first, **event}.items()
+             for x in (v if isinstance(v, list) else [v])]
+    return "".join(lines).encode() + b"\r\n"
+
+
+def correlate(events: list) -> tuple[list, object, set[str], list]:
+    c = Correlator()
+    facts = [f for e in events for f in c.feed(e)]
+    return facts, c.counters, c.tracked_ids(), c.take_malformed()
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.json")), ids=lambda p: p.name)
+def test_parsed_events_give_the_correlator_the_same_facts_as_mixed_case_dicts(path):
+    """A recorded stream sent as AMI bytes and parsed by the client gives the facts, counters and
+    state of the same events as recorded mixed-case dicts, and as panoramisk's dicts."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    events = data if isinstance(data, list) else data["events"]
+    raws = [as_bytes(e) for e in events]
+    parsed = [handle(raw)[0] for raw in raws]
+    assert all(type(e) is AmiEvent for e in parsed)
+    old_dicts = []  # what on_event got before: panoramisk's keys, as Asterisk spells them
+    for raw in raws:
+        msg = Message.from_line(raw.decode().strip())
+        old_dicts.append({k: v for k, v in msg.items() if k != "content"})
+    now = correlate(parsed)
+    assert any(isinstance(f, CallEnd) for f in now[0]) or path.name == "caller-hangup-in-ivr.json"
+    assert now == correlate(events) == correlate(old_dicts)
+
+
+def test_bench_events_give_the_same_facts_parsed_or_as_dicts():
+    """The fake Asterisk's answered and unanswered calls: the same facts from parsed events as from mixed-case dicts."""
+    data = b""
+    for i in range(3):
+        c = CallChannels(f"1732650000.{i}", i)
+        t = 1_732_650_000_000 + i * 1000
+        data += (c.answered_events(t) + c.ended_events(t + 30_000) if i != 1
+                 else c.unanswered_events(t + 20_000, "NOANSWER")) + c.caller_hangup(t + 40_000)
+    raws = [m + b"\r\n\r\n" for m in data.split(b"\r\n\r\n") if m]
+    dicts = [{k: v for k, v in Message.from_line(r.decode().strip()).items() if k != "content"}
+             for r in raws]
+    now = correlate([handle(r)[0] for r in raws])
+    assert now == correlate(dicts)
+    assert [(type(f).__name__, f.billing_id) for f in now[0]] == [
+        ("CallAnswered", "1732650000.0"), ("CallEnd", "1732650000.0"),
+        ("CallEnd", "1732650000.1"), ("CallAnswered", "1732650000.2"), ("CallEnd", "1732650000.2")]

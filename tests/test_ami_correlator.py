@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastagi.ami import (CallAnswered, CallEnd, Correlator, live_ids_from_core_show_channels,
-                         parse_timestamp_us)
+from fastagi.ami import (TIMESTAMP_RE, AmiEvent, CallAnswered, CallEnd, Correlator, _Bad,
+                         chan_variable, live_ids_from_core_show_channels, parse_timestamp_us)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ami"
 BID = "1732650000.12"  # the caller IVR channel's Uniqueid = billing id
@@ -423,6 +423,40 @@ def test_timestamps_are_exact_integer_microseconds():
 def test_timestamp_round_trip(sec, usec):
     """Any 'sec.usec' Asterisk can write parses back to the same microseconds."""
     assert parse_timestamp_us(f"{sec}.{usec:06d}") == sec * 1_000_000 + usec
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.text(alphabet="0123456789.. \t\n\u0662\u00b2e-+_", max_size=22),
+                 st.from_regex(r"\s?[0-9]{0,14}(\.[0-9]{0,8})?\s?", fullmatch=True)))
+def test_timestamp_parser_is_exactly_its_regex(text):
+    """parse_timestamp_us (no regex, for speed) accepts and computes exactly what TIMESTAMP_RE describes."""
+    m = TIMESTAMP_RE.fullmatch(text.strip())
+    want = None if m is None else int(m.group(1)) * 1_000_000 + int((m.group(2) or "").ljust(6, "0"))
+    assert parse_timestamp_us(text) == want
+
+
+@settings(max_examples=500)
+@given(st.builds("{}{}{}{}{}".format, st.sampled_from(["", " ", "\t"]),
+                 st.sampled_from(["EXTBILL_ID", "extbill_id", "OTHER", "", "EXTBILL_ID=1"]),
+                 st.sampled_from(["", " "]), st.sampled_from(["=", "", "=="]),
+                 st.text(alphabet="xid.1= \t\u00a0\u200b", max_size=160)))
+def test_chan_variable_str_is_its_one_item_list(value):
+    """A single ChanVariable (the str fast path) gives what the same value as a one-item list gives, or the same error."""
+    def outcome(v):
+        try:
+            return chan_variable(v)
+        except _Bad as bad:
+            return f"bad: {bad}"
+    assert outcome(value) == outcome([value])
+
+
+def test_ami_events_are_used_as_is_and_plain_dicts_lowercased():
+    """An AmiEvent (lowercase keys, from the client) and the same event as a mixed-case dict give the same facts."""
+    stream = answered_via_local()
+    lowered = [AmiEvent({k.lower(): v for k, v in e.items()}) for e in stream]
+    assert run(lowered)[1] == run(stream)[1] == run([dict(e) for e in lowered])[1]
+    assert live_ids_from_core_show_channels(
+        [AmiEvent(event="CoreShowChannel", uniqueid="1.1", chanvariable="EXTBILL_ID=1.2")]) == {"1.1", "1.2"}
 
 
 def test_live_ids_from_core_show_channels():

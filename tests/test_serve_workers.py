@@ -104,6 +104,9 @@ def test_both_processes_answer_calls_and_never_overdraw_together(serve: Serve) -
     serve.wait_for("call.lookup", count=40)
     workers = {ln.get("worker", 0) for ln in serve.lines() if ln.get("event") == "call.lookup"}
     assert workers == {0, 1}, workers   # 40 connections from different ports: both got some
+    # Both processes write to one stderr: every line is still one whole JSON object.
+    raw = serve.log_path.read_text().splitlines()
+    assert len(raw) == len(serve.lines()) > 60
 
 
 def test_sigterm_stops_every_process_and_a_dead_worker_is_started_again(serve: Serve) -> None:
