@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
+import socket
 from typing import Any
 
 import structlog
@@ -16,7 +18,7 @@ import structlog
 from .agi_routes import CallRoutes
 from .ami import Correlator
 from .ami_client import AmiClient, AmiLimits
-from .config import Settings, parse_hostport
+from .config import ConfigError, Settings, parse_hostport
 from .demo import DEMO_NUMBER, seed
 from .server import AgiServer, ServerLimits
 from .settlement import Settlement
@@ -29,12 +31,30 @@ AMI_FACTS_IN_FLIGHT_MAX = 256
 GC_THRESHOLDS = (20_000, 20, 20)   # generation 0, 1, 2 (CPython's default: 700, 10, 10)   # AMI facts being settled at once; the event queue waits beyond
 
 
+def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """The one FastAGI socket all of serve's processes accept from.
+
+    Shared rather than one per process (SO_REUSEPORT): the kernel would then hash each
+    connection to a process whether it is busy or not, and the first process, which
+    also consumes AMI, would hold everyone back. From one socket, whoever is free accepts.
+    """
+    # libuv otherwise accepts every pending connection in one go: one at a time, the
+    # other processes get their share. Read when this process first listens.
+    os.environ["UV_TCP_SINGLE_ACCEPT"] = "1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except OSError as exc:
+        raise ConfigError(f"agi_bind: cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 class Service:
     """Everything `serve` runs; tests and the benchmark start it in-process or as a subprocess."""
 
-    def __init__(self, settings: Settings, *, worker: int = 0) -> None:
+    def __init__(self, settings: Settings, *, worker: int = 0, sock: socket.socket | None = None) -> None:
         self.settings = settings
         self.worker = worker                     # 0: the first process; others only answer FastAGI
+        self.sock = sock                         # a worker's listening socket, shared with the first
         self.workers: Workers | None = None
         self.store: SqliteStore | None = None
         self.agi: AgiServer | None = None
@@ -60,9 +80,11 @@ class Service:
                                      dial_timeout_s=s.dial_timeout_s, sweep_grace_s=s.sweep_grace_s)
         routes = CallRoutes(self.store, self.settlement, dial_timeout_s=s.dial_timeout_s)
         host, port = parse_hostport(s.agi_bind, "agi_bind")
-        self.agi = AgiServer(routes.routes(), host, port, limits=ServerLimits(
-            header_timeout_s=s.header_timeout_s, connections_max=s.connections_max,
-            drain_timeout_s=s.drain_timeout_s), reuse_port=shared)
+        limits = ServerLimits(header_timeout_s=s.header_timeout_s, connections_max=s.connections_max,
+                              drain_timeout_s=s.drain_timeout_s)
+        if shared and self.sock is None:
+            self.sock = listening_socket(host, port, limits.backlog)
+        self.agi = AgiServer(routes.routes(), host, port, limits=limits, sock=self.sock)
         await self.agi.start()
         if self.worker:
             log.info("serve.worker_listening", agi=f"{host}:{self.agi.port}")
@@ -70,8 +92,9 @@ class Service:
             return
         log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db, workers=s.workers)
         if shared:
+            assert self.sock is not None
             self.workers = Workers(s, s.workers - 1)
-            self.workers.start(f"{host}:{self.agi.port}")
+            self.workers.start(self.sock)
         if s.ami_secret:
             self.ami = AmiClient(s.ami_host, s.ami_port, s.ami_user, s.ami_secret,
                                  on_event=self._on_ami_event, on_connected=self._on_ami_connected,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -324,10 +325,11 @@ class AgiServer:
         port: int = 4573,
         *,
         limits: ServerLimits | None = None,
-        reuse_port: bool = False,
+        sock: socket.socket | None = None,
     ) -> None:
         self.routes = dict(routes)
-        self.reuse_port = reuse_port   # several serve processes listen on one port
+        # A listening socket made elsewhere: serve's processes share one (host/port unused)
+        self.sock = sock
         self.host = host
         self.port = port
         self.limits = limits or ServerLimits()
@@ -343,14 +345,17 @@ class AgiServer:
     async def start(self) -> None:
         """Listen; with port 0 the chosen port is in .port afterwards."""
         self._loop = asyncio.get_running_loop()
-        self._server = await self._loop.create_server(
-            lambda: _Connection(self),
-            self.host,
-            self.port,
-            backlog=self.limits.backlog,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-        )
+        if self.sock is not None:
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self), sock=self.sock, backlog=self.limits.backlog)
+        else:
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self),
+                self.host,
+                self.port,
+                backlog=self.limits.backlog,
+                reuse_address=True,
+            )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("agi.listening", host=self.host, port=self.port, routes=sorted(self.routes))
 

@@ -2,8 +2,8 @@
 
 The first process (the one the admin starts) listens, runs the AMI consumer, the
 sweeper and the WAL checkpoints, and starts `workers - 1` more processes here. Each
-of those listens on the same port (SO_REUSEPORT: the kernel spreads connections)
-and answers FastAGI requests on its own connection to the same database; writing
+of those accepts from the same listening socket (handed over at start) and answers
+FastAGI requests on its own connection to the same database; writing
 batches are serialised across processes by a flock (store/sqlite.py). The store
 settles each call exactly once whichever process hears of its end.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import signal
+import socket
 import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
@@ -31,7 +32,7 @@ WORKER_RESTART_WINDOW_S = 60.0
 WORKER_WATCH_INTERVAL_S = 0.5
 
 
-def worker_main(settings: Settings, index: int) -> None:
+def worker_main(settings: Settings, index: int, sock: socket.socket) -> None:
     """Entry point of a worker process (multiprocessing spawn: a fresh interpreter)."""
     from .log import configure as configure_logging  # noqa: PLC0415
     configure_logging(settings.log_format, settings.log_level)
@@ -41,12 +42,12 @@ def worker_main(settings: Settings, index: int) -> None:
     structlog.contextvars.bind_contextvars(worker=index)
     import uvloop  # noqa: PLC0415
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_worker(settings, index))
+        runner.run(_worker(settings, index, sock))
 
 
-async def _worker(settings: Settings, index: int) -> None:
+async def _worker(settings: Settings, index: int, sock: socket.socket) -> None:
     from .serve import Service  # noqa: PLC0415  (imports the store; keep the parent light)
-    service = Service(settings, worker=index)
+    service = Service(settings, worker=index, sock=sock)
     await service.start()
     await service.run_until_stopped()
 
@@ -55,7 +56,6 @@ class Workers:
     """The extra processes of one serve: start, watch, restart, stop."""
 
     def __init__(self, settings: Settings, count: int) -> None:
-        # Workers bind the port the first process got (it may have asked for port 0).
         self.settings = settings
         self.count = count
         self._ctx = multiprocessing.get_context("spawn")   # no fork of a running loop or threads
@@ -63,15 +63,18 @@ class Workers:
         self._restarts: dict[int, list[float]] = {}
         self._watch: asyncio.Task[None] | None = None
         self._stopping = False
+        self._sock: socket.socket | None = None
 
-    def start(self, agi_bind: str) -> None:
-        self.settings = replace(self.settings, agi_bind=agi_bind, demo=False)
+    def start(self, sock: socket.socket) -> None:
+        """Start the workers on `sock`, the first process's listening socket (passed as a file descriptor)."""
+        self._sock = sock
+        self.settings = replace(self.settings, demo=False)
         for index in range(1, self.count + 1):
             self._spawn(index)
         self._watch = asyncio.create_task(self._watch_loop(), name="workers")
 
     def _spawn(self, index: int) -> None:
-        proc = self._ctx.Process(target=worker_main, args=(self.settings, index),
+        proc = self._ctx.Process(target=worker_main, args=(self.settings, index, self._sock),
                                  name=f"extbill-worker-{index}", daemon=False)
         proc.start()
         self._procs[index] = proc

@@ -89,21 +89,75 @@ def _migrate(conn: sqlite3.Connection) -> bool:
     return False
 
 
-class SqliteStore:
-    """An open extbill database. Use `await SqliteStore.open(path)`."""
+class _Lane:
+    """One connection on its own aiosqlite thread, and the operations queued for it.
 
-    def __init__(self, db: aiosqlite.Connection, path: str, created: bool, *, checkpoints: bool = True,
-                 shared: bool = False):
-        self._db = db
+    Operations that queue up while a batch runs go together as the next batch (group
+    commit, see above)."""
+
+    def __init__(self, db: aiosqlite.Connection, lock_fd: int | None) -> None:
+        self.db = db
+        self.lock_fd = lock_fd
+        self._waiting: list[_Op] = []     # queued while a batch runs: the next batch
+        self._busy = False                # a batch is on the database thread
+        self.idle = asyncio.Event()       # no batch running and none waiting
+        self.idle.set()
+
+    def submit(self, fn: Callable[..., Any], args: tuple, write: bool) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((fn, args, write, fut))
+        if not self._busy:
+            self._next_batch()
+        return fut
+
+    def _next_batch(self) -> None:
+        batch = self._waiting[:BATCH_OPS_MAX]
+        del self._waiting[:BATCH_OPS_MAX]
+        self._busy = True
+        self.idle.clear()
+        ops = [(fn, args, write) for fn, args, write, _ in batch]
+        task = asyncio.ensure_future(self.db._execute(  # noqa: SLF001
+            _run_batch, self.db._conn, ops, self.lock_fd))  # noqa: SLF001
+        task.add_done_callback(functools.partial(self._batch_done, batch))
+
+    def _batch_done(self, batch: list[_Op], task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+        if task.cancelled():
+            outcomes: list[tuple[bool, Any]] = [(False, asyncio.CancelledError())] * len(batch)
+        elif task.exception() is not None:   # e.g. the connection was closed under us
+            outcomes = [(False, task.exception())] * len(batch)
+        else:
+            outcomes = task.result()
+        for (_, _, _, fut), (ok, value) in zip(batch, outcomes):
+            if fut.done():
+                continue   # its caller was cancelled; the operation ran all the same, as it always did
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        self._busy = False
+        if self._waiting:
+            self._next_batch()
+        else:
+            self.idle.set()
+
+
+class SqliteStore:
+    """An open extbill database. Use `await SqliteStore.open(path)`.
+
+    Two connections, each on its own thread: writes (run) go to one, reads (read) to
+    the other. In WAL mode a reader never waits for the writer, so a call's lookup does
+    not queue behind reservations being committed, nor hold the writers' lock.
+    """
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: str,
+                 created: bool, *, checkpoints: bool = True, shared: bool = False):
         self.path = path
         self.created = created
         # another serve process writes this file too: serialise writing batches (see above)
         self._writers_lock: int | None = (
             os.open(writers_lock_path(path), os.O_RDWR | os.O_CREAT, 0o600) if shared else None)
-        self._waiting: list[_Op] = []     # queued while a batch runs: the next batch
-        self._busy = False                # a batch is on the database thread
-        self._idle = asyncio.Event()      # no batch running and none waiting
-        self._idle.set()
+        self._writer = _Lane(writer, self._writers_lock)
+        self._reader = _Lane(reader, None)
         # one process per file folds the WAL back (the others leave it to that one)
         self._checkpointer = Checkpointer(path) if checkpoints else None
         if self._checkpointer is not None:
@@ -131,85 +185,59 @@ class SqliteStore:
             sqlite3.connect(path).close()
         except sqlite3.Error as exc:
             raise NotADatabase(f"cannot open database {path}: {exc}") from None
+        opened: list[aiosqlite.Connection] = []
         try:
-            db = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise NotADatabase(f"cannot open database {path}: {exc}") from None
-        try:
-            await db._execute(_check_is_database, db._conn, path)  # noqa: SLF001
-            await db._execute(_configure, db._conn)  # noqa: SLF001
-            created = await db._execute(_migrate, db._conn)  # noqa: SLF001
+            writer = await aiosqlite.connect(path, isolation_level=None)
+            opened.append(writer)
+            await writer._execute(_check_is_database, writer._conn, path)  # noqa: SLF001
+            await writer._execute(_configure, writer._conn)  # noqa: SLF001
+            created = await writer._execute(_migrate, writer._conn)  # noqa: SLF001
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            opened.append(reader)
+            await reader._execute(_configure, reader._conn)  # noqa: SLF001
+            return cls(writer, reader, path, created, checkpoints=checkpoints, shared=shared)
         except sqlite3.DatabaseError as exc:
-            await db.close()
+            await _close_all(opened)
             raise NotADatabase(f"{path} is not an extbill database ({exc})") from None
-        except BaseException:
-            await db.close()
-            raise
-        try:
-            return cls(db, path, created, checkpoints=checkpoints, shared=shared)
+        except sqlite3.Error as exc:
+            await _close_all(opened)
+            raise NotADatabase(f"cannot open database {path}: {exc}") from None
         except OSError as exc:
-            await db.close()
+            await _close_all(opened)
             raise NotADatabase(f"cannot open the writers' lock of {path}: {exc.strerror}") from None
+        except BaseException:
+            await _close_all(opened)
+            raise
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn(conn, *args, **kwargs) on the database thread in one IMMEDIATE transaction
+        """Run fn(conn, *args, **kwargs) on the writer's thread in one IMMEDIATE transaction
         (or one savepoint of a group-committed batch); return once it is committed."""
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        return await self._submit(fn, args, True)
+        return await self._writer.submit(fn, args, True)
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn(conn, *args, **kwargs) on the database thread in one read transaction
-        (or one savepoint of a batch, rolled back: a read never writes)."""
+        """Run fn(conn, *args, **kwargs) on the reader's thread in one read transaction
+        (or one savepoint of a batch, rolled back: a read never writes). It sees every
+        write whose run() has returned."""
         if kwargs:
             fn = functools.partial(fn, **kwargs)
-        return await self._submit(fn, args, False)
+        return await self._reader.submit(fn, args, False)
 
     async def close(self) -> None:
-        await self._idle.wait()   # every operation already asked for runs first
-        await self._db.close()
+        # every operation already asked for runs first
+        await asyncio.gather(self._writer.idle.wait(), self._reader.idle.wait())
+        await _close_all([self._writer.db, self._reader.db])
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
         if self._writers_lock is not None:
             os.close(self._writers_lock)
             self._writers_lock = None
 
-    def _submit(self, fn: Callable[..., Any], args: tuple, write: bool) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append((fn, args, write, fut))
-        if not self._busy:
-            self._next_batch()
-        return fut
 
-    def _next_batch(self) -> None:
-        batch = self._waiting[:BATCH_OPS_MAX]
-        del self._waiting[:BATCH_OPS_MAX]
-        self._busy = True
-        self._idle.clear()
-        ops = [(fn, args, write) for fn, args, write, _ in batch]
-        task = asyncio.ensure_future(self._db._execute(  # noqa: SLF001
-            _run_batch, self._db._conn, ops, self._writers_lock))  # noqa: SLF001
-        task.add_done_callback(functools.partial(self._batch_done, batch))
-
-    def _batch_done(self, batch: list[_Op], task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
-        if task.cancelled():
-            outcomes: list[tuple[bool, Any]] = [(False, asyncio.CancelledError())] * len(batch)
-        elif task.exception() is not None:   # e.g. the connection was closed under us
-            outcomes = [(False, task.exception())] * len(batch)
-        else:
-            outcomes = task.result()
-        for (_, _, _, fut), (ok, value) in zip(batch, outcomes):
-            if fut.done():
-                continue   # its caller was cancelled; the operation ran all the same, as it always did
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-        self._busy = False
-        if self._waiting:
-            self._next_batch()
-        else:
-            self._idle.set()
+async def _close_all(conns: list[aiosqlite.Connection]) -> None:
+    for conn in conns:
+        await conn.close()
 
 
 _Op = tuple[Callable[..., Any], tuple, bool, "asyncio.Future[Any]"]
