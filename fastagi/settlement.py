@@ -7,6 +7,7 @@ reservation at most once; the losers are compared against the winner.
 """
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from dataclasses import replace
 
@@ -47,6 +48,12 @@ class Settlement:
         # Calls this process settled recently: the slower path compares against this
         # instead of asking the database again (every call is reported twice).
         self._recent: OrderedDict[str, SettleResult] = OrderedDict()
+        # Answer times wait here while the previous write of them runs, then go in one
+        # statement: one write per answered call had been a third of the writes under load.
+        # Bounded by the AMI facts being handled at once (serve's AMI_FACTS_IN_FLIGHT_MAX).
+        self._answers: dict[str, str] = {}
+        self._answers_written: asyncio.Future[None] | None = None   # for those in _answers
+        self._answers_writer: asyncio.Task[None] | None = None
 
     def _remember(self, result: SettleResult) -> None:
         self._recent[result.billing_id] = replace(result, settled_now=False, low_balance=None)
@@ -111,8 +118,7 @@ class Settlement:
         if isinstance(fact, CallAnswered):
             if fact.billing_id in self._recent:
                 return   # already settled: the answer time changes nothing
-            await self.store.run(tx_calls.mark_answered, fact.billing_id,
-                                 iso_from_ms(fact.answered_us // 1000))
+            await self._mark_answered(fact.billing_id, iso_from_ms(fact.answered_us // 1000))
             return
         if fact.answered_us is None and fact.dial_status is None:
             # We did not see how the Dial ended (events lost, or we restarted mid-call):
@@ -121,6 +127,32 @@ class Settlement:
             await self._settle_from_stored_answer(fact)
             return
         await self.settle(facts_from_ami(fact))
+
+    async def _mark_answered(self, billing_id: str, answer_at: str) -> None:
+        """Store a call's answer time; returns once it is committed (or raises)."""
+        self._answers.setdefault(billing_id, answer_at)   # a call's first answer wins
+        if self._answers_written is None:
+            self._answers_written = asyncio.get_running_loop().create_future()
+        written = self._answers_written
+        if self._answers_writer is None:
+            self._answers_writer = asyncio.create_task(self._write_answers())
+        await asyncio.shield(written)   # a cancelled caller does not cancel the others' write
+
+    async def _write_answers(self) -> None:
+        try:
+            while self._answers:
+                answers, self._answers = list(self._answers.items()), {}
+                written, self._answers_written = self._answers_written, None
+                assert written is not None
+                try:
+                    await self.store.run(tx_calls.mark_answered_many, answers)
+                except Exception as exc:  # noqa: BLE001  (each waiting caller hears of it)
+                    written.set_exception(exc)
+                    written.exception()   # retrieved here too: no "never retrieved" noise
+                else:
+                    written.set_result(None)
+        finally:
+            self._answers_writer = None
 
     async def _settle_from_stored_answer(self, fact: CallEnd) -> None:
         call = await self.store.read(tx_calls.open_call, fact.billing_id)

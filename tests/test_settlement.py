@@ -656,3 +656,30 @@ async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> 
         assert await resolutions(store, bid) == [{"kind": "post", "amount": 1250}]
     finally:
         await store.close()
+
+
+@aio
+async def test_answers_arriving_together_are_written_together_and_each_kept(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """Forty answer events at once: every call gets its own (first) answer time, in far fewer writes."""
+    store = await open_store(tmp_path / "x.db", ext1=1_000_000_000)   # 1,000,000 CNY: twenty grants
+    writes: list[int] = []
+    real = tx_calls.mark_answered_many
+
+    def counting(conn: Any, answers: list[tuple[str, str]]) -> int:
+        writes.append(len(answers))
+        return real(conn, answers)
+
+    monkeypatch.setattr(tx_calls, "mark_answered_many", counting)
+    try:
+        for n in range(1, 21):
+            await start_call(store, n, "1")
+        settlement = Settlement(store)
+        facts = [CallAnswered(bid_of(n), T0_US + n * 1000) for n in range(1, 21)]
+        later = [CallAnswered(bid_of(n), T0_US + 60_000_000) for n in range(1, 21)]
+        await asyncio.gather(*(settlement.on_ami_fact(f) for f in facts + later))
+        for n in range(1, 21):
+            assert (await call_row(store, bid_of(n)))["answer_at"] == iso_from_ms((T0_US + n * 1000) // 1000)
+        assert 20 <= sum(writes) <= 40 and len(writes) <= 3, writes   # not forty writes of one
+    finally:
+        await store.close()

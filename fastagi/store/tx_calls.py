@@ -98,6 +98,14 @@ def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> 
     return cur.rowcount == 1
 
 
+def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str]]) -> int:
+    """mark_answered for several calls in one statement: (billing id, answer time) pairs,
+    in order (a call's first answer time wins). How many calls got an answer time."""
+    cur = conn.executemany("UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' "
+                           "AND answer_at IS NULL", [(at, bid) for bid, at in answers])
+    return cur.rowcount
+
+
 def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
     return SettleResult(row["billing_id"], settled_now, row["state"], row["talk_s"], row["cost"],
                         row["settled_by"], low, row["answer_at"], row["end_at"])
