@@ -71,6 +71,8 @@ PROJECT = project_dir()
 DEFAULT_ROOT = "/var/cache/extbill/asterisk-root"
 ASTERISK_BIN = "/usr/sbin/asterisk"
 
+LOG_QUIET_S = 0.5          # played(): the verbose log is caught up once it is this long unchanged
+LOG_CATCH_UP_MAX_S = 3.0   # ... or after this long in any case
 HARNESS_USER = "extbill-harness"
 HARNESS_SECRET = "harness-e2e-secret"
 EXTBILL_USER = "extbill"
@@ -377,6 +379,22 @@ documentation_language = en_US
         except FileNotFoundError:
             return ""
 
+    def _log_caught_up(self, quiet_s: float = LOG_QUIET_S, max_s: float = LOG_CATCH_UP_MAX_S) -> None:
+        """Wait until the verbose log stops growing: Asterisk's logger thread may write a
+        call's last lines after the AMI events (and the settlement) that ended it."""
+        deadline = time.monotonic() + max_s
+        size, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                now = self.log_path.stat().st_size
+            except FileNotFoundError:
+                now = 0
+            if now != size:
+                size, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(0.05)
+
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_text()
         if not text:
@@ -393,6 +411,7 @@ documentation_language = en_US
         from its verbose log; only on `call`'s channels if given. Unlike Call.prompts()
         this includes prompts played inside the bridge (Dial L() warning / timeout)."""
         chans = call.channel_names() if call is not None else None
+        self._log_caught_up()
         out = []
         for m in self._PLAYING.finditer(self.log_text()):
             chan, file, lang = m.groups()
