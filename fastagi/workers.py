@@ -99,10 +99,6 @@ class Workers:
                 self._restarts[index] = [*recent, now]
                 self._spawn(index)
 
-    @property
-    def alive(self) -> int:
-        return sum(1 for p in self._procs.values() if p.is_alive())
-
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its calls), wait, then kill what is left."""
         self._stopping = True
