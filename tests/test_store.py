@@ -5,11 +5,17 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from fastagi.bench.seed import DataSet, seed_file
 from fastagi.store import tx_admin, tx_calls
 from fastagi.store.sqlite import SqliteStore, writers_lock_path
+from fastagi.store.writers_lock import WritersLock
 
 NOT_DONE_WITHIN_S = 0.3
 
@@ -85,3 +91,30 @@ def test_shared_stores_take_turns_through_the_writers_lock(tmp_path: Path) -> No
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_writer_killed_while_holding_the_lock_does_not_leave_it_held(tmp_path: Path) -> None:
+    """kill -9 of a process in the middle of a batch: the kernel drops its lock and the next
+    writer goes on at once."""
+    db = str(tmp_path / "l.db")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({writers_lock_path(db)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    lock = WritersLock(db)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # really held by the other process
+        holder.kill()
+        holder.wait(5)
+        t0 = time.monotonic()
+        lock.acquire()
+        assert time.monotonic() - t0 < 1.0
+        lock.release()
+    finally:
+        holder.kill()
+        holder.wait(5)
+        lock.close()

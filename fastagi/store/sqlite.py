@@ -11,15 +11,11 @@ operation before the COMMIT that made it durable. A lone operation runs exactly
 as before (its own BEGIN ... COMMIT).
 
 Several serve processes (`workers` > 1) share one file: each one's writing batches
-take an exclusive flock on `<db>-writers.lock` around BEGIN IMMEDIATE ... COMMIT.
-SQLite's own busy handler would also serialise them, but by sleeping and retrying
-(1, 2, 5, 10 ... ms): a blocked flock wakes the next writer as soon as the lock is free.
+hold the writers' lock (writers_lock.py) around BEGIN IMMEDIATE ... COMMIT.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import functools
 import os
 import sqlite3
@@ -30,6 +26,7 @@ import aiosqlite
 
 from .base import NotADatabase, StoreError
 from .checkpointer import Checkpointer
+from .writers_lock import WritersLock, lock_path
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -95,9 +92,9 @@ class _Lane:
     Operations that queue up while a batch runs go together as the next batch (group
     commit, see above)."""
 
-    def __init__(self, db: aiosqlite.Connection, lock_fd: int | None) -> None:
+    def __init__(self, db: aiosqlite.Connection, lock: WritersLock | None) -> None:
         self.db = db
-        self.lock_fd = lock_fd
+        self.lock = lock
         self._waiting: list[_Op] = []     # queued while a batch runs: the next batch
         self._busy = False                # a batch is on the database thread
         self.idle = asyncio.Event()       # no batch running and none waiting
@@ -117,7 +114,7 @@ class _Lane:
         self.idle.clear()
         ops = [(fn, args, write) for fn, args, write, _ in batch]
         task = asyncio.ensure_future(self.db._execute(  # noqa: SLF001
-            _run_batch, self.db._conn, ops, self.lock_fd))  # noqa: SLF001
+            _run_batch, self.db._conn, ops, self.lock))  # noqa: SLF001
         task.add_done_callback(functools.partial(self._batch_done, batch))
 
     def _batch_done(self, batch: list[_Op], task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
@@ -154,8 +151,7 @@ class SqliteStore:
         self.path = path
         self.created = created
         # another serve process writes this file too: serialise writing batches (see above)
-        self._writers_lock: int | None = (
-            os.open(writers_lock_path(path), os.O_RDWR | os.O_CREAT, 0o600) if shared else None)
+        self._writers_lock = WritersLock(path) if shared else None
         self._writer = _Lane(writer, self._writers_lock)
         self._reader = _Lane(reader, None)
         # one process per file folds the WAL back (the others leave it to that one)
@@ -231,7 +227,7 @@ class SqliteStore:
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
         if self._writers_lock is not None:
-            os.close(self._writers_lock)
+            self._writers_lock.close()
             self._writers_lock = None
 
 
@@ -244,28 +240,18 @@ _Op = tuple[Callable[..., Any], tuple, bool, "asyncio.Future[Any]"]
 
 
 def writers_lock_path(db: str) -> str:
-    return db + "-writers.lock"
-
-
-@contextlib.contextmanager
-def _exclusive(lock_fd: int | None):
-    """Hold the writers' flock (blocking, without the GIL) if there is one."""
-    if lock_fd is None:
-        yield
-        return
-    fcntl.flock(lock_fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+    return lock_path(db)
 
 
 def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple, bool]],
-               lock_fd: int | None = None) -> list[tuple[bool, Any]]:
+               lock: WritersLock | None = None) -> list[tuple[bool, Any]]:
     """On the database thread: each (fn, args, write) -> (True, result) or (False, exception)."""
-    if lock_fd is not None and any(write for _, _, write in ops):
-        with _exclusive(lock_fd):
+    if lock is not None and any(write for _, _, write in ops):
+        lock.acquire()
+        try:
             return _run_batch(conn, ops)
+        finally:
+            lock.release()
     if len(ops) == 1:   # nothing queued behind it: its own transaction, as always
         fn, args, write = ops[0]
         try:
