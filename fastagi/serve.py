@@ -27,8 +27,8 @@ from .workers import Workers
 
 log = structlog.get_logger("extbill.serve")
 
-AMI_FACTS_IN_FLIGHT_MAX = 256
-GC_THRESHOLDS = (20_000, 20, 20)   # generation 0, 1, 2 (CPython's default: 700, 10, 10)   # AMI facts being settled at once; the event queue waits beyond
+AMI_FACTS_IN_FLIGHT_MAX = 256     # AMI facts being settled at once; the event queue waits beyond
+GC_THRESHOLDS = (20_000, 20, 20)   # generation 0, 1, 2 (CPython's default: 700, 10, 10)
 
 
 def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
