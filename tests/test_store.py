@@ -14,8 +14,9 @@ import pytest
 
 from fastagi.bench.seed import DataSet, seed_file
 from fastagi.store import tx_admin, tx_calls
-from fastagi.store.sqlite import SqliteStore, writers_lock_path
+from fastagi.store.sqlite import SqliteStore
 from fastagi.store.writers_lock import WritersLock
+from fastagi.store.writers_lock import lock_path as writers_lock_path
 
 NOT_DONE_WITHIN_S = 0.3
 

@@ -26,7 +26,7 @@ import aiosqlite
 
 from .base import NotADatabase, StoreError
 from .checkpointer import Checkpointer
-from .writers_lock import WritersLock, lock_path
+from .writers_lock import WritersLock
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -237,10 +237,6 @@ async def _close_all(conns: list[aiosqlite.Connection]) -> None:
 
 
 _Op = tuple[Callable[..., Any], tuple, bool, "asyncio.Future[Any]"]
-
-
-def writers_lock_path(db: str) -> str:
-    return lock_path(db)
 
 
 def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple, bool]],

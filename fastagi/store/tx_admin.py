@@ -314,13 +314,8 @@ def route_views(conn: sqlite3.Connection, number: str,
     return _number_at(row, None), _ext_at(row, _NUMBER_WIDTH)
 
 
-def low_balance_threshold(plan: PlanView | None, configured: int | None) -> int:
-    """Default: ten first billing blocks at the plan's base rate (issue 4)."""
-    return low_balance_threshold_of(plan.tariff if plan else None, configured)
-
-
 def low_balance_threshold_of(tariff: Tariff | None, configured: int | None) -> int:
-    """low_balance_threshold from the plan's base tariff alone: it reads no prefix rates."""
+    """Default: ten first billing blocks at the plan's base tariff (issue 4); no prefix rates."""
     if configured is not None:
         return configured
     return 10 * first_block_cost(tariff) if tariff else 0

@@ -45,10 +45,11 @@ def account_at(row: Sequence, i: int) -> Account | None:
                    row[i + 2], row[i + 3], row[i + 4], row[i + 5])
 
 
+_ACCOUNT_BY_ID_SQL = f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts WHERE id = ?"
+
+
 def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
-    row = conn.execute(
-        "SELECT id, kind, debits_pending, debits_posted, credits_pending, credits_posted "
-        "FROM accounts WHERE id = ?", (account_id,)).fetchone()
+    row = conn.execute(_ACCOUNT_BY_ID_SQL, (account_id,)).fetchone()
     if row is None:
         raise NotFound(f"account {account_id} does not exist")
     return account_at(row, 0)  # type: ignore[return-value]
@@ -187,4 +188,4 @@ def update_suspension(conn: sqlite3.Connection, main: Account, *, reason: str,
 
 def all_accounts(conn: sqlite3.Connection) -> list[Account]:
     return [account_at(r, 0) for r in conn.execute(  # type: ignore[misc]
-        "SELECT id, kind, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts")]
+        f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts")]
