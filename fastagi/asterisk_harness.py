@@ -126,9 +126,9 @@ def default_root() -> Path:
 
 
 def root_problem(root: Path) -> str | None:
-    """Why this root cannot run the e2e tests, or None if it can."""
+    """Why this root cannot run Asterisk here (e2e tests, sandbox, bench --asterisk), or None."""
     if os.geteuid() != 0:
-        return "e2e tests need root (chroot)"
+        return "running Asterisk in its root (chroot) needs root privileges"
     if not (root / ASTERISK_BIN.lstrip("/")).exists():
         return f"no Asterisk root at {root} (build it with .ci/asterisk-root)"
     if shutil.which("chroot") is None:
@@ -170,8 +170,11 @@ class Asterisk:
         verbose: int = 3,
         keep: bool | None = None,
         project: str | Path | None = None,
+        extra_extensions: str = "",
     ) -> None:
         self.root = Path(root) if root else default_root()
+        # more dialplan contexts, appended as written (the benchmark's request loop)
+        self.extra_extensions = extra_extensions
         self.project = Path(project) if project else PROJECT
         self.name = f"extbill-e2e-{os.getpid()}-{next(_dir_counter)}"
         self.dir_in_root = f"/opt/{self.name}"
@@ -250,6 +253,7 @@ documentation_language = en_US
             "[globals](+)\n"
             f"EXTBILL_AGI={self.agi_address}\n\n"
             + TEST_EXTENSIONS.format(caller=CALLER_CONTEXT, branch=BRANCH_CONTEXT)
+            + (f"\n{self.extra_extensions}" if self.extra_extensions else "")
         )
         (etc / "manager.conf").write_text(self._manager_conf())
         modules = (self.project / "dialplan" / "modules.conf").read_text()

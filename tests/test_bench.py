@@ -6,6 +6,7 @@ complete, consistent and positive.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -349,3 +350,12 @@ def test_agi_request_times_out_answering_and_connecting() -> None:
         assert agi_peer._Deadlines._by_loop == {}
 
     asyncio.run(main())
+
+
+def test_asterisk_reference_without_an_asterisk_root_fails_before_the_run(tmp_path: Path) -> None:
+    env = {**os.environ, "EXTBILL_ASTERISK_ROOT": str(tmp_path / "no-root")}
+    proc = subprocess.run([sys.executable, "-m", "fastagi.bench.cli", "--asterisk", "--no-seed-cache"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "--asterisk: cannot run the real-Asterisk reference" in proc.stderr
+    assert "seeded" not in proc.stderr and "setups_per_s" not in proc.stdout   # nothing ran

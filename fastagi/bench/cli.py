@@ -12,7 +12,9 @@ One run, in this order:
   3. stop serve; check the ledger and that every granted call was settled exactly once;
   4. the process-per-call reference (pyst2 AGI, one process per call) on a fresh copy;
   5. the raw limit (the same transactions, no protocol) on another fresh copy;
-  6. print a table, write JSON.
+  6. with --asterisk, the real-Asterisk reference (asterisk_ref.py): what Asterisk 22
+     itself spends per FastAGI request, against serve on another fresh copy;
+  7. print a table, write JSON.
 Everything runs on 127.0.0.1 in a temporary directory, removed afterwards (--keep keeps it).
 """
 from __future__ import annotations
@@ -25,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -34,7 +35,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from .asterisk_ref import CHANNELS_MAX, REQUESTS_MAX, asterisk_problem, asterisk_reference
 from .check import check_ledger
+from .procs import BenchError, free_port, stop_process, tree_cpu_s, tree_kb
 from .load import LoadSettings
 from .mix import CallMix
 from .ppc import process_per_call
@@ -58,79 +61,13 @@ TARGETS: dict[str, tuple[float, str]] = {
     "ratio_vs_process_per_call": (20, ">="), "ratio_vs_raw": (0.5, ">="),
     "paced_setup_p99_ms": (20, "<="),
 }
+# with --asterisk (asterisk_ref.py)
+ASTERISK_KEYS = ("asterisk_agi_per_s", "asterisk_cpu_ms_per_agi", "asterisk_serve_cpu_ms_per_agi",
+                 "asterisk_setups_per_s_max")
 EXTRA_KEYS = ("billed_as_simulated", "steady_setups_per_s", "steady_setup_p99_ms", "paced_rate_per_s", "paced_setup_p50_ms", "paced_setup_p99_ms", "paced_setup_max_ms")
 REQUIRED_KEYS = ("setups_per_s", "setup_p50_ms", "setup_p99_ms", "setup_max_ms", "calls_per_s",
                  "rss_peak_mb", "process_per_call_setups_per_s", "raw_tx_per_s",
                  "ratio_vs_process_per_call", "ratio_vs_raw", "ledger_consistent", "settled_exactly_once")
-
-
-class BenchError(Exception):
-    """The run could not be completed (a process failed to start or stopped early)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _proc_status_kb(pid: int, field: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def _serve_pids(pid: int) -> list[int]:
-    """serve and its worker processes (not multiprocessing's resource tracker)."""
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            kids = [int(k) for k in fh.read().split()]
-    except OSError:
-        return pids
-    for kid in kids:
-        try:
-            with open(f"/proc/{kid}/cmdline", "rb") as fh:
-                if b"resource_tracker" in fh.read():
-                    continue
-        except OSError:
-            continue
-        pids.append(kid)
-    return pids
-
-
-def _tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds of serve and its workers."""
-    total = 0.0
-    for p in _serve_pids(pid):
-        c = _cpu_s(p)
-        if c is None:
-            return None if p == pid else total
-        total += c
-    return total
-
-
-def _tree_kb(pid: int, field: str) -> int | None:
-    """A /proc status figure of serve, summed over its workers (None when serve is gone)."""
-    own = _proc_status_kb(pid, field)
-    if own is None:
-        return None
-    return own + sum(_proc_status_kb(p, field) or 0 for p in _serve_pids(pid)[1:])
 
 
 async def _read_json_line(stream: asyncio.StreamReader, key: str, timeout_s: float) -> Any:
@@ -145,20 +82,6 @@ async def _read_json_line(stream: asyncio.StreamReader, key: str, timeout_s: flo
                 continue
             if isinstance(doc, dict) and key in doc:
                 return doc[key]
-
-
-async def _stop(proc: asyncio.subprocess.Process, timeout_s: float) -> int:
-    if proc.returncode is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode if proc.returncode is not None else -1
 
 
 def _log_summary(path: str) -> dict[str, Any]:
@@ -187,7 +110,7 @@ def _log_summary(path: str) -> dict[str, Any]:
 
 async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[str, Any]:
     """serve + load generator: the throughput, latency and memory figures."""
-    agi_port = _free_port()
+    agi_port = free_port()
     s = LoadSettings(agi_port=agi_port, seconds=a.seconds, concurrency=a.concurrency,
                      burst_seconds=a.burst_seconds, settle_concurrency=a.settle_concurrency, in_flight=a.in_flight,
                      paced_seconds=a.paced_seconds, paced_share=a.paced_share,
@@ -229,10 +152,10 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
             load.stdout, serve_pid, a.seconds + a.paced_seconds + a.burst_seconds + LOAD_TIMEOUT_EXTRA_S))
         rss_max_kb = 0
         while not result_task.done():
-            rss_max_kb = max(rss_max_kb, _tree_kb(serve_pid, "VmRSS") or 0)
+            rss_max_kb = max(rss_max_kb, tree_kb(serve_pid, "VmRSS") or 0)
             await asyncio.wait([result_task], timeout=RSS_SAMPLE_S)
         result, phases = result_task.result()
-        hwm_kb = _tree_kb(serve_pid, "VmHWM")   # every serve process's own peak, added up
+        hwm_kb = tree_kb(serve_pid, "VmHWM")   # every serve process's own peak, added up
         if hwm_kb is None:
             raise BenchError(f"serve (pid {serve_pid}) is gone before the end of the run; see "
                              f"{os.path.join(work, 'serve.log')}")
@@ -254,8 +177,8 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
                     await asyncio.wait_for(serve.wait(), SERVE_STOP_TIMEOUT_S)
                 except TimeoutError:
                     pass
-            result_rc = await _stop(serve, SERVE_STOP_TIMEOUT_S)
-        await _stop(load, 5)
+            result_rc = await stop_process(serve, SERVE_STOP_TIMEOUT_S)
+        await stop_process(load, 5)
         load_log.close()
         serve_log.close()
     result["serve_exit"] = result_rc
@@ -279,9 +202,9 @@ async def _follow_phases(stream: asyncio.StreamReader, serve_pid: int, timeout_s
             if not isinstance(doc, dict):
                 continue
             if "phase" in doc:
-                phases.append((str(doc["phase"]), _tree_cpu_s(serve_pid)))
+                phases.append((str(doc["phase"]), tree_cpu_s(serve_pid)))
             elif "result" in doc:
-                phases.append(("end", _tree_cpu_s(serve_pid)))
+                phases.append(("end", tree_cpu_s(serve_pid)))
                 return doc["result"], phases
 
 
@@ -385,6 +308,11 @@ async def cmd_bench(a: argparse.Namespace) -> int:
     # The references run the store's functions in this process: keep their info lines quiet.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr),
                         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if a.asterisk and (problem := asterisk_problem()):
+        # before the run, not after a minute of it
+        print(f"extbill bench: error: --asterisk: cannot run the real-Asterisk reference: {problem}",
+              file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     work = tempfile.mkdtemp(prefix="extbill-bench-")
     ds = DataSet(a.numbers, a.extensions)
@@ -417,6 +345,17 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         raw_db = os.path.join(work, "raw.db")
         shutil.copyfile(template, raw_db)
         raw = await asyncio.to_thread(raw_setups_per_s, raw_db, CallMix(ds, seed=a.seed + 2), a.raw_seconds)
+        asterisk: dict[str, Any] = {}
+        if a.asterisk:
+            ast_db = os.path.join(work, "asterisk.db")
+            shutil.copyfile(template, ast_db)
+            try:
+                asterisk = await asterisk_reference(
+                    ast_db, work, number=ds.number(0), channels=a.asterisk_channels,
+                    requests=a.asterisk_requests, serve_workers=a.serve_workers)
+            except BenchError as exc:
+                print(f"extbill bench: error: {exc}", file=sys.stderr)
+                return 2
     finally:
         if a.keep:
             print(f"extbill bench: files kept in {work}", file=sys.stderr)
@@ -448,6 +387,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         "paced_setup_p50_ms": server["paced_setup_p50_ms"],
         "paced_setup_p99_ms": server["paced_setup_p99_ms"],
         "paced_setup_max_ms": server["paced_setup_max_ms"],
+        **{k: v for k, v in asterisk.items() if k in ASTERISK_KEYS},
         "settings": {
             "seconds": a.seconds, "burst_seconds": a.burst_seconds, "concurrency": a.concurrency,
             "settle_concurrency": a.settle_concurrency,
@@ -456,6 +396,8 @@ async def cmd_bench(a: argparse.Namespace) -> int:
             "ppc_seconds": a.ppc_seconds, "ppc_concurrency": a.ppc_concurrency,
             "ppc_calls_max": a.ppc_calls_max, "raw_seconds": a.raw_seconds, "seed_cached": seed_cached,
             "serve_log_level": a.serve_log_level, "serve_workers": a.serve_workers,
+            "asterisk": a.asterisk, "asterisk_channels": a.asterisk_channels,
+            "asterisk_requests": a.asterisk_requests,
             "cpus": os.cpu_count(), "loadavg_1m_at_start": round(loadavg, 2),
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
         },
@@ -472,7 +414,7 @@ async def cmd_bench(a: argparse.Namespace) -> int:
             "talk_time_matches": check["talk_time_matches"],
             "revenue_matches_costs": check["revenue_matches_costs"],
             "ledger": check["ledger"],
-            "process_per_call": ppc, "raw": raw,
+            "process_per_call": ppc, "raw": raw, "asterisk": asterisk,
             "ratio_calls_vs_raw_full_calls": _ratio(steady["calls_per_s"], raw["raw_full_calls_per_s"]),
             "total_s": time.perf_counter() - t_start,
         },
@@ -489,7 +431,9 @@ async def cmd_bench(a: argparse.Namespace) -> int:
 
 def _print_table(doc: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = []
-    for key in REQUIRED_KEYS + EXTRA_KEYS:
+    for key in REQUIRED_KEYS + EXTRA_KEYS + ASTERISK_KEYS:
+        if key not in doc:
+            continue
         v = doc[key]
         text = ("yes" if v else "NO") if isinstance(v, bool) else f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
         target, verdict = "", ""
@@ -521,6 +465,14 @@ def _print_table(doc: dict[str, Any]) -> None:
               f"{st['concurrency'] / doc['setups_per_s'] * 1000:.0f} ms on average at this throughput "
               f"(Little's law); p99 <= 20 ms at {st['concurrency']} in setup needs >= "
               f"{st['concurrency'] / 0.020:,.0f} setups/s. The paced rows are the latency below saturation.")
+    if "asterisk_cpu_ms_per_agi" in doc:
+        ast = d["asterisk"]
+        print(f"real Asterisk: {ast['asterisk_requests']} FastAGI requests from {ast['asterisk_channels']} "
+              f"channels at {doc['asterisk_agi_per_s']:,.0f}/s; Asterisk used "
+              f"{_ms(doc['asterisk_cpu_ms_per_agi'])} CPU per request, serve "
+              f"{_ms(doc['asterisk_serve_cpu_ms_per_agi'])}. With every core and nothing else to do, "
+              f"Asterisk could send at most {doc['asterisk_setups_per_s_max']:,.0f} setups/s "
+              f"(two requests each, no channels, no audio)")
     if d["in_flight_at_steady_start"] < st["in_flight"]:
         print(f"note: only {d['in_flight_at_steady_start']} calls were in flight when the steady window began "
               f"(the ramp stopped after its time limit)")
@@ -598,6 +550,13 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--no-seed-cache", dest="seed_cache", action="store_false",
                    help="seed afresh; by default a database seeded by the same code is reused "
                         "from ~/.cache/extbill-bench")
+    p.add_argument("--asterisk", action="store_true",
+                   help="also measure a real Asterisk 22 (the e2e root, needs root) sending FastAGI "
+                        "requests to serve: its CPU per request")
+    p.add_argument("--asterisk-channels", type=_count(CHANNELS_MAX), default=60,
+                   help="--asterisk: channels making requests at once (default 60)")
+    p.add_argument("--asterisk-requests", type=_count(REQUESTS_MAX), default=100,
+                   help="--asterisk: requests per channel, one after another (default 100)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (databases, logs)")
 
 
