@@ -73,7 +73,7 @@ async def _start_serve(db: str, port: int, workers: int, log_path: str) -> async
         except OSError:
             await asyncio.sleep(0.1)
             continue
-        writer.close()   # serve drops a connection that sends no headers: nothing is billed
+        writer.close()   # no headers: serve logs one agi.protocol_error and bills nothing
         return serve
     await stop_process(serve, SERVE_STOP_TIMEOUT_S)
     raise BenchError(f"serve did not listen on 127.0.0.1:{port} within {SERVE_START_TIMEOUT_S:g} s")
@@ -103,8 +103,11 @@ async def asterisk_reference(db: str, work: str, *, number: str, channels: int, 
         assert ast.proc is not None
         ast_pid = ast.proc.pid    # chroot execs asterisk: the same process
         async with ast.ami() as ami:
-            # No events to this session: Asterisk would format every dialplan step for it.
-            await ami.action("Events", EventMask="off")
+            # No events to this session: the harness user reads dialplan events, and
+            # Asterisk would send it every step of every channel.
+            off = await ami.action("Events", EventMask="off")
+            if off.get("Response") != "Success":
+                raise BenchError(f"--asterisk: could not turn this session's events off: {off}")
             ast_cpu0, serve_cpu0 = tree_cpu_s(ast_pid), tree_cpu_s(serve.pid)
             t0 = time.monotonic()
             for k in range(channels):

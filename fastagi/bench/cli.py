@@ -472,7 +472,7 @@ def _print_table(doc: dict[str, Any]) -> None:
               f"{_ms(doc['asterisk_cpu_ms_per_agi'])} CPU per request, serve "
               f"{_ms(doc['asterisk_serve_cpu_ms_per_agi'])}. With every core and nothing else to do, "
               f"Asterisk could send at most {doc['asterisk_setups_per_s_max']:,.0f} setups/s "
-              f"(two requests each, no channels, no audio)")
+              f"(two requests each; no audio, no Dial, no new channel per request)")
     if d["in_flight_at_steady_start"] < st["in_flight"]:
         print(f"note: only {d['in_flight_at_steady_start']} calls were in flight when the steady window began "
               f"(the ramp stopped after its time limit)")

@@ -39,7 +39,7 @@ def _cpu_s(pid: int) -> float | None:
 
 
 def _serve_pids(pid: int) -> list[int]:
-    """serve and its worker processes (not multiprocessing's resource tracker)."""
+    """A process and its children: serve and its workers (not multiprocessing's resource tracker)."""
     pids = [pid]
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -58,7 +58,7 @@ def _serve_pids(pid: int) -> list[int]:
 
 
 def tree_cpu_s(pid: int) -> float | None:
-    """CPU seconds of serve and its workers."""
+    """CPU seconds of a process and its children (serve and its workers; Asterisk)."""
     total = 0.0
     for p in _serve_pids(pid):
         c = _cpu_s(p)
