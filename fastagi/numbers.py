@@ -109,7 +109,3 @@ def is_suspended(main_balance: int, min_balance: int) -> bool:
 def digits_to_collect(max_key_len: int | None) -> int:
     """Digits the IVR collects: the longest key's length, 1 when the number has no keys."""
     return 1 if max_key_len is None else max_key_len
-
-
-def max_key_digits(keys: Iterable[str]) -> int:
-    return digits_to_collect(max((len(k) for k in keys), default=None))

@@ -300,7 +300,11 @@ def test_never_a_zero_limit_and_never_over_available(t: Tariff, balance: int, re
 def test_digits_to_collect_from_the_longest_key_is_max_key_digits(keys: list[str]) -> None:
     """The store reads only max(length(key)) (NULL without keys); the digits collected are the same
     as from the full list of keys."""
-    from fastagi.numbers import digits_to_collect, max_key_digits  # noqa: PLC0415
+    from fastagi.numbers import digits_to_collect  # noqa: PLC0415
+
+    def max_key_digits(keys: list[str]) -> int:   # the longest key's length, 1 without keys
+        return max((len(k) for k in keys), default=1)
+
     longest = max((len(k) for k in keys), default=None)
     assert digits_to_collect(longest) == max_key_digits(keys)
     assert decide_lookup(number(keys=tuple(keys))).max_digits == max_key_digits(keys)

@@ -508,6 +508,13 @@ def _reference_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[o
              plan(n["plan_id"])), max((len(k) for k in keys), default=None), ext)
 
 
+def _ext_view(conn: sqlite3.Connection, number_id: int, key: str) -> tx_admin.ExtView | None:
+    """One extension by its own statement: what route_views' join must read."""
+    row = conn.execute(f"SELECT {tx_admin._EXT_COLS} FROM extensions e {tx_admin._EXT_JOINS} "
+                       "WHERE e.number_id = ? AND e.key = ?", (number_id, key)).fetchone()
+    return None if row is None else tx_admin._ext_at(row, 0)
+
+
 def _views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...]:
     nv = tx_admin.number_view(conn, number)
     rnv, ev = tx_admin.route_views(conn, number, key)
@@ -515,10 +522,10 @@ def _views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...
         assert rnv is None and ev is None
         return (None,)
     assert rnv is not None and rnv.max_key_len is None
-    # route_views reads the same number as number_view, and the same extension as ext_view
+    # route_views reads the same number as number_view, and the same extension as _ext_view
     assert rnv == tx_admin.NumberView(**{**{f: getattr(nv, f) for f in nv.__slots__}, "max_key_len": None})
     if key:
-        assert ev == tx_admin.ext_view(conn, nv.number_id, key)
+        assert ev == _ext_view(conn, nv.number_id, key)
     else:
         assert ev is None
     ext = None if ev is None else (ev.extension_id, ev.key, ev.dest, ev.account, ev.plan)

@@ -265,7 +265,6 @@ _EXT_JOINS = ("LEFT JOIN accounts ea ON ea.id = e.account_id "
 
 _NUMBER_VIEW_SQL = (f"SELECT {_NUMBER_COLS}, (SELECT max(length(key)) FROM extensions "
                     f"WHERE number_id = n.id) {_NUMBER_FROM} WHERE n.number = ?")
-_EXT_VIEW_SQL = f"SELECT {_EXT_COLS} FROM extensions e {_EXT_JOINS} WHERE e.number_id = ? AND e.key = ?"
 # The extension is joined on the pressed key; NULL for no key matches no extension.
 _ROUTE_VIEWS_SQL = (f"SELECT {_NUMBER_COLS}, {_EXT_COLS} {_NUMBER_FROM} "
                     f"LEFT JOIN extensions e ON e.number_id = n.id AND e.key = ? {_EXT_JOINS} "
@@ -300,14 +299,9 @@ def number_view(conn: sqlite3.Connection, number: str) -> NumberView | None:
     return _number_at(row, row[_NUMBER_WIDTH])
 
 
-def ext_view(conn: sqlite3.Connection, number_id: int, key: str) -> ExtView | None:
-    row = conn.execute(_EXT_VIEW_SQL, (number_id, key)).fetchone()
-    return None if row is None else _ext_at(row, 0)
-
-
 def route_views(conn: sqlite3.Connection, number: str,
                 key: str) -> tuple[NumberView | None, ExtView | None]:
-    """number_view (without max_key_len) and, for a non-empty key, ext_view, in one statement."""
+    """number_view (without max_key_len) and, for a non-empty key, that extension, in one statement."""
     row = conn.execute(_ROUTE_VIEWS_SQL, (key or None, number)).fetchone()
     if row is None:
         return None, None
