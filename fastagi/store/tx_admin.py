@@ -59,6 +59,15 @@ def set_plan_rate(conn: sqlite3.Connection, name: str, prefix: str, per_minute: 
                      (pid, prefix, per_minute))
 
 
+# A plan's tariff columns, in Tariff's field order (what tariff_of takes); other reads join
+# them in prefixed: tariff_cols("p").
+TARIFF_COLS = ("per_minute", "initial_s", "increment_s", "connect_fee", "grace_s", "max_call_s")
+
+
+def tariff_cols(alias: str) -> str:
+    return ", ".join(f"{alias}.{c}" for c in TARIFF_COLS)
+
+
 @functools.lru_cache(maxsize=1024)
 def tariff_of(values: tuple[int, ...]) -> Tariff:
     """Tariff(*values), built and validated once per distinct set of values.
@@ -73,8 +82,7 @@ def tariff_of(values: tuple[int, ...]) -> Tariff:
 def load_plan(conn: sqlite3.Connection, pid: int | None) -> PlanView | None:
     if pid is None:
         return None
-    r = conn.execute("SELECT per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s "
-                     "FROM plans WHERE id=?", (pid,)).fetchone()
+    r = conn.execute(f"SELECT {', '.join(TARIFF_COLS)} FROM plans WHERE id=?", (pid,)).fetchone()
     rates = {p: m for p, m in conn.execute(
         "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,))}
     return PlanView(tariff_of(tuple(r)), rates)
@@ -225,12 +233,9 @@ def move(conn: sqlite3.Connection, number: str, key: str, amount: int,
 # work). Reads still go to the database every time, so an `extbill plan` or `number`
 # change by another process is seen by the next call; only parsing is memoised.
 
-_TARIFF_COLS = ("per_minute", "initial_s", "increment_s", "connect_fee", "grace_s", "max_call_s")
-
-
 def _plan_cols(alias: str) -> str:
     """The plan's id, its tariff (load_plan's columns) and its prefix rates as one JSON object."""
-    return (f"{alias}.id, " + ", ".join(f"{alias}.{c}" for c in _TARIFF_COLS) +
+    return (f"{alias}.id, {tariff_cols(alias)}" +
             f", (SELECT json_group_object(prefix, per_minute) FROM plan_rates WHERE plan_id = {alias}.id)")
 
 

@@ -17,7 +17,7 @@ from ..calls import Decision, decide_lookup, decide_route
 from ..ledger import TransferKind
 from ..rating import Tariff, billed_seconds, cost
 from .base import CallFacts, NotFound, SettleResult
-from .tx_admin import low_balance_threshold_of, number_view, route_views, tariff_of
+from .tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from ..clock import ms_from_iso, now_iso
 from .tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve, resolve
 
@@ -205,7 +205,7 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row, cost: int) -> dict[
 # of its plan (its own, else the number's) in one read; the threshold needs no prefix rates.
 _LOW_BALANCE_SQL = (
     "SELECT e.id, e.key, e.low_balance, e.low_flag, " + account_cols("a") + ", "   # 0..3, 4..9
-    "p.id, p.per_minute, p.initial_s, p.increment_s, p.connect_fee, p.grace_s, p.max_call_s, "  # 10..16
+    "p.id, " + tariff_cols("p") + ", "  # 10, 11..16
     "n.number, e.plan_id, n.plan_id AS number_plan_id, e.account_id "
     "FROM extensions e JOIN numbers n ON n.id = e.number_id "
     "LEFT JOIN accounts a ON a.id = e.account_id "
