@@ -206,10 +206,17 @@ def _billing_id(v: str) -> str | None:
     return v
 
 
-def _lower_keys(event: Mapping[str, object]) -> dict[str, object]:
-    # Asterisk spells keys one way, panoramisk's Message is case-insensitive,
-    # recorded JSON may be either: normalise once.
-    return {str(k).lower(): v for k, v in event.items()}
+def _lower_keys(event: object) -> Mapping[str, object] | None:
+    """The event with lowercase keys; None when it is not a mapping at all.
+
+    Asterisk spells keys one way, panoramisk's Message is case-insensitive, recorded
+    JSON may be either: normalise once. An AmiEvent (the client's parser) already is.
+    """
+    if type(event) is AmiEvent:
+        return event   # no copy per event
+    if isinstance(event, Mapping):
+        return {str(k).lower(): v for k, v in event.items()}
+    return None
 
 
 def _text(ev: Mapping[str, object], key: str, required: bool = True) -> str | None:
@@ -232,11 +239,8 @@ def live_ids_from_core_show_channels(events: Iterable[Mapping[str, object]]) -> 
     """
     live: set[str] = set()
     for raw in events:
-        if type(raw) is AmiEvent:
-            ev = raw
-        elif isinstance(raw, Mapping):
-            ev = _lower_keys(raw)
-        else:
+        ev = _lower_keys(raw)
+        if ev is None:
             continue
         if str(ev.get("event", "")).strip().lower() != "coreshowchannel":
             continue
@@ -313,11 +317,8 @@ class Correlator:
         bid: str | None = None
         name: str | None = None
         try:
-            if type(event) is AmiEvent:
-                ev = event  # the client's parser lowercased the keys: no copy per event
-            elif isinstance(event, Mapping):
-                ev = _lower_keys(event)
-            else:
+            ev = _lower_keys(event)
+            if ev is None:
                 raise _Bad("not_a_mapping")
             name = _text(ev, "event", required=False)
             bid = chan_variable(ev.get("chanvariable")) or chan_variable(ev.get("destchanvariable"))
