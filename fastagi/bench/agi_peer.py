@@ -17,6 +17,13 @@ DEADLINE_TICK_S = 0.5   # how often open requests are checked against their dead
 _QUOTE = ord('"')
 
 
+def _mset_into(variables: dict[str, str], text: str) -> None:
+    """MSet's argument "A=1,B=2" into `variables`, split as app MSet splits it."""
+    for pair in text.split(","):
+        name, _, value = pair.partition("=")
+        variables[name] = value
+
+
 @dataclass
 class AgiResult:
     variables: dict[str, str] = field(default_factory=dict)
@@ -66,9 +73,7 @@ async def agi_call(host: str, port: int, script: str, args: list[str], *, unique
             if len(parts) >= 4 and parts[0].upper() == "SET" and parts[1].upper() == "VARIABLE":
                 result.variables[parts[2]] = parts[3]
             elif len(parts) >= 3 and parts[0].upper() == "EXEC" and parts[1].upper() == "MSET":
-                for pair in parts[2].split(","):   # as app MSet splits it
-                    name, _, value = pair.partition("=")
-                    result.variables[name] = value
+                _mset_into(result.variables, parts[2])
             writer.write(b"511 Command Not Permitted on a dead channel or intercept routine\n"
                          if hangup_after_headers else
                          b"200 result=0\n" if parts[:1] == ["EXEC"] else b"200 result=1\n")
@@ -134,9 +139,7 @@ class _LeanAgi(asyncio.Protocol):
                 else:
                     parts = parse_command_args(line.decode("utf-8", "replace").rstrip("\r"))
                     text = parts[2] if len(parts) > 2 else ""
-                for pair in text.split(","):   # as app MSet splits it
-                    name, _, value = pair.partition("=")
-                    variables[name] = value
+                _mset_into(variables, text)
             elif line.startswith(b"SET VARIABLE "):
                 text = line[13:].decode("utf-8", "replace").rstrip("\r")
                 name, _, value = text.partition(" ")

@@ -41,16 +41,17 @@ def check_ledger(db: str, expect: dict[str, int]) -> dict[str, Any]:
                             and not_once == 0 and open_calls == 0)
     # ... and was resolved the way its simulated end calls for: answered ones rated for the
     # talk time simulated, unanswered ones voided; revenue is the sum of the calls' costs
+    talk_time_matches = talk_s == expect["talk_s_total"]
+    revenue_matches_costs = revenue.credits_posted == cost and revenue.credits_pending == 0
     billed_as_simulated = (by_state.get("rated", 0) == expect["answered"]
                            and by_state.get("unanswered", 0) == expect["unanswered"]
-                           and talk_s == expect["talk_s_total"]
-                           and revenue.credits_posted == cost and revenue.credits_pending == 0)
+                           and talk_time_matches and revenue_matches_costs)
     return {
         "ledger_consistent": ledger_consistent,
         "settled_exactly_once": settled_exactly_once,
         "billed_as_simulated": billed_as_simulated,
-        "talk_time_matches": talk_s == expect["talk_s_total"],
-        "revenue_matches_costs": revenue.credits_posted == cost and revenue.credits_pending == 0,
+        "talk_time_matches": talk_time_matches,
+        "revenue_matches_costs": revenue_matches_costs,
         "ledger": {"sum_credits_minus_debits": total, "pending_left": pending_left,
                    "overdrawn_accounts": overdrawn, "calls": calls, "open_calls": open_calls,
                    "reservations": pendings, "resolutions": resolving, "calls_not_resolved_once": not_once,
