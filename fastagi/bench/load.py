@@ -298,7 +298,7 @@ class Generator:
         if slots.locked():
             self.paced_late += 1
         async with slots:
-            while len(self.pool) >= self.s.in_flight + 2 * self.s.concurrency:
+            while len(self.pool) >= self._pool_cap():
                 self.room.clear()
                 await self.room.wait()
             call = self.mix.next()
@@ -377,7 +377,7 @@ class Generator:
             "errors": self.errors,
             "ami_logins": self.ami.logins,
             "ami_bytes_sent": self.ami.bytes_sent,
-            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+            "event_loop": type(self.loop).__module__.split(".")[0],
         }
 
 
