@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..asterisk_harness import Asterisk, AmiError, default_root, root_problem
-from .procs import BenchError, free_port, stop_process, tree_cpu_s
+from .procs import BenchError, free_port, serve_command, stop_process, tree_cpu_s
 
 LOOP_CONTEXT = "extbill-bench-agi-loop"
 # Variables per channel: BENCH_NUMBER, BENCH_REQUESTS, BENCH_CHANNEL (its index).
@@ -60,9 +59,7 @@ def asterisk_problem() -> str | None:
 async def _start_serve(db: str, port: int, workers: int, log_path: str) -> asyncio.subprocess.Process:
     with open(log_path, "wb") as log:
         serve = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fastagi", "serve", "--db", db, "--agi-bind", f"127.0.0.1:{port}",
-            "--no-demo", "--log-level", "warning", "--log-format", "json", "--sweep-interval-s", "3600",
-            "--connections-max", "5000", "--workers", str(workers),
+            *serve_command(db, port, workers=workers),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + SERVE_START_TIMEOUT_S
     while time.monotonic() < deadline:

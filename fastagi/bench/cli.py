@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from .asterisk_ref import CHANNELS_MAX, REQUESTS_MAX, asterisk_problem, asterisk_reference
 from .check import check_ledger
-from .procs import BenchError, free_port, stop_process, tree_cpu_s, tree_kb
+from .procs import BenchError, free_port, serve_command, stop_process, tree_cpu_s, tree_kb
 from .load import LoadSettings
 from .mix import CallMix
 from .ppc import process_per_call
@@ -125,12 +125,9 @@ async def run_server_phase(a: argparse.Namespace, work: str, db: str) -> dict[st
     assert load.stdout is not None
     try:
         ami_port = await _read_json_line(load.stdout, "ami_port", SERVE_START_TIMEOUT_S)
-        serve_cmd = [sys.executable, "-m", "fastagi", "serve", "--db", db,
-                     "--agi-bind", f"127.0.0.1:{agi_port}", "--ami-host", "127.0.0.1",
-                     "--ami-port", str(ami_port), "--ami-user", s.ami_user, "--ami-secret", s.ami_secret,
-                     "--no-demo", "--log-level", a.serve_log_level, "--log-format", "json",
-                     "--sweep-interval-s", "3600", "--connections-max", "5000",
-                     "--workers", str(a.serve_workers)]
+        serve_cmd = serve_command(db, agi_port, workers=a.serve_workers, log_level=a.serve_log_level,
+                                  ami=("--ami-host", "127.0.0.1", "--ami-port", str(ami_port),
+                                       "--ami-user", s.ami_user, "--ami-secret", s.ami_secret))
         if a.py_spy:
             serve_cmd = [_py_spy(), "record", "--rate", "250", "--nonblocking", "--format",
                          _py_spy_format(a.py_spy),

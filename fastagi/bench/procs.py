@@ -5,6 +5,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 
 
 class BenchError(Exception):
@@ -15,6 +16,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_command(db: str, agi_port: int, *, workers: int, log_level: str = "warning",
+                  ami: tuple[str, ...] = ()) -> list[str]:
+    """`extbill serve` as the benchmark runs it: its own file and port, JSON logs, no demo
+    data, no sweeps during the run, room for every connection the load opens. `ami`: the
+    --ami-* options, if it is to log in to an AMI peer."""
+    return [sys.executable, "-m", "fastagi", "serve", "--db", db, "--agi-bind", f"127.0.0.1:{agi_port}",
+            *ami, "--no-demo", "--log-level", log_level, "--log-format", "json",
+            "--sweep-interval-s", "3600", "--connections-max", "5000", "--workers", str(workers)]
 
 
 def _proc_status_kb(pid: int, field: str) -> int | None:
