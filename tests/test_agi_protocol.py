@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastagi.agi import (
+from fastagi.core.agi import (
     COMMAND_BYTES_MAX,
     HEADER_BYTES_MAX,
     HEADER_LINES_MAX,
@@ -176,7 +176,16 @@ def test_expected_transcript_events() -> None:
     """The recorded call yields headers, replies, one Hangup per call and a clean close."""
     events = expected_events()
     kinds = [type(e).__name__ for e in events]
-    assert kinds == ["HeadersComplete", "Reply", "Hangup", "Reply", "Reply", "Reply", "Reply", "ConnectionClosed"]
+    assert kinds == [
+        "HeadersComplete",
+        "Reply",
+        "Hangup",
+        "Reply",
+        "Reply",
+        "Reply",
+        "Reply",
+        "ConnectionClosed",
+    ]
     replies = [e for e in events if isinstance(e, Reply)]
     assert [r.code for r in replies] == [200, 200, 520, 511, 200]
     assert replies[1].data == "4008001234"
@@ -217,7 +226,10 @@ def test_hangup_between_command_and_reply_does_not_desync() -> None:
     (reply,) = session.receive_data(b"200 result=1 (x)\n")
     assert reply.data == "x"
     session.send_command("NOOP")
-    assert session.receive_data(b"511 Command Not Permitted on a dead channel or intercept routine\n")[0].code == 511
+    assert (
+        session.receive_data(b"511 Command Not Permitted on a dead channel or intercept routine\n")[0].code
+        == 511
+    )
 
 
 def test_hangup_while_idle_is_event_not_reply() -> None:
@@ -239,7 +251,9 @@ def test_520_multiline_is_one_reply() -> None:
     session.send_command("SET VARIABLE")
     (reply,) = session.receive_data(USAGE_520)
     assert reply.code == 520 and reply.result is None
-    assert reply.data == " Usage: SET VARIABLE <variablename> <value>\n\nSets a variable to the current channel."
+    assert (
+        reply.data == " Usage: SET VARIABLE <variablename> <value>\n\nSets a variable to the current channel."
+    )
     assert reply.raw.splitlines()[0].startswith("520-") and reply.raw.endswith("520 End of proper usage.")
     assert session.state is State.IDLE
 
@@ -282,10 +296,18 @@ def test_100_trying_waits_for_final_reply() -> None:
         (b"200 result=12#\n", None, None, None, "12#"),
     ],
 )
-def test_200_reply_fields(line: bytes, result: int | None, data: str | None, endpos: int | None, value: str) -> None:
+def test_200_reply_fields(
+    line: bytes, result: int | None, data: str | None, endpos: int | None, value: str
+) -> None:
     """`200 result=N [(data)] [endpos=N]` is split into typed fields, raw kept."""
     reply = reply_to(line)
-    assert (reply.code, reply.result, reply.data, reply.endpos, reply.value) == (200, result, data, endpos, value)
+    assert (reply.code, reply.result, reply.data, reply.endpos, reply.value) == (
+        200,
+        result,
+        data,
+        endpos,
+        value,
+    )
     assert reply.raw == line.decode().rstrip("\n")
     assert reply.ok
 
@@ -547,7 +569,16 @@ def test_header_block_same_outcome_however_cut(pieces: list[bytes], cuts: list[i
 @given(
     st.lists(
         st.sampled_from(
-            [b"HANGUP\n", b"200 result=1\n", b"520-x\n", b"520 End\n", b"100 r\n", b"\r\n", b"511 x\n", b"(\n"]
+            [
+                b"HANGUP\n",
+                b"200 result=1\n",
+                b"520-x\n",
+                b"520 End\n",
+                b"100 r\n",
+                b"\r\n",
+                b"511 x\n",
+                b"(\n",
+            ]
         )
         | st.binary(max_size=40),
         max_size=12,

@@ -13,8 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from fastagi.agi import HEADER_BYTES_MAX, HEADER_LINES_MAX, parse_command_args
-from fastagi.server import (
+from fastagi.asterisk.agi_server import (
     AgiChannel,
     AgiServer,
     ChannelClosed,
@@ -23,6 +22,7 @@ from fastagi.server import (
     ServerLimits,
     install_signal_handlers,
 )
+from fastagi.core.agi import HEADER_BYTES_MAX, HEADER_LINES_MAX, parse_command_args
 
 FAST = ServerLimits(
     header_timeout_s=0.3,
@@ -31,10 +31,12 @@ FAST = ServerLimits(
     connections_max=100,
     drain_timeout_s=1.0,
 )
-EVIL_CALLERID = "\"'; DROP TABLE accounts; --\\ \t\"; SELECT * FROM ledger WHERE 1=1; \\\\"
+EVIL_CALLERID = '"\'; DROP TABLE accounts; --\\ \t"; SELECT * FROM ledger WHERE 1=1; \\\\'
 
 
-def headers(script: str = "extbill?v=2", callerid: str = "13800138000", uniqueid: str = "1732612345.42") -> bytes:
+def headers(
+    script: str = "extbill?v=2", callerid: str = "13800138000", uniqueid: str = "1732612345.42"
+) -> bytes:
     """A header block as Asterisk 22's res_agi writes it for AGI(agi://.../script,4008001234,8021)."""
     fields = [
         ("agi_network", "yes"),
@@ -404,7 +406,9 @@ def test_stop_lets_call_in_progress_finish() -> None:
 
 def test_stop_cancels_handler_past_drain_timeout() -> None:
     """A handler still running after drain_timeout_s is cancelled and its socket closed."""
-    limits = ServerLimits(header_timeout_s=0.3, reply_timeout_s=0.3, handler_timeout_s=30.0, drain_timeout_s=0.2)
+    limits = ServerLimits(
+        header_timeout_s=0.3, reply_timeout_s=0.3, handler_timeout_s=30.0, drain_timeout_s=0.2
+    )
 
     async def stuck(channel: AgiChannel) -> None:
         await channel.set_variable("A", "1")

@@ -1,4 +1,5 @@
 """The AMI client over real TCP on 127.0.0.1 against a small fake Asterisk manager."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,15 +17,21 @@ from hypothesis import strategies as st
 from panoramisk.message import Message
 from structlog.testing import capture_logs
 
-from fastagi.ami import AmiEvent, CallEnd, Correlator
-from fastagi.ami_client import AmiActionTimeout, AmiClient, AmiLimits, AmiNotConnected, _Session
-from fastagi.bench.ami_peer import CallChannels
+from fastagi.asterisk.ami_client import AmiActionTimeout, AmiClient, AmiLimits, AmiNotConnected, _Session
+from fastagi.core.ami import AmiEvent, CallEnd, Correlator
+from fastagi.dev.bench.ami_peer import CallChannels
 
 SECRET = "s3cret"
 # Short, but with room for a loaded CI machine: a spurious ping timeout would reconnect.
-FAST = AmiLimits(connect_timeout_s=1.0, action_timeout_s=0.3, ping_interval_s=0.05,
-                 ping_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2,
-                 event_queue_max=100)
+FAST = AmiLimits(
+    connect_timeout_s=1.0,
+    action_timeout_s=0.3,
+    ping_interval_s=0.05,
+    ping_timeout_s=1.0,
+    backoff_initial_s=0.05,
+    backoff_max_s=0.2,
+    event_queue_max=100,
+)
 
 
 def block(*pairs: tuple[str, str]) -> bytes:
@@ -48,7 +55,7 @@ class FakeAmi:
         self.sessions: list[asyncio.StreamWriter] = []
         self.port = 0
 
-    async def __aenter__(self) -> "FakeAmi":
+    async def __aenter__(self) -> FakeAmi:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -90,29 +97,58 @@ class FakeAmi:
                         break
                     elif self.refuse_logins > 0 or f.get("Secret") != SECRET:
                         self.refuse_logins -= 1
-                        writer.write(block(("Response", "Error"), aid,
-                                           ("Message", "Authentication failed")))
+                        writer.write(block(("Response", "Error"), aid, ("Message", "Authentication failed")))
                         await writer.drain()
                         break  # Asterisk closes the session after a failed login
                     else:
-                        writer.write(block(("Response", "Success"), aid,
-                                           ("Message", "Authentication accepted")))
-                        writer.write(block(("Event", "FullyBooted"), ("Privilege", "system,all"),
-                                           ("Status", "Fully Booted")))
+                        writer.write(
+                            block(("Response", "Success"), aid, ("Message", "Authentication accepted"))
+                        )
+                        writer.write(
+                            block(
+                                ("Event", "FullyBooted"),
+                                ("Privilege", "system,all"),
+                                ("Status", "Fully Booted"),
+                            )
+                        )
                         self.sessions.append(writer)
                 elif action == "ping":
                     if not mute_pings:
-                        writer.write(block(("Response", "Success"), aid, ("Ping", "Pong"),
-                                           ("Timestamp", "1732650000.000001")))
+                        writer.write(
+                            block(
+                                ("Response", "Success"),
+                                aid,
+                                ("Ping", "Pong"),
+                                ("Timestamp", "1732650000.000001"),
+                            )
+                        )
                 elif action == "coreshowchannels":
-                    writer.write(block(("Response", "Success"), aid, ("EventList", "start"),
-                                       ("Message", "Channels will follow")))
+                    writer.write(
+                        block(
+                            ("Response", "Success"),
+                            aid,
+                            ("EventList", "start"),
+                            ("Message", "Channels will follow"),
+                        )
+                    )
                     for uid, bid in self.live:
-                        writer.write(block(("Event", "CoreShowChannel"), aid,
-                                           ("Channel", f"PJSIP/t-{uid}"), ("Uniqueid", uid),
-                                           ("ChanVariable", f"EXTBILL_ID={bid}")))
-                    writer.write(block(("Event", "CoreShowChannelsComplete"), aid,
-                                       ("EventList", "Complete"), ("ListItems", str(len(self.live)))))
+                        writer.write(
+                            block(
+                                ("Event", "CoreShowChannel"),
+                                aid,
+                                ("Channel", f"PJSIP/t-{uid}"),
+                                ("Uniqueid", uid),
+                                ("ChanVariable", f"EXTBILL_ID={bid}"),
+                            )
+                        )
+                    writer.write(
+                        block(
+                            ("Event", "CoreShowChannelsComplete"),
+                            aid,
+                            ("EventList", "Complete"),
+                            ("ListItems", str(len(self.live))),
+                        )
+                    )
                 elif action not in self.silent_actions:
                     writer.write(block(("Response", "Error"), aid, ("Message", "Invalid/unknown command")))
         except asyncio.IncompleteReadError:
@@ -127,9 +163,11 @@ class FakeAmi:
 
 def aio(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
     """Run an async test in its own event loop (the venv has no pytest-asyncio)."""
+
     @functools.wraps(fn)
     def run() -> None:
         asyncio.run(asyncio.wait_for(fn(), 10))
+
     return run
 
 
@@ -149,10 +187,12 @@ async def until(pred: Callable[[], bool], timeout: float = 3.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def client(port: int, rec: Recorder, limits: AmiLimits = FAST, secret: str = SECRET,
-           on_event=None) -> AmiClient:
-    return AmiClient("127.0.0.1", port, "extbill", secret, on_event or rec.events.append,
-                     rec.on_connected, limits)
+def client(
+    port: int, rec: Recorder, limits: AmiLimits = FAST, secret: str = SECRET, on_event=None
+) -> AmiClient:
+    return AmiClient(
+        "127.0.0.1", port, "extbill", secret, on_event or rec.events.append, rec.on_connected, limits
+    )
 
 
 @aio
@@ -191,8 +231,12 @@ async def test_events_reach_on_event_in_order_as_plain_dicts():
         await c.start()
         await until(lambda: bool(rec.connected))
         ami.emit(("Event", "Newchannel"), ("Uniqueid", "1.1"), ("ChanVariable", "EXTBILL_ID=1.1"))
-        ami.emit(("Event", "Hangup"), ("Uniqueid", "1.1"), ("ChanVariable", "EXTBILL_ID=1.1"),
-                 ("ChanVariable", "OTHER=x"))
+        ami.emit(
+            ("Event", "Hangup"),
+            ("Uniqueid", "1.1"),
+            ("ChanVariable", "EXTBILL_ID=1.1"),
+            ("ChanVariable", "OTHER=x"),
+        )
         name = "Event: Newchannel\r\nCallerIDName: 张三\r\n\r\n".encode()
         cut = name.index("张".encode()) + 1  # inside the first character
         ami.emit_raw(name[:cut])
@@ -227,7 +271,7 @@ async def test_dropped_connection_reconnects_and_reports_live_ids_again():
     assert rec.connected == [{"1732650000.12", "1732650000.13"}, {"1732650001.20"}]
     names = [e["event"] for e in logs]
     assert names.count("ami.disconnected") == 1 and names.count("ami.connected") == 2
-    assert "ami.reconnecting" in names[names.index("ami.disconnected"):]
+    assert "ami.reconnecting" in names[names.index("ami.disconnected") :]
 
 
 @aio
@@ -444,8 +488,12 @@ def test_events_are_parsed_as_panoramisk_parsed_them(raw):
 def test_real_events_take_the_fast_path_and_match_panoramisk():
     """Every event the benchmark's fake Asterisk sends parses like panoramisk, with no Message built."""
     c = CallChannels("1732650000.7", 7)
-    data = (c.answered_events(1_732_650_000_000) + c.ended_events(1_732_650_030_000)
-            + c.unanswered_events(1_732_650_040_000, "BUSY") + c.caller_hangup(1_732_650_050_000))
+    data = (
+        c.answered_events(1_732_650_000_000)
+        + c.ended_events(1_732_650_030_000)
+        + c.unanswered_events(1_732_650_040_000, "BUSY")
+        + c.caller_hangup(1_732_650_050_000)
+    )
     raws = [m + b"\r\n\r\n" for m in data.split(b"\r\n\r\n") if m]
     assert len(raws) == 9
     with mock.patch.object(Message, "from_line", side_effect=AssertionError("slow path")):
@@ -454,11 +502,26 @@ def test_real_events_take_the_fast_path_and_match_panoramisk():
 
 
 HEADER_LINES = st.one_of(
-    st.sampled_from(["Event: Hangup", "event: hangup", "ChanVariable: EXTBILL_ID=1.1",
-                     "chanvariable: X=1", "ActionID: extbill-1-1", "ActionID: other",
-                     "Result: %41%20", "Content: c", "Response: Success", "Response: Follows",
-                     "Key:v", "Key: ", "nothing", ""]),
-    st.text(alphabet="Eevnt:Cc \r\n=A1%\tİΣ", max_size=12))
+    st.sampled_from(
+        [
+            "Event: Hangup",
+            "event: hangup",
+            "ChanVariable: EXTBILL_ID=1.1",
+            "chanvariable: X=1",
+            "ActionID: extbill-1-1",
+            "ActionID: other",
+            "Result: %41%20",
+            "Content: c",
+            "Response: Success",
+            "Response: Follows",
+            "Key:v",
+            "Key: ",
+            "nothing",
+            "",
+        ]
+    ),
+    st.text(alphabet="Eevnt:Cc \r\n=A1%\tİΣ", max_size=12),
+)
 
 
 @settings(max_examples=500, deadline=None)
@@ -477,12 +540,17 @@ def test_a_message_with_a_pending_action_id_resolves_the_action_with_a_message()
     reply = results["extbill-1-1"]
     assert kind == "reply" and isinstance(reply, Message) and reply.success
     assert reply["Uniqueid"] == "1.1" and reply.get("chanvariable") == "EXTBILL_ID=1.1"
-    kind, results = handle(b"Response: Error\r\nActionID: extbill-1-1\r\nMessage: Permission denied\r\n\r\n",
-                           {"extbill-1-1"})
+    kind, results = handle(
+        b"Response: Error\r\nActionID: extbill-1-1\r\nMessage: Permission denied\r\n\r\n", {"extbill-1-1"}
+    )
     assert not results["extbill-1-1"].success and results["extbill-1-1"].get("Message") == "Permission denied"
     delivered, results = handle(event, {"extbill-1-2"})  # an action that already timed out
-    assert results == {} and delivered == {"event": "CoreShowChannel", "actionid": "extbill-1-1",
-                                           "uniqueid": "1.1", "chanvariable": "EXTBILL_ID=1.1"}
+    assert results == {} and delivered == {
+        "event": "CoreShowChannel",
+        "actionid": "extbill-1-1",
+        "uniqueid": "1.1",
+        "chanvariable": "EXTBILL_ID=1.1",
+    }
 
 
 @aio
@@ -507,8 +575,9 @@ async def test_list_action_collects_events_with_its_action_id_as_messages():
 def as_bytes(event: dict[str, object]) -> bytes:
     """An event dict as Asterisk writes it: Event first, a list as repeated headers."""
     first = {k: v for k, v in event.items() if k.lower() == "event"}
-    lines = [f"{k}: {x}\r\n" for k, v in {**first, **event}.items()
-             for x in (v if isinstance(v, list) else [v])]
+    lines = [
+        f"{k}: {x}\r\n" for k, v in {**first, **event}.items() for x in (v if isinstance(v, list) else [v])
+    ]
     return "".join(lines).encode() + b"\r\n"
 
 
@@ -542,13 +611,19 @@ def test_bench_events_give_the_same_facts_parsed_or_as_dicts():
     for i in range(3):
         c = CallChannels(f"1732650000.{i}", i)
         t = 1_732_650_000_000 + i * 1000
-        data += (c.answered_events(t) + c.ended_events(t + 30_000) if i != 1
-                 else c.unanswered_events(t + 20_000, "NOANSWER")) + c.caller_hangup(t + 40_000)
+        data += (
+            c.answered_events(t) + c.ended_events(t + 30_000)
+            if i != 1
+            else c.unanswered_events(t + 20_000, "NOANSWER")
+        ) + c.caller_hangup(t + 40_000)
     raws = [m + b"\r\n\r\n" for m in data.split(b"\r\n\r\n") if m]
-    dicts = [{k: v for k, v in Message.from_line(r.decode().strip()).items() if k != "content"}
-             for r in raws]
+    dicts = [{k: v for k, v in Message.from_line(r.decode().strip()).items() if k != "content"} for r in raws]
     now = correlate([handle(r)[0] for r in raws])
     assert now == correlate(dicts)
     assert [(type(f).__name__, f.billing_id) for f in now[0]] == [
-        ("CallAnswered", "1732650000.0"), ("CallEnd", "1732650000.0"),
-        ("CallEnd", "1732650000.1"), ("CallAnswered", "1732650000.2"), ("CallEnd", "1732650000.2")]
+        ("CallAnswered", "1732650000.0"),
+        ("CallEnd", "1732650000.0"),
+        ("CallEnd", "1732650000.1"),
+        ("CallAnswered", "1732650000.2"),
+        ("CallEnd", "1732650000.2"),
+    ]

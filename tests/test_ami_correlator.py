@@ -4,6 +4,7 @@ Recorded streams go in tests/fixtures/ami/*.json: a list of event dicts (or
 {"events": [...], "expect": {billing_id: {field: value}}}); RECORDED_EXPECT below
 pins the results of the ones recorded from Asterisk 22 by tests/e2e.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastagi.ami import (TIMESTAMP_RE, AmiEvent, CallAnswered, CallEnd, Correlator, _Bad,
-                         chan_variable, live_ids_from_core_show_channels, parse_timestamp_us)
+from fastagi.core.ami import (
+    TIMESTAMP_RE,
+    AmiEvent,
+    CallAnswered,
+    CallEnd,
+    Correlator,
+    _Bad,
+    chan_variable,
+    live_ids_from_core_show_channels,
+    parse_timestamp_us,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ami"
 BID = "1732650000.12"  # the caller IVR channel's Uniqueid = billing id
@@ -26,17 +36,32 @@ def ts(us: int) -> str:
     return f"{us // 1_000_000}.{us % 1_000_000:06d}"
 
 
-def chan(name: str, uid: str, bid: str | None, state: str = "6", prefix: str = "",
-         exten: str = "s", context: str = "ivr") -> dict[str, str]:
+def chan(
+    name: str,
+    uid: str,
+    bid: str | None,
+    state: str = "6",
+    prefix: str = "",
+    exten: str = "s",
+    context: str = "ivr",
+) -> dict[str, str]:
     """The channel snapshot block Asterisk 22 puts in every channel event."""
     p = prefix
     return {
-        f"{p}Channel": name, f"{p}ChannelState": state,
+        f"{p}Channel": name,
+        f"{p}ChannelState": state,
         f"{p}ChannelStateDesc": {"4": "Ring", "5": "Ringing", "6": "Up", "0": "Down"}[state],
-        f"{p}CallerIDNum": "13800138000", f"{p}CallerIDName": "<unknown>",
-        f"{p}ConnectedLineNum": "<unknown>", f"{p}ConnectedLineName": "<unknown>",
-        f"{p}Language": "zh", f"{p}AccountCode": "", f"{p}Context": context,
-        f"{p}Exten": exten, f"{p}Priority": "1", f"{p}Uniqueid": uid, f"{p}Linkedid": BID,
+        f"{p}CallerIDNum": "13800138000",
+        f"{p}CallerIDName": "<unknown>",
+        f"{p}ConnectedLineNum": "<unknown>",
+        f"{p}ConnectedLineName": "<unknown>",
+        f"{p}Language": "zh",
+        f"{p}AccountCode": "",
+        f"{p}Context": context,
+        f"{p}Exten": exten,
+        f"{p}Priority": "1",
+        f"{p}Uniqueid": uid,
+        f"{p}Linkedid": BID,
         f"{p}ChanVariable": f"EXTBILL_ID={bid or ''}",
     }
 
@@ -53,9 +78,15 @@ CALLER = ("PJSIP/trunk-00000003", BID)
 L1 = ("Local/answer@branch-00000001;1", "1732650010.13")
 L2 = ("Local/answer@branch-00000001;2", "1732650010.14")
 EXT = ("PJSIP/8001-00000004", "1732650010.15")
-BRIDGE = {"BridgeUniqueid": "0f3c2d1e-aaaa-bbbb-cccc-111122223333", "BridgeType": "basic",
-          "BridgeTechnology": "simple_bridge", "BridgeCreator": "<unknown>",
-          "BridgeName": "<unknown>", "BridgeNumChannels": "1", "BridgeVideoSourceMode": "none"}
+BRIDGE = {
+    "BridgeUniqueid": "0f3c2d1e-aaaa-bbbb-cccc-111122223333",
+    "BridgeType": "basic",
+    "BridgeTechnology": "simple_bridge",
+    "BridgeCreator": "<unknown>",
+    "BridgeName": "<unknown>",
+    "BridgeNumChannels": "1",
+    "BridgeVideoSourceMode": "none",
+}
 
 
 def ivr_start(bid: str = BID, caller: tuple[str, str] = CALLER) -> list[dict[str, str]]:
@@ -64,34 +95,51 @@ def ivr_start(bid: str = BID, caller: tuple[str, str] = CALLER) -> list[dict[str
     return [
         ev("Newchannel", T0, chan(*c, None, state="4")),
         ev("Newstate", T0 + 40_000, chan(*c, None)),
-        ev("Newexten", T0 + 50_000, chan(*c, None), Application="AGI",
-           AppData="agi://127.0.0.1:4573/route"),
+        ev("Newexten", T0 + 50_000, chan(*c, None), Application="AGI", AppData="agi://127.0.0.1:4573/route"),
         ev("VarSet", T0 + 3_200_000, chan(*c, bid), Variable="__EXTBILL_ID", Value=bid),
     ]
 
 
 def dial_begin(at: int, dest: tuple[str, str], dial_string: str, bid: str = BID):
-    return ev("DialBegin", at, chan(*CALLER, bid), chan(*dest, bid, state="0", prefix="Dest"),
-              DialString=dial_string)
+    return ev(
+        "DialBegin",
+        at,
+        chan(*CALLER, bid),
+        chan(*dest, bid, state="0", prefix="Dest"),
+        DialString=dial_string,
+    )
 
 
 def dial_end(at: int, dest: tuple[str, str], status: str, bid: str = BID):
-    return ev("DialEnd", at, chan(*CALLER, bid), chan(*dest, bid, prefix="Dest"),
-              DialStatus=status)
+    return ev("DialEnd", at, chan(*CALLER, bid), chan(*dest, bid, prefix="Dest"), DialStatus=status)
 
 
-def hangup(at: int, c: tuple[str, str], cause: str = "16", txt: str = "Normal Clearing",
-           bid: str = BID):
+def hangup(at: int, c: tuple[str, str], cause: str = "16", txt: str = "Normal Clearing", bid: str = BID):
     return ev("Hangup", at, chan(*c, bid), **{"Cause": cause, "Cause-txt": txt})
 
 
 def cdr(at: int, billsec: str):
-    return ev("Cdr", at, AccountCode="", Source="13800138000", Destination="s",
-              DestinationContext="ivr", Channel=CALLER[0], DestinationChannel=L1[0],
-              LastApplication="Dial", LastData="Local/answer@branch,,L(600000:60000)",
-              StartTime="2024-11-26 19:40:00", AnswerTime="2024-11-26 19:40:00",
-              EndTime="2024-11-26 19:40:50", Duration="50", BillableSeconds=billsec,
-              Disposition="ANSWERED", AMAFlags="DOCUMENTATION", UniqueID=BID, UserField="")
+    return ev(
+        "Cdr",
+        at,
+        AccountCode="",
+        Source="13800138000",
+        Destination="s",
+        DestinationContext="ivr",
+        Channel=CALLER[0],
+        DestinationChannel=L1[0],
+        LastApplication="Dial",
+        LastData="Local/answer@branch,,L(600000:60000)",
+        StartTime="2024-11-26 19:40:00",
+        AnswerTime="2024-11-26 19:40:00",
+        EndTime="2024-11-26 19:40:50",
+        Duration="50",
+        BillableSeconds=billsec,
+        Disposition="ANSWERED",
+        AMAFlags="DOCUMENTATION",
+        UniqueID=BID,
+        UserField="",
+    )
 
 
 TA = T0 + 5_000_000  # DialEnd ANSWER
@@ -126,8 +174,13 @@ def unanswered(status: str, cause: str, txt: str) -> list[dict[str, str]]:
     return ivr_start() + [
         ev("Newchannel", T0 + 3_300_000, chan(*EXT, None, state="0", context="ext")),
         dial_begin(T0 + 3_300_500, EXT, "8001"),
-        ev("DialState", T0 + 3_400_000, chan(*CALLER, BID), chan(*EXT, BID, "5", "Dest"),
-           DialStatus="RINGING"),
+        ev(
+            "DialState",
+            T0 + 3_400_000,
+            chan(*CALLER, BID),
+            chan(*EXT, BID, "5", "Dest"),
+            DialStatus="RINGING",
+        ),
         dial_end(T0 + 23_400_000, EXT, status),
         hangup(T0 + 23_400_500, EXT, cause, txt),
         hangup(T0 + 26_000_000, CALLER),
@@ -143,8 +196,13 @@ def caller_hangs_up_ringing() -> list[dict[str, str]]:
     """The caller hangs up while the extension rings: Dial reports CANCEL."""
     return ivr_start() + [
         dial_begin(T0 + 3_300_500, EXT, "8001"),
-        ev("DialState", T0 + 3_400_000, chan(*CALLER, BID), chan(*EXT, BID, "5", "Dest"),
-           DialStatus="RINGING"),
+        ev(
+            "DialState",
+            T0 + 3_400_000,
+            chan(*CALLER, BID),
+            chan(*EXT, BID, "5", "Dest"),
+            DialStatus="RINGING",
+        ),
         dial_end(T0 + 9_000_000, EXT, "CANCEL"),
         hangup(T0 + 9_000_300, EXT, "16", "Normal Clearing"),
         hangup(T0 + 9_001_000, CALLER),
@@ -171,35 +229,43 @@ def test_answered_via_local_channel_bills_from_answer_to_callee_leaving_the_brid
     assert c.tracked_ids() == set() and c.counters.malformed == 0
 
 
-@pytest.mark.parametrize("status,cause,txt", [
-    ("BUSY", "17", "User busy"), ("NOANSWER", "19", "No user response"),
-    ("CHANUNAVAIL", "20", "Subscriber absent"), ("CONGESTION", "34", "Circuit/channel congestion"),
-])
+@pytest.mark.parametrize(
+    "status,cause,txt",
+    [
+        ("BUSY", "17", "User busy"),
+        ("NOANSWER", "19", "No user response"),
+        ("CHANUNAVAIL", "20", "Subscriber absent"),
+        ("CONGESTION", "34", "Circuit/channel congestion"),
+    ],
+)
 def test_unanswered_dial_is_zero_talk_with_its_dial_status(status, cause, txt):
     """A Dial that ends BUSY/NOANSWER/CHANUNAVAIL/CONGESTION gives one CallEnd with no answer and 0 ms."""
     _, facts = run(unanswered(status, cause, txt))
-    assert facts == [CallEnd(BID, None, T0 + 26_000_000, 0, status, 16, "Normal Clearing",
-                             T0 + 26_000_000)]
+    assert facts == [CallEnd(BID, None, T0 + 26_000_000, 0, status, 16, "Normal Clearing", T0 + 26_000_000)]
 
 
 def test_caller_hanging_up_in_ivr_ends_unanswered_without_dial_status():
     """A caller who hangs up after the grant but before Dial gets a CallEnd with no dial status."""
     _, facts = run(caller_hangs_up_in_ivr())
-    assert facts == [CallEnd(BID, None, T0 + 4_000_000, 0, None, 16, "Normal Clearing",
-                             T0 + 4_000_000)]
+    assert facts == [CallEnd(BID, None, T0 + 4_000_000, 0, None, 16, "Normal Clearing", T0 + 4_000_000)]
 
 
 def test_caller_hanging_up_while_ringing_is_cancel():
     """A caller who hangs up while the callee rings gives a CANCEL CallEnd with 0 ms."""
     _, facts = run(caller_hangs_up_ringing())
-    assert ends(facts) == [CallEnd(BID, None, T0 + 9_001_000, 0, "CANCEL", 16, "Normal Clearing",
-                                   T0 + 9_001_000)]
+    assert ends(facts) == [
+        CallEnd(BID, None, T0 + 9_001_000, 0, "CANCEL", 16, "Normal Clearing", T0 + 9_001_000)
+    ]
 
 
 def test_every_event_duplicated_emits_the_same_facts_once():
     """Feeding each event twice gives exactly the facts of feeding it once."""
-    for stream in (answered_via_local(), unanswered("BUSY", "17", "User busy"),
-                   caller_hangs_up_in_ivr(), caller_hangs_up_ringing()):
+    for stream in (
+        answered_via_local(),
+        unanswered("BUSY", "17", "User busy"),
+        caller_hangs_up_in_ivr(),
+        caller_hangs_up_ringing(),
+    ):
         _, once = run(stream)
         _, twice = run([e for e in stream for _ in (0, 1)])
         assert twice == once
@@ -229,10 +295,12 @@ def test_callee_leaving_at_the_limit_ends_talk_though_the_caller_leaves_later():
     """At the L() limit the callee leaves at once and the caller ~0.5 s later (as recorded); talk stops at the callee's leave."""
     limit = TA + 6_006_000
     s = [e for e in answered_via_local() if e["Timestamp"] <= ts(TA + 3_000)] + [
-        ev("BridgeLeave", limit, BRIDGE, chan(*L1, BID)), hangup(limit + 500, L1),
+        ev("BridgeLeave", limit, BRIDGE, chan(*L1, BID)),
+        hangup(limit + 500, L1),
         hangup(limit + 900, L2),
         ev("BridgeLeave", limit + 474_000, BRIDGE, chan(*CALLER, BID)),
-        hangup(limit + 4_800_000, CALLER)]
+        hangup(limit + 4_800_000, CALLER),
+    ]
     (end,) = ends(run(s)[1])
     assert end.talk_ms == 6_006 and end.hangup_us == limit + 4_800_000
 
@@ -279,14 +347,20 @@ def test_local_optimisation_moving_the_caller_does_not_stop_the_clock():
         ev("BridgeEnter", TA + 3_000, BRIDGE, chan(*L1, BID)),
         ev("BridgeEnter", TA + 4_000, b2, chan(*L2, BID)),
         ev("BridgeEnter", TA + 5_000, b2, chan(*EXT, BID)),
-        ev("LocalOptimizationBegin", mid, chan(*L1, BID, prefix="LocalOne"),
-           chan(*L2, BID, prefix="LocalTwo")),
+        ev(
+            "LocalOptimizationBegin",
+            mid,
+            chan(*L1, BID, prefix="LocalOne"),
+            chan(*L2, BID, prefix="LocalTwo"),
+        ),
         ev("BridgeLeave", mid + 100, BRIDGE, chan(*CALLER, BID)),
         ev("BridgeEnter", mid + 200, b2, chan(*CALLER, BID)),
         ev("BridgeLeave", mid + 300, BRIDGE, chan(*L1, BID)),
         ev("BridgeLeave", mid + 400, b2, chan(*L2, BID)),
-        hangup(mid + 500, L1), hangup(mid + 600, L2),
-        ev("BridgeLeave", TE, b2, chan(*EXT, BID)), hangup(TE + 100, EXT),
+        hangup(mid + 500, L1),
+        hangup(mid + 600, L2),
+        ev("BridgeLeave", TE, b2, chan(*EXT, BID)),
+        hangup(TE + 100, EXT),
         ev("BridgeLeave", TE + 1_000, b2, chan(*CALLER, BID)),
         hangup(TE + 5_000, CALLER),
     ]
@@ -297,10 +371,13 @@ def test_local_optimisation_moving_the_caller_does_not_stop_the_clock():
     _, facts = run(s)
     assert ends(facts)[0].talk_ms == (TE - TA) // 1000
     # And the other way round: the callee swapped into the caller's bridge.
-    s = s[:s.index(ev("BridgeLeave", mid + 100, BRIDGE, chan(*CALLER, BID)))] + [
+    s = s[: s.index(ev("BridgeLeave", mid + 100, BRIDGE, chan(*CALLER, BID)))] + [
         ev("BridgeEnter", mid + 100, BRIDGE, chan(*EXT, BID), SwapUniqueid=L1[1]),
-        ev("BridgeLeave", mid + 200, BRIDGE, chan(*L1, BID)), hangup(mid + 300, L1),
-        ev("BridgeLeave", TE, BRIDGE, chan(*EXT, BID)), hangup(TE + 5_000, CALLER)]
+        ev("BridgeLeave", mid + 200, BRIDGE, chan(*L1, BID)),
+        hangup(mid + 300, L1),
+        ev("BridgeLeave", TE, BRIDGE, chan(*EXT, BID)),
+        hangup(TE + 5_000, CALLER),
+    ]
     _, facts = run(s)
     assert ends(facts)[0].talk_ms == (TE - TA) // 1000
 
@@ -311,11 +388,14 @@ def test_parallel_dial_loser_hanging_up_does_not_end_talk():
         dial_begin(T0 + 3_300_000, EXT, "8001&8002"),
         dial_begin(T0 + 3_300_100, L1, "8001&8002"),
         dial_end(TA, EXT, "ANSWER"),
-        dial_end(TA + 500, L1, "CANCEL"), hangup(TA + 800, L1),
+        dial_end(TA + 500, L1, "CANCEL"),
+        hangup(TA + 800, L1),
         ev("BridgeEnter", TA + 2_000, BRIDGE, chan(*CALLER, BID)),
         ev("BridgeEnter", TA + 3_000, BRIDGE, chan(*EXT, BID)),
-        ev("BridgeLeave", TE, BRIDGE, chan(*EXT, BID)), hangup(TE + 100, EXT),
-        ev("BridgeLeave", TE + 200, BRIDGE, chan(*CALLER, BID)), hangup(TE + 900, CALLER),
+        ev("BridgeLeave", TE, BRIDGE, chan(*EXT, BID)),
+        hangup(TE + 100, EXT),
+        ev("BridgeLeave", TE + 200, BRIDGE, chan(*CALLER, BID)),
+        hangup(TE + 900, CALLER),
     ]
     (end,) = ends(run(s)[1])
     assert end.dial_status == "ANSWER" and end.talk_ms == (TE - TA) // 1000
@@ -323,8 +403,12 @@ def test_parallel_dial_loser_hanging_up_does_not_end_talk():
 
 def test_callee_gone_before_the_bridge_forms_ends_talk_at_its_hangup():
     """If the caller never got bridged after the answer, the callee's Hangup ends the talk, not the caller's later hangup."""
-    s = ivr_start() + [dial_begin(T0 + 3_300_500, EXT, "8001"), dial_end(TA, EXT, "ANSWER"),
-                       hangup(TA + 700_000, EXT), hangup(TA + 30_000_000, CALLER)]
+    s = ivr_start() + [
+        dial_begin(T0 + 3_300_500, EXT, "8001"),
+        dial_end(TA, EXT, "ANSWER"),
+        hangup(TA + 700_000, EXT),
+        hangup(TA + 30_000_000, CALLER),
+    ]
     (end,) = ends(run(s)[1])
     assert end.talk_ms == 700 and end.ended_us == TA + 700_000
 
@@ -332,14 +416,17 @@ def test_callee_gone_before_the_bridge_forms_ends_talk_at_its_hangup():
 @pytest.mark.parametrize("form", ["str", "list", "dict"])
 def test_chan_variable_in_every_shape_panoramisk_may_give(form):
     """ChanVariable as 'K=V', a list of 'K=V' or a dict all identify the call."""
+
     def reshape(e):
         e = dict(e)
         for key in ("ChanVariable", "DestChanVariable"):
             if key in e:
                 k, _, v = e[key].partition("=")
-                e[key] = {"str": e[key], "list": ["CDR(x)=1", e[key], "FOO="],
-                          "dict": {"OTHER": "z", k: v}}[form]
+                e[key] = {"str": e[key], "list": ["CDR(x)=1", e[key], "FOO="], "dict": {"OTHER": "z", k: v}}[
+                    form
+                ]
         return e
+
     _, facts = run([reshape(e) for e in answered_via_local()])
     assert ends(facts)[0].talk_ms == 42_501
 
@@ -348,28 +435,39 @@ def test_events_without_id_or_for_other_ids_do_not_mix():
     """Events with an empty EXTBILL_ID are ignored and two calls' interleaved events stay apart."""
     other = "1732650000.99"
     a = answered_via_local()
-    b = [dict(e, ChanVariable=f"EXTBILL_ID={other}", Uniqueid=other if e.get("Uniqueid") == BID
-              else e.get("Uniqueid", "")) for e in caller_hangs_up_in_ivr()]
-    noise = [ev("PeerStatus", T0, Peer="PJSIP/8001", PeerStatus="Reachable"),
-             ev("Hangup", T0, chan("PJSIP/x-1", "1.1", None))]
+    b = [
+        dict(
+            e,
+            ChanVariable=f"EXTBILL_ID={other}",
+            Uniqueid=other if e.get("Uniqueid") == BID else e.get("Uniqueid", ""),
+        )
+        for e in caller_hangs_up_in_ivr()
+    ]
+    noise = [
+        ev("PeerStatus", T0, Peer="PJSIP/8001", PeerStatus="Reachable"),
+        ev("Hangup", T0, chan("PJSIP/x-1", "1.1", None)),
+    ]
     rest = b + noise * 10
-    mixed = [x for i, e in enumerate(a) for x in [e] + rest[i:i + 1]] + rest[len(a):]
+    mixed = [x for i, e in enumerate(a) for x in [e] + rest[i : i + 1]] + rest[len(a) :]
     c, facts = run(mixed)
     got = {f.billing_id: f for f in ends(facts)}
     assert got[BID].talk_ms == 42_501 and got[other].answered_us is None
     assert c.counters.ignored > 0
 
 
-@pytest.mark.parametrize("bad,reason", [
-    ({"Timestamp": None}, "bad_timestamp"),
-    ({"Timestamp": "1732650000.5e3"}, "bad_timestamp"),
-    ({"Timestamp": "soon"}, "bad_timestamp"),
-    ({"Timestamp": "1732650000.1234567"}, "bad_timestamp"),
-    ({"Uniqueid": None}, "missing_uniqueid"),
-    ({"ChanVariable": ["EXTBILL_ID"]}, "bad_chanvariable"),
-    ({"ChanVariable": "EXTBILL_ID=has space"}, "bad_billing_id"),
-    ({"Cause": ["16", "17"]}, "bad_cause"),
-])
+@pytest.mark.parametrize(
+    "bad,reason",
+    [
+        ({"Timestamp": None}, "bad_timestamp"),
+        ({"Timestamp": "1732650000.5e3"}, "bad_timestamp"),
+        ({"Timestamp": "soon"}, "bad_timestamp"),
+        ({"Timestamp": "1732650000.1234567"}, "bad_timestamp"),
+        ({"Uniqueid": None}, "missing_uniqueid"),
+        ({"ChanVariable": ["EXTBILL_ID"]}, "bad_chanvariable"),
+        ({"ChanVariable": "EXTBILL_ID=has space"}, "bad_billing_id"),
+        ({"Cause": ["16", "17"]}, "bad_cause"),
+    ],
+)
 def test_malformed_caller_hangup_is_counted_and_changes_nothing(bad, reason):
     """A malformed event is recorded with its reason, raises nothing and leaves the call open."""
     s = answered_via_local()
@@ -384,10 +482,17 @@ def test_malformed_caller_hangup_is_counted_and_changes_nothing(bad, reason):
 def test_garbage_input_never_raises():
     """Non-mapping events, lists where strings belong and empty dicts are counted, never raised."""
     c = Correlator()
-    for junk in [None, 42, "Event: Hangup", [], {}, {"Event": ["Hangup", "Hangup"]},
-                 {"Event": "Hangup", "ChanVariable": 7}, {"Event": "Hangup", "ChanVariable": [1]},
-                 {"event": "hangup", "chanvariable": "EXTBILL_ID=x", "timestamp": "1.0",
-                  "uniqueid": "x"}]:
+    for junk in [
+        None,
+        42,
+        "Event: Hangup",
+        [],
+        {},
+        {"Event": ["Hangup", "Hangup"]},
+        {"Event": "Hangup", "ChanVariable": 7},
+        {"Event": "Hangup", "ChanVariable": [1]},
+        {"event": "hangup", "chanvariable": "EXTBILL_ID=x", "timestamp": "1.0", "uniqueid": "x"},
+    ]:
         c.feed(junk)  # type: ignore[arg-type]
     assert c.counters.events == 9 and c.counters.malformed >= 4
 
@@ -426,8 +531,12 @@ def test_timestamp_round_trip(sec, usec):
 
 
 @settings(max_examples=500)
-@given(st.one_of(st.text(alphabet="0123456789.. \t\n\u0662\u00b2e-+_", max_size=22),
-                 st.from_regex(r"\s?[0-9]{0,14}(\.[0-9]{0,8})?\s?", fullmatch=True)))
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789.. \t\n\u0662\u00b2e-+_", max_size=22),
+        st.from_regex(r"\s?[0-9]{0,14}(\.[0-9]{0,8})?\s?", fullmatch=True),
+    )
+)
 def test_timestamp_parser_is_exactly_its_regex(text):
     """parse_timestamp_us (no regex, for speed) accepts and computes exactly what TIMESTAMP_RE describes."""
     m = TIMESTAMP_RE.fullmatch(text.strip())
@@ -436,17 +545,25 @@ def test_timestamp_parser_is_exactly_its_regex(text):
 
 
 @settings(max_examples=500)
-@given(st.builds("{}{}{}{}{}".format, st.sampled_from(["", " ", "\t"]),
-                 st.sampled_from(["EXTBILL_ID", "extbill_id", "OTHER", "", "EXTBILL_ID=1"]),
-                 st.sampled_from(["", " "]), st.sampled_from(["=", "", "=="]),
-                 st.text(alphabet="xid.1= \t\u00a0\u200b", max_size=160)))
+@given(
+    st.builds(
+        "{}{}{}{}{}".format,
+        st.sampled_from(["", " ", "\t"]),
+        st.sampled_from(["EXTBILL_ID", "extbill_id", "OTHER", "", "EXTBILL_ID=1"]),
+        st.sampled_from(["", " "]),
+        st.sampled_from(["=", "", "=="]),
+        st.text(alphabet="xid.1= \t\u00a0\u200b", max_size=160),
+    )
+)
 def test_chan_variable_str_is_its_one_item_list(value):
     """A single ChanVariable (the str fast path) gives what the same value as a one-item list gives, or the same error."""
+
     def outcome(v):
         try:
             return chan_variable(v)
         except _Bad as bad:
             return f"bad: {bad}"
+
     assert outcome(value) == outcome([value])
 
 
@@ -456,7 +573,8 @@ def test_ami_events_are_used_as_is_and_plain_dicts_lowercased():
     lowered = [AmiEvent({k.lower(): v for k, v in e.items()}) for e in stream]
     assert run(lowered)[1] == run(stream)[1] == run([dict(e) for e in lowered])[1]
     assert live_ids_from_core_show_channels(
-        [AmiEvent(event="CoreShowChannel", uniqueid="1.1", chanvariable="EXTBILL_ID=1.2")]) == {"1.1", "1.2"}
+        [AmiEvent(event="CoreShowChannel", uniqueid="1.1", chanvariable="EXTBILL_ID=1.2")]
+    ) == {"1.1", "1.2"}
 
 
 def test_live_ids_from_core_show_channels():
@@ -487,6 +605,7 @@ def test_stray_bridge_leave_and_skewed_timestamps_do_not_distort_talk():
 def test_harness_ids_find_the_caller_as_the_dialling_channel():
     """An id that is not a Uniqueid gets its caller from the Dial, or before any Dial from the first channel seen."""
     hid = "e2e-answered"
+
     def rename(e):
         e = dict(e)
         for key in ("ChanVariable", "DestChanVariable"):
@@ -496,6 +615,7 @@ def test_harness_ids_find_the_caller_as_the_dialling_channel():
             if e.get(key) == BID:
                 e[key] = "ivr-71549480cc08"
         return e
+
     (end,) = ends(run([rename(e) for e in answered_via_local()])[1])
     assert end.billing_id == hid and end.talk_ms == 42_501 and end.hangup_us == TE + 10_000
     (end,) = ends(run([rename(e) for e in caller_hangs_up_in_ivr()])[1])
@@ -505,13 +625,18 @@ def test_harness_ids_find_the_caller_as_the_dialling_channel():
 # -- properties -------------------------------------------------------------
 
 NATURAL = answered_via_local()
-CALLS = [answered_via_local(), unanswered("BUSY", "17", "User busy"), caller_hangs_up_in_ivr(),
-         caller_hangs_up_ringing()]
+CALLS = [
+    answered_via_local(),
+    unanswered("BUSY", "17", "User busy"),
+    caller_hangs_up_in_ivr(),
+    caller_hangs_up_ringing(),
+]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(CALLS).flatmap(
-    lambda s: st.lists(st.sampled_from(s), min_size=0, max_size=3 * len(s))))
+@given(
+    st.sampled_from(CALLS).flatmap(lambda s: st.lists(st.sampled_from(s), min_size=0, max_size=3 * len(s)))
+)
 def test_any_permutation_or_duplication_emits_at_most_one_end(stream):
     """Whatever the order or repetition, a call gets at most one CallAnswered and one CallEnd, with sane times."""
     _, facts = run(stream)
@@ -553,15 +678,25 @@ RECORDED_EXPECT: dict[str, dict[str, dict[str, object]]] = {
 
 def dialled_and_hung_up(events: list[dict]) -> set[str]:
     """Ids whose dialling channel's Hangup is in the stream: each must get a CallEnd."""
-    dialers = {(e.get("Uniqueid"), e["DestChanVariable"].partition("=")[2]) for e in events
-               if e.get("Event") == "DialBegin" and isinstance(e.get("DestChanVariable"), str)}
-    hung = {(e.get("Uniqueid"), str(e.get("ChanVariable")).partition("=")[2]) for e in events
-            if e.get("Event") == "Hangup"}
+    dialers = {
+        (e.get("Uniqueid"), e["DestChanVariable"].partition("=")[2])
+        for e in events
+        if e.get("Event") == "DialBegin" and isinstance(e.get("DestChanVariable"), str)
+    }
+    hung = {
+        (e.get("Uniqueid"), str(e.get("ChanVariable")).partition("=")[2])
+        for e in events
+        if e.get("Event") == "Hangup"
+    }
     return {bid for uid, bid in dialers & hung if bid}
 
 
-@pytest.mark.parametrize("path", RECORDED or [pytest.param(None, marks=pytest.mark.skip(
-    reason="no recorded streams in tests/fixtures/ami/"))], ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize(
+    "path",
+    RECORDED
+    or [pytest.param(None, marks=pytest.mark.skip(reason="no recorded streams in tests/fixtures/ami/"))],
+    ids=lambda p: getattr(p, "name", "none"),
+)
 def test_recorded_stream_replays_cleanly(path):
     """A recorded Asterisk stream gives one CallEnd per dialled call, none twice, the same when duplicated, and the pinned results."""
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -3,6 +3,7 @@
 No timing thresholds here: the figures depend on the machine; the run must only be
 complete, consistent and positive.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastagi.ami import CallEnd, Correlator
-from fastagi.bench.ami_peer import CallChannels
-from fastagi.bench.check import check_ledger
-from fastagi.bench.cli import REQUIRED_KEYS
-from fastagi.bench.mix import CallMix
-from fastagi.bench.seed import DataSet, seed_file
+from fastagi.core.ami import CallEnd, Correlator
+from fastagi.dev.bench.ami_peer import CallChannels
+from fastagi.dev.bench.check import check_ledger
+from fastagi.dev.bench.cli import REQUIRED_KEYS
+from fastagi.dev.bench.mix import CallMix
+from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import tx_calls
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
@@ -35,10 +36,34 @@ def test_short_run_reports_every_figure_and_a_consistent_ledger(tmp_path: Path) 
     """A 2-second run against the real serve writes every key; the ledger balances; each call settled once."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "fastagi.bench.cli", "--seconds", "2", "--concurrency", "20",
-         "--numbers", "20", "--in-flight", "50", "--ppc-seconds", "1", "--ppc-calls-max", "4",
-         "--raw-seconds", "0.5", "--paced-seconds", "1", "--no-seed-cache", "--json", str(out)],
-        capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "fastagi.dev.bench.cli",
+            "--seconds",
+            "2",
+            "--concurrency",
+            "20",
+            "--numbers",
+            "20",
+            "--in-flight",
+            "50",
+            "--ppc-seconds",
+            "1",
+            "--ppc-calls-max",
+            "4",
+            "--raw-seconds",
+            "0.5",
+            "--paced-seconds",
+            "1",
+            "--no-seed-cache",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(out.read_text())
     for key in REQUIRED_KEYS:
@@ -53,9 +78,9 @@ def test_short_run_reports_every_figure_and_a_consistent_ledger(tmp_path: Path) 
     details = doc["details"]
     assert details["errors"] == []
     assert details["counts"]["granted"] == details["counts"]["settled"] > 0
-    assert details["counts"]["prompted"] > 0            # the arrears calls were refused
+    assert details["counts"]["prompted"] > 0  # the arrears calls were refused
     assert details["talk_time_matches"] and details["revenue_matches_costs"]
-    assert "setups_per_s" in proc.stdout                 # the table
+    assert "setups_per_s" in proc.stdout  # the table
 
 
 def test_fake_ami_events_give_the_correlator_the_simulated_talk_time() -> None:
@@ -64,8 +89,9 @@ def test_fake_ami_events_give_the_correlator_the_simulated_talk_time() -> None:
     answer_ms, end_ms = 1_732_650_012_345, 1_732_650_074_400
     c = Correlator()
     facts = []
-    for ev in _messages(chans.answered_events(answer_ms) + chans.ended_events(end_ms)
-                        + chans.caller_hangup(end_ms + 5)):
+    for ev in _messages(
+        chans.answered_events(answer_ms) + chans.ended_events(end_ms) + chans.caller_hangup(end_ms + 5)
+    ):
         facts += c.feed(ev)
     ends = [f for f in facts if isinstance(f, CallEnd)]
     assert len(ends) == 1
@@ -79,8 +105,9 @@ def test_fake_ami_unanswered_call_ends_unanswered() -> None:
     chans = CallChannels("1732650000.8", 8)
     c = Correlator()
     facts = []
-    for ev in _messages(chans.unanswered_events(1_732_650_020_000, "NOANSWER")
-                        + chans.caller_hangup(1_732_650_020_005)):
+    for ev in _messages(
+        chans.unanswered_events(1_732_650_020_000, "NOANSWER") + chans.caller_hangup(1_732_650_020_005)
+    ):
         facts += c.feed(ev)
     ends = [f for f in facts if isinstance(f, CallEnd)]
     assert len(ends) == 1 and ends[0].answered_us is None and ends[0].dial_status == "NOANSWER"
@@ -96,8 +123,9 @@ def test_ledger_check_fails_on_a_reservation_left_open(tmp_path: Path) -> None:
     _configure(conn)
     call = next(c for c in iter(mix.next, None) if c.kind == "ext")
     _in_read(conn, tx_calls.lookup, (call.number,))
-    d = _in_transaction(conn, tx_calls.route, (call.billing_id, call.number, call.digits, 1,
-                                               call.caller, None, None))
+    d = _in_transaction(
+        conn, tx_calls.route, (call.billing_id, call.number, call.digits, 1, call.caller, None, None)
+    )
     assert d.action == "dial"
     expect = {"granted": 1, "answered": 1, "unanswered": 0, "talk_s_total": 0}
     open_run = check_ledger(db, expect)
@@ -105,9 +133,23 @@ def test_ledger_check_fails_on_a_reservation_left_open(tmp_path: Path) -> None:
     assert open_run["settled_exactly_once"] is False
 
     from fastagi.store.base import CallFacts  # noqa: PLC0415
-    _in_transaction(conn, tx_calls.settle, (CallFacts(
-        billing_id=call.billing_id, answered=True, talk_ms=0, answer_at="2026-11-26T00:00:00.000Z",
-        end_at="2026-11-26T00:00:00.000Z", disposition="ANSWER", cause="16", settled_by="hangup"),))
+
+    _in_transaction(
+        conn,
+        tx_calls.settle,
+        (
+            CallFacts(
+                billing_id=call.billing_id,
+                answered=True,
+                talk_ms=0,
+                answer_at="2026-11-26T00:00:00.000Z",
+                end_at="2026-11-26T00:00:00.000Z",
+                disposition="ANSWER",
+                cause="16",
+                settled_by="hangup",
+            ),
+        ),
+    )
     conn.close()
     closed = check_ledger(db, expect)
     assert closed["ledger_consistent"] is True
@@ -157,7 +199,7 @@ def test_group_commit_keeps_each_operation_atomic_and_durable(tmp_path: Path, mo
 
     accounts_before = sqlite3.connect(db).execute("SELECT count(*) FROM accounts").fetchone()[0]
     results = asyncio.run(main())
-    assert max(sizes) > 1                                   # they were batched
+    assert max(sizes) > 1  # they were batched
     assert isinstance(results[5], Boom) and results[9] == 7
     assert all(getattr(r, "created", False) for i, r in enumerate(results) if i not in (5, 9))
     conn = sqlite3.connect(db)
@@ -171,11 +213,12 @@ def test_stored_tariff_snapshot_is_unchanged_by_the_fast_path() -> None:
     import json  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
 
-    from fastagi.bench.seed import PLANS  # noqa: PLC0415
-    from fastagi.rating import Tariff  # noqa: PLC0415
+    from fastagi.core.rating import Tariff  # noqa: PLC0415
+    from fastagi.dev.bench.seed import PLANS  # noqa: PLC0415
 
-    tariffs = [t for _, t, _ in PLANS] + [Tariff(per_minute=0, initial_s=1, increment_s=1, connect_fee=0,
-                                                 grace_s=0, max_call_s=1)]
+    tariffs = [t for _, t, _ in PLANS] + [
+        Tariff(per_minute=0, initial_s=1, increment_s=1, connect_fee=0, grace_s=0, max_call_s=1)
+    ]
     for t in tariffs:
         text = tx_calls.tariff_json(t)
         assert text == json.dumps(asdict(t))
@@ -183,6 +226,7 @@ def test_stored_tariff_snapshot_is_unchanged_by_the_fast_path() -> None:
 
 
 # -- the load generator's fast paths: the same bytes and values as the plain versions ---------
+
 
 def test_fake_ami_event_templates_write_what_the_field_lists_say() -> None:
     """Every event the templates write is, byte for byte, the reference field list's message."""
@@ -194,48 +238,72 @@ def test_fake_ami_event_templates_write_what_the_field_lists_say() -> None:
         chans = CallChannels(f"{r.randrange(10**9, 2 * 10**9)}.{r.randrange(1, 10**7)}", seq)
         ms = r.choice([0, 999, 1000, 1_732_650_012_001, r.randrange(10**12, 2 * 10**12)])
         status = r.choice(["ANSWER", "BUSY", "NOANSWER", "CANCEL"])
-        assert chans.answered_events(ms) == (chans.reference_dial_end(ms, "ANSWER")
-                                             + chans.reference_bridge("BridgeEnter", ms + 5, False)
-                                             + chans.reference_bridge("BridgeEnter", ms + 6, True))
-        assert chans.ended_events(ms) == (chans.reference_bridge("BridgeLeave", ms, True)
-                                          + chans.reference_bridge("BridgeLeave", ms + 1, False)
-                                          + chans.reference_hangup(ms + 2, False))
-        assert chans.unanswered_events(ms, status) == (chans.reference_dial_end(ms, status)
-                                                       + chans.reference_hangup(ms + 1, False))
+        assert chans.answered_events(ms) == (
+            chans.reference_dial_end(ms, "ANSWER")
+            + chans.reference_bridge("BridgeEnter", ms + 5, False)
+            + chans.reference_bridge("BridgeEnter", ms + 6, True)
+        )
+        assert chans.ended_events(ms) == (
+            chans.reference_bridge("BridgeLeave", ms, True)
+            + chans.reference_bridge("BridgeLeave", ms + 1, False)
+            + chans.reference_hangup(ms + 2, False)
+        )
+        assert chans.unanswered_events(ms, status) == (
+            chans.reference_dial_end(ms, status) + chans.reference_hangup(ms + 1, False)
+        )
         assert chans.caller_hangup(ms) == chans.reference_hangup(ms, True)
         assert chans.dial_end(ms, status) == chans.reference_dial_end(ms, status)
         for caller in (True, False):
-            assert chans.bridge("BridgeEnter", ms, caller) == chans.reference_bridge("BridgeEnter", ms, caller)
+            assert chans.bridge("BridgeEnter", ms, caller) == chans.reference_bridge(
+                "BridgeEnter", ms, caller
+            )
             assert chans.hangup(ms, caller) == chans.reference_hangup(ms, caller)
     chans = CallChannels("1732650000.7", 7)
     (ev,) = _messages(chans.caller_hangup(1_732_650_012_345))
-    assert ev == {"Event": "Hangup", "Privilege": "call,all", "Timestamp": "1732650012.345000",
-                  "Channel": "PJSIP/trunk-ct-00000007", "ChannelState": "6", "ChannelStateDesc": "Up",
-                  "CallerIDNum": "13800138000", "Context": "extbill-ivr", "Exten": "s", "Priority": "1",
-                  "Uniqueid": "1732650000.7", "Linkedid": "1732650000.7",
-                  "ChanVariable": "EXTBILL_ID=1732650000.7", "Cause": "16", "Cause-txt": "Normal Clearing"}
+    assert ev == {
+        "Event": "Hangup",
+        "Privilege": "call,all",
+        "Timestamp": "1732650012.345000",
+        "Channel": "PJSIP/trunk-ct-00000007",
+        "ChannelState": "6",
+        "ChannelStateDesc": "Up",
+        "CallerIDNum": "13800138000",
+        "Context": "extbill-ivr",
+        "Exten": "s",
+        "Priority": "1",
+        "Uniqueid": "1732650000.7",
+        "Linkedid": "1732650000.7",
+        "ChanVariable": "EXTBILL_ID=1732650000.7",
+        "Cause": "16",
+        "Cause-txt": "Normal Clearing",
+    }
 
 
 def test_header_template_is_header_block() -> None:
     """The per-call header bytes are header_block's, whatever the values (even % and {})."""
-    from fastagi.bench.agi_peer import HeaderTemplate, header_block  # noqa: PLC0415
+    from fastagi.dev.bench.agi_peer import HeaderTemplate, header_block  # noqa: PLC0415
 
     for port in (4573, 40123):
         tpl = HeaderTemplate(port)
-        for script, args in [("lookup", ["4001000001"]), ("route", ["4001000001", "", "1"]),
-                             ("hangup", ["1732650000.5", "ANSWER", "16", "", "1732650072.345"]),
-                             ("x%s{y}", ["%d", "{0}"]), ("lookup", [])]:
+        for script, args in [
+            ("lookup", ["4001000001"]),
+            ("route", ["4001000001", "", "1"]),
+            ("hangup", ["1732650000.5", "ANSWER", "16", "", "1732650072.345"]),
+            ("x%s{y}", ["%d", "{0}"]),
+            ("lookup", []),
+        ]:
             for uid, caller, ext in [("1732650000.5", "13800131234", "4001000001"), ("é%s", "{x}", "")]:
                 assert tpl.block(script, args, uniqueid=uid, callerid=caller, extension=ext) == header_block(
-                    script, args, uniqueid=uid, callerid=caller, extension=ext, port=port)
+                    script, args, uniqueid=uid, callerid=caller, extension=ext, port=port
+                )
 
 
 def test_lean_agi_reads_variables_as_the_full_parser_does() -> None:
     """EXEC MSet / SET VARIABLE lines, however split: the values parse_command_args gives; one reply each."""
     import asyncio  # noqa: PLC0415
 
-    from fastagi.agi import mset_command, parse_command_args, set_variable_command  # noqa: PLC0415
-    from fastagi.bench.agi_peer import _LeanAgi  # noqa: PLC0415
+    from fastagi.core.agi import mset_command, parse_command_args, set_variable_command  # noqa: PLC0415
+    from fastagi.dev.bench.agi_peer import _LeanAgi  # noqa: PLC0415
 
     def expected(lines: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -259,17 +327,24 @@ def test_lean_agi_reads_variables_as_the_full_parser_does() -> None:
         def abort(self) -> None:
             pass
 
-    pairs = [("EXTBILL_ID", "1732650000.5"), ("EXTBILL_DEST", "Local/400100012312@bench-branches"),
-             ("EXTBILL_LIMIT_MS", "7200000"), ("EXTBILL_RESULT", "dial")]
+    pairs = [
+        ("EXTBILL_ID", "1732650000.5"),
+        ("EXTBILL_DEST", "Local/400100012312@bench-branches"),
+        ("EXTBILL_LIMIT_MS", "7200000"),
+        ("EXTBILL_RESULT", "dial"),
+    ]
     cases = [
         [mset_command(pairs)],
         [mset_command(pairs) + "\r"],
-        ['EXEC MSet "A=1,B=x\\"y,C"'],                 # quotes and backslashes: the full parser
+        ['EXEC MSet "A=1,B=x\\"y,C"'],  # quotes and backslashes: the full parser
         ['EXEC MSet "A=1" "B=2"'],
-        ["EXEC MSet A=1,B=2=3,,D"],                    # unquoted
+        ["EXEC MSet A=1,B=2=3,,D"],  # unquoted
         ['EXEC MSet  "A=1"'],
         ['EXEC MSet ""'],
-        [set_variable_command("EXTBILL_PROMPT", 'say "hi" \\ there'), set_variable_command("EXTBILL_RESULT", "prompt")],
+        [
+            set_variable_command("EXTBILL_PROMPT", 'say "hi" \\ there'),
+            set_variable_command("EXTBILL_RESULT", "prompt"),
+        ],
         ["NOOP", mset_command([("X", "1")])],
     ]
     loop = asyncio.new_event_loop()
@@ -293,7 +368,7 @@ def test_call_mix_draws_the_calls_randrange_and_choice_would() -> None:
     """The cheaper draws give, for a seed, the very calls the randrange/choice version gave."""
     import random  # noqa: PLC0415
 
-    from fastagi.bench import mix as m  # noqa: PLC0415
+    from fastagi.dev.bench import mix as m  # noqa: PLC0415
 
     for seed, ds in [(1, DataSet(1000, 20)), (3, DataSet(2, 4)), (7, DataSet(100_000, 90))]:
         calls = CallMix(ds, seed=seed, epoch=1_732_650_000)
@@ -312,8 +387,9 @@ def test_call_mix_draws_the_calls_randrange_and_choice_would() -> None:
             answered = r.random() < m.ANSWERED_SHARE
             ring_ms = r.randrange(m.RING_MS_MIN, m.RING_MS_MAX)
             talk_ms = r.randrange(m.TALK_MS_MIN, m.TALK_MS_MAX) if answered else 0
-            assert calls.next() == m.Call(f"1732650000.{seq}", number, digits, caller, kind, answered,
-                                          ring_ms, talk_ms)
+            assert calls.next() == m.Call(
+                f"1732650000.{seq}", number, digits, caller, kind, answered, ring_ms, talk_ms
+            )
 
 
 def test_agi_request_times_out_answering_and_connecting() -> None:
@@ -321,7 +397,7 @@ def test_agi_request_times_out_answering_and_connecting() -> None:
     import asyncio  # noqa: PLC0415
     import time  # noqa: PLC0415
 
-    from fastagi.bench import agi_peer  # noqa: PLC0415
+    from fastagi.dev.bench import agi_peer  # noqa: PLC0415
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -346,7 +422,7 @@ def test_agi_request_times_out_answering_and_connecting() -> None:
         except TimeoutError:
             pass
         task = asyncio.current_task()
-        assert task is not None and task.cancelling() == 0   # the timeout's cancel is not left pending
+        assert task is not None and task.cancelling() == 0  # the timeout's cancel is not left pending
         assert agi_peer._Deadlines._by_loop == {}
 
     asyncio.run(main())
@@ -354,8 +430,13 @@ def test_agi_request_times_out_answering_and_connecting() -> None:
 
 def test_asterisk_reference_without_an_asterisk_root_fails_before_the_run(tmp_path: Path) -> None:
     env = {**os.environ, "EXTBILL_ASTERISK_ROOT": str(tmp_path / "no-root")}
-    proc = subprocess.run([sys.executable, "-m", "fastagi.bench.cli", "--asterisk", "--no-seed-cache"],
-                          capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastagi.dev.bench.cli", "--asterisk", "--no-seed-cache"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 2
     assert "--asterisk: cannot run the real-Asterisk reference" in proc.stderr
-    assert "seeded" not in proc.stderr and "setups_per_s" not in proc.stdout   # nothing ran
+    assert "seeded" not in proc.stderr and "setups_per_s" not in proc.stdout  # nothing ran

@@ -19,12 +19,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from fastagi.agi import parse_command_args
-from fastagi.bench.agi_peer import AgiResult, agi_call, header_block
-from fastagi.config import Settings
-from fastagi.money import parse_amount
-from fastagi.rating import Tariff, cost, seconds_max
-from fastagi.serve import Service
+from fastagi.core.agi import parse_command_args
+from fastagi.core.money import parse_amount
+from fastagi.core.rating import Tariff, cost, seconds_max
+from fastagi.dev.bench.agi_peer import AgiResult, agi_call, header_block
+from fastagi.runtime.config import Settings
+from fastagi.service.serve import Service
 from fastagi.store import tx_admin, tx_calls
 
 CNY = parse_amount
@@ -33,15 +33,15 @@ CALLER = "13800138000"
 FOREIGN = "0044207946000"
 EVIL_CALLERID = "'\"; DROP TABLE calls; --"
 
-STD = Tariff(per_minute=CNY("0.6"), initial_s=60, increment_s=6)                 # 0.6 CNY/min
+STD = Tariff(per_minute=CNY("0.6"), initial_s=60, increment_s=6)  # 0.6 CNY/min
 SHORT = Tariff(per_minute=CNY("1"), initial_s=60, increment_s=6, max_call_s=120)  # calls of 2 min at most
 
-HQ = "4008001234"        # IVR + extension billing; ext 1 rich, 2 empty, 801 has 1 CNY
-ROUTER = "4008002000"    # extension billing off (extensions only route), English
-SUSPENDED = "4008003000" # main 10 CNY below its minimum 50; ext 1 has money
-NODEST = "4008004000"    # no default destination
-BROKE = "4008005000"     # minimum 0, main 0.5 CNY: cannot pay a first block
-SHARED = "4008006000"    # ext 1 with 5.5 CNY on 2-minute calls: pays for 3 calls
+HQ = "4008001234"  # IVR + extension billing; ext 1 rich, 2 empty, 801 has 1 CNY
+ROUTER = "4008002000"  # extension billing off (extensions only route), English
+SUSPENDED = "4008003000"  # main 10 CNY below its minimum 50; ext 1 has money
+NODEST = "4008004000"  # no default destination
+BROKE = "4008005000"  # minimum 0, main 0.5 CNY: cannot pay a first block
+SHARED = "4008006000"  # ext 1 with 5.5 CNY on 2-minute calls: pays for 3 calls
 UNKNOWN = "4009999999"
 
 EXT1_MONEY = CNY("30")
@@ -88,8 +88,15 @@ def seed(conn: sqlite3.Connection) -> None:
 
 @contextlib.asynccontextmanager
 async def service(tmp_path: Path, **settings: Any) -> AsyncIterator[Service]:
-    svc = Service(Settings(db=str(tmp_path / "extbill.db"), agi_bind="127.0.0.1:0", demo=False,
-                           header_timeout_s=settings.pop("header_timeout_s", 2.0), **settings))
+    svc = Service(
+        Settings(
+            db=str(tmp_path / "extbill.db"),
+            agi_bind="127.0.0.1:0",
+            demo=False,
+            header_timeout_s=settings.pop("header_timeout_s", 2.0),
+            **settings,
+        )
+    )
     await svc.start()
     try:
         assert svc.store is not None
@@ -118,8 +125,9 @@ async def lookup(svc: Service, number: str, **kw: Any) -> AgiResult:
     return await agi_call(HOST, port(svc), "lookup", [number], uniqueid=kw.pop("uniqueid", uid()), **kw)
 
 
-async def route(svc: Service, number: str, digits: str, try_no: int | str = 1, *, uniqueid: str,
-                **kw: Any) -> AgiResult:
+async def route(
+    svc: Service, number: str, digits: str, try_no: int | str = 1, *, uniqueid: str, **kw: Any
+) -> AgiResult:
     return await agi_call(HOST, port(svc), "route", [number, digits, str(try_no)], uniqueid=uniqueid, **kw)
 
 
@@ -148,10 +156,12 @@ async def records(svc: Service, number: str) -> dict[str, dict[str, Any]]:
 
 
 def _ledger(conn: sqlite3.Connection) -> tuple[Any, ...]:
-    return (tuple(tuple(r) for r in conn.execute("SELECT * FROM accounts ORDER BY id")),
-            conn.execute("SELECT count(*) FROM transfers").fetchone()[0],
-            tuple(tuple(r) for r in conn.execute("SELECT * FROM calls ORDER BY billing_id")),
-            tuple(tuple(r) for r in conn.execute("SELECT id, suspended FROM numbers ORDER BY id")))
+    return (
+        tuple(tuple(r) for r in conn.execute("SELECT * FROM accounts ORDER BY id")),
+        conn.execute("SELECT count(*) FROM transfers").fetchone()[0],
+        tuple(tuple(r) for r in conn.execute("SELECT * FROM calls ORDER BY billing_id")),
+        tuple(tuple(r) for r in conn.execute("SELECT id, suspended FROM numbers ORDER BY id")),
+    )
 
 
 async def ledger(svc: Service) -> tuple[Any, ...]:
@@ -182,8 +192,14 @@ def assert_answer(result: AgiResult, expected: dict[str, str]) -> None:
 
 
 def dial_vars(billing_id: str, dest: str, granted_s: int, warn_ms: int = 60_000) -> dict[str, str]:
-    return {"EXTBILL_ID": billing_id, "EXTBILL_DEST": dest, "EXTBILL_LIMIT_MS": str(granted_s * 1000),
-            "EXTBILL_WARN_MS": str(warn_ms), "EXTBILL_DIAL_TIMEOUT": "30", "EXTBILL_RESULT": "dial"}
+    return {
+        "EXTBILL_ID": billing_id,
+        "EXTBILL_DEST": dest,
+        "EXTBILL_LIMIT_MS": str(granted_s * 1000),
+        "EXTBILL_WARN_MS": str(warn_ms),
+        "EXTBILL_DIAL_TIMEOUT": "30",
+        "EXTBILL_RESULT": "dial",
+    }
 
 
 def prompt_vars(prompt: str) -> dict[str, str]:
@@ -192,14 +208,33 @@ def prompt_vars(prompt: str) -> dict[str, str]:
 
 # ---- lookup --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("number, expected", [
-    (HQ, {"EXTBILL_LANG": "zh", "EXTBILL_DIGIT_TIMEOUT": "5", "EXTBILL_MAXDIGITS": "3",
-          "EXTBILL_RESULT": "collect"}),
-    (ROUTER, {"EXTBILL_LANG": "en", "EXTBILL_DIGIT_TIMEOUT": "8", "EXTBILL_MAXDIGITS": "1",
-              "EXTBILL_RESULT": "collect"}),
-    (UNKNOWN, {"EXTBILL_LANG": "zh", "EXTBILL_PROMPT": "not-in-service", "EXTBILL_RESULT": "prompt"}),
-    (SUSPENDED, {"EXTBILL_LANG": "zh", "EXTBILL_PROMPT": "number-suspended", "EXTBILL_RESULT": "prompt"}),
-], ids=["collect-zh-3-digits", "collect-en-1-digit", "unknown", "suspended"])
+
+@pytest.mark.parametrize(
+    "number, expected",
+    [
+        (
+            HQ,
+            {
+                "EXTBILL_LANG": "zh",
+                "EXTBILL_DIGIT_TIMEOUT": "5",
+                "EXTBILL_MAXDIGITS": "3",
+                "EXTBILL_RESULT": "collect",
+            },
+        ),
+        (
+            ROUTER,
+            {
+                "EXTBILL_LANG": "en",
+                "EXTBILL_DIGIT_TIMEOUT": "8",
+                "EXTBILL_MAXDIGITS": "1",
+                "EXTBILL_RESULT": "collect",
+            },
+        ),
+        (UNKNOWN, {"EXTBILL_LANG": "zh", "EXTBILL_PROMPT": "not-in-service", "EXTBILL_RESULT": "prompt"}),
+        (SUSPENDED, {"EXTBILL_LANG": "zh", "EXTBILL_PROMPT": "number-suspended", "EXTBILL_RESULT": "prompt"}),
+    ],
+    ids=["collect-zh-3-digits", "collect-en-1-digit", "unknown", "suspended"],
+)
 def test_lookup(tmp_path: Path, number: str, expected: dict[str, str]) -> None:
     """The first request tells the dialplan to collect the key (language, digit timeout, longest key) or which prompt to play."""
 
@@ -229,10 +264,12 @@ ROUTES = [
 ]
 
 
-@pytest.mark.parametrize("number, digits, try_no, caller, expected", [r[1:] for r in ROUTES],
-                         ids=[r[0] for r in ROUTES])
-def test_route_prompt_changes_nothing(tmp_path: Path, number: str, digits: str, try_no: int, caller: str,
-                                      expected: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "number, digits, try_no, caller, expected", [r[1:] for r in ROUTES], ids=[r[0] for r in ROUTES]
+)
+def test_route_prompt_changes_nothing(
+    tmp_path: Path, number: str, digits: str, try_no: int, caller: str, expected: dict[str, str]
+) -> None:
     """A caller who is not connected hears the rule's prompt (or is asked again), and no money is reserved."""
 
     async def main() -> None:
@@ -256,10 +293,22 @@ DIALS = [
 ]
 
 
-@pytest.mark.parametrize("number, digits, try_no, caller, dest, ext_key, granted_s, warn_ms",
-                         [d[1:] for d in DIALS], ids=[d[0] for d in DIALS])
-def test_route_dial_reserves(tmp_path: Path, number: str, digits: str, try_no: int, caller: str, dest: str,
-                             ext_key: str | None, granted_s: int, warn_ms: int) -> None:
+@pytest.mark.parametrize(
+    "number, digits, try_no, caller, dest, ext_key, granted_s, warn_ms",
+    [d[1:] for d in DIALS],
+    ids=[d[0] for d in DIALS],
+)
+def test_route_dial_reserves(
+    tmp_path: Path,
+    number: str,
+    digits: str,
+    try_no: int,
+    caller: str,
+    dest: str,
+    ext_key: str | None,
+    granted_s: int,
+    warn_ms: int,
+) -> None:
     """A connected call gets its Dial target and limit, and HQ sees its cost reserved on the right account only."""
 
     async def main() -> None:
@@ -335,16 +384,30 @@ def test_decision_log_line(tmp_path: Path) -> None:
                 await route(svc, HQ, "801", uniqueid=call)
                 await route(svc, HQ, "2", uniqueid=uid(), callerid=EVIL_CALLERID)
             first, second = [e for e in logs if e["event"] == "call.decision"]
-            assert {k: first[k] for k in ("uniqueid", "number", "ext", "caller", "action", "granted_s",
-                                          "reserved", "charged")} == {
-                "uniqueid": call, "number": HQ, "ext": "801", "caller": CALLER, "action": "dial",
-                "granted_s": 96, "reserved": "0.960", "charged": "ext"}
-            assert (second["action"], second["prompt"], second["caller"]) == ("prompt", "ext-in-arrears", "unknown")
+            assert {
+                k: first[k]
+                for k in ("uniqueid", "number", "ext", "caller", "action", "granted_s", "reserved", "charged")
+            } == {
+                "uniqueid": call,
+                "number": HQ,
+                "ext": "801",
+                "caller": CALLER,
+                "action": "dial",
+                "granted_s": 96,
+                "reserved": "0.960",
+                "charged": "ext",
+            }
+            assert (second["action"], second["prompt"], second["caller"]) == (
+                "prompt",
+                "ext-in-arrears",
+                "unknown",
+            )
 
     asyncio.run(main())
 
 
 # ---- hangup: settlement --------------------------------------------------------------------
+
 
 def test_hangup_rates_once(tmp_path: Path) -> None:
     """An answered call is charged its rated cost exactly once; a second hangup report changes nothing."""
@@ -353,16 +416,27 @@ def test_hangup_rates_once(tmp_path: Path) -> None:
         async with service(tmp_path) as svc:
             call = uid()
             await route(svc, HQ, "1", uniqueid=call)
-            result = await hangup(svc, answered_hangup(call, 95.4))   # 95 s -> billed 96 s at 0.6/min
+            result = await hangup(svc, answered_hangup(call, 95.4))  # 95 s -> billed 96 s at 0.6/min
             assert result.variables == {} and result.commands == []
             e = await ext_balance(svc, HQ, "1")
             expected_cost = cost(95, STD)
             assert expected_cost == CNY("0.96")
-            assert (e["balance"], e["reserved"], e["available"], e["spent"]) == \
-                (EXT1_MONEY - expected_cost, 0, EXT1_MONEY - expected_cost, expected_cost)
+            assert (e["balance"], e["reserved"], e["available"], e["spent"]) == (
+                EXT1_MONEY - expected_cost,
+                0,
+                EXT1_MONEY - expected_cost,
+                expected_cost,
+            )
             rec = (await records(svc, HQ))[call]
-            assert (rec["state"], rec["talk_s"], rec["billed_s"], rec["cost"], rec["disposition"],
-                    rec["cause"], rec["settled_by"]) == ("rated", 95, 96, expected_cost, "ANSWER", "16", "hangup")
+            assert (
+                rec["state"],
+                rec["talk_s"],
+                rec["billed_s"],
+                rec["cost"],
+                rec["disposition"],
+                rec["cause"],
+                rec["settled_by"],
+            ) == ("rated", 95, 96, expected_cost, "ANSWER", "16", "hangup")
             settled = await ledger(svc)
             await hangup(svc, answered_hangup(call, 600))
             await hangup(svc, [call, "NOANSWER", "19", "", f"{time.time():.3f}"])
@@ -379,7 +453,7 @@ def test_hangup_main_call_rated_on_main(tmp_path: Path) -> None:
             call = uid()
             before = await balance(svc, HQ)
             await route(svc, HQ, "", uniqueid=call)
-            await hangup(svc, answered_hangup(call, 61))            # 61 s -> billed 66 s
+            await hangup(svc, answered_hangup(call, 61))  # 61 s -> billed 66 s
             after = await balance(svc, HQ)
             assert after["main"]["balance"] == before["main"]["balance"] - cost(61, STD)
             assert after["main"]["reserved"] == 0 and after["main"]["spent"] == cost(61, STD) == CNY("0.66")
@@ -388,10 +462,17 @@ def test_hangup_main_call_rated_on_main(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("status, cause, answered", [
-    ("NOANSWER", "19", False), ("BUSY", "17", False), ("BUSY", "17", True), ("CANCEL", "16", False),
-    ("CHANUNAVAIL", "20", False), ("", "16", False),
-])
+@pytest.mark.parametrize(
+    "status, cause, answered",
+    [
+        ("NOANSWER", "19", False),
+        ("BUSY", "17", False),
+        ("BUSY", "17", True),
+        ("CANCEL", "16", False),
+        ("CHANUNAVAIL", "20", False),
+        ("", "16", False),
+    ],
+)
 def test_hangup_unanswered_voids(tmp_path: Path, status: str, cause: str, answered: bool) -> None:
     """A call the branch never answered (busy, no answer, cancelled) costs nothing and releases its reservation."""
 
@@ -484,13 +565,14 @@ def test_hostile_caller_id_is_rated_and_stored_harmlessly(tmp_path: Path) -> Non
             assert rec["state"] == "rated" and rec["cost"] == cost(30, STD)
             assert rec["caller"] == "unknown"
             assert svc.store is not None
-            tables = await svc.store.read(lambda c: {r[0] for r in c.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")})
+            tables = await svc.store.read(
+                lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            )
             assert {"calls", "accounts", "transfers"} <= tables
             # Digits inside the junk are still the caller number, and pick its prefix rate.
             call2 = uid()
-            r2 = await route(svc, ROUTER, "1", uniqueid=call2, callerid="\"0044'; DELETE FROM calls; --\" 20")
-            assert r2.variables["EXTBILL_LIMIT_MS"] == str(1998 * 1000)     # 100 CNY at 3 CNY/min
+            r2 = await route(svc, ROUTER, "1", uniqueid=call2, callerid='"0044\'; DELETE FROM calls; --" 20')
+            assert r2.variables["EXTBILL_LIMIT_MS"] == str(1998 * 1000)  # 100 CNY at 3 CNY/min
             assert (await records(svc, ROUTER))[call2]["caller"] == "004420"
 
     asyncio.run(main())
@@ -545,14 +627,16 @@ def test_route_not_served(tmp_path: Path) -> None:
 
 # ---- Asterisk hangs up while we answer -----------------------------------------------------
 
+
 def test_hangup_right_after_headers_releases_reservation(tmp_path: Path) -> None:
     """A caller gone before the grant is delivered (HANGUP, then 511 to every command) leaves no money reserved."""
 
     async def main() -> None:
         async with service(tmp_path) as svc:
             call = uid()
-            result = await agi_call(HOST, port(svc), "route", [HQ, "1", "1"], uniqueid=call,
-                                    hangup_after_headers=True)
+            result = await agi_call(
+                HOST, port(svc), "route", [HQ, "1", "1"], uniqueid=call, hangup_after_headers=True
+            )
             assert set_names(result)[:1] == ["EXTBILL_ID"]
             e = await ext_balance(svc, HQ, "1")
             assert (e["balance"], e["reserved"], e["available"]) == (EXT1_MONEY, 0, EXT1_MONEY)
@@ -565,8 +649,9 @@ def test_hangup_right_after_headers_releases_reservation(tmp_path: Path) -> None
             # Prompts and lookups of a hung-up caller change nothing either, and are no handler error.
             with capture_logs() as logs:
                 for script, args in (("lookup", [HQ]), ("route", [HQ, "2", "1"]), ("route", [HQ, "9", "1"])):
-                    result = await agi_call(HOST, port(svc), script, args, uniqueid=uid(),
-                                            hangup_after_headers=True)
+                    result = await agi_call(
+                        HOST, port(svc), script, args, uniqueid=uid(), hangup_after_headers=True
+                    )
                     assert len(result.commands) == 1
             assert await ledger(svc) == settled
             assert not [e for e in logs if e["log_level"] == "error"], logs
@@ -606,7 +691,7 @@ def test_connection_lost_before_result_releases_reservation(tmp_path: Path) -> N
             call = uid()
             reader, writer = await asyncio.open_connection(HOST, port(svc))
             writer.write(header_block("route", [HQ, "1", "1"], uniqueid=call, extension=HQ, port=port(svc)))
-            writer.close()   # gone before the server can answer
+            writer.close()  # gone before the server can answer
             await _idle(svc)
             await asyncio.sleep(0.2)
             assert (await ext_balance(svc, HQ, "1"))["reserved"] == 0
@@ -634,6 +719,7 @@ def test_unconfirmed_result_keeps_reservation_for_the_hangup_handler(tmp_path: P
 
 
 # ---- concurrency ---------------------------------------------------------------------------
+
 
 def test_parallel_calls_never_reserve_more_than_balance(tmp_path: Path) -> None:
     """50 simultaneous calls to one extension connect only as many as its balance pays for; it is never overdrawn."""
@@ -667,8 +753,11 @@ def test_parallel_calls_never_reserve_more_than_balance(tmp_path: Path) -> None:
             dials = [r for r in results if r.variables.get("EXTBILL_RESULT") == "dial"]
             assert len(dials) == expected_dials
             assert outcomes.count("prompt") == 50 - expected_dials
-            assert all(r.variables["EXTBILL_PROMPT"] == "ext-in-arrears" for r in results
-                       if r.variables.get("EXTBILL_RESULT") == "prompt")
+            assert all(
+                r.variables["EXTBILL_PROMPT"] == "ext-in-arrears"
+                for r in results
+                if r.variables.get("EXTBILL_RESULT") == "prompt"
+            )
             assert len(samples) > 2
             for s in samples:
                 assert 0 <= s["reserved"] <= s["balance"] == SHARED_MONEY
@@ -680,8 +769,12 @@ def test_parallel_calls_never_reserve_more_than_balance(tmp_path: Path) -> None:
             assert (await balance(svc, SHARED))["main"]["reserved"] == 0
 
             # They all end unanswered: everything is released, nothing charged.
-            await asyncio.gather(*(hangup(svc, [r.variables["EXTBILL_ID"], "NOANSWER", "19", "",
-                                                f"{time.time():.3f}"]) for r in dials))
+            await asyncio.gather(
+                *(
+                    hangup(svc, [r.variables["EXTBILL_ID"], "NOANSWER", "19", "", f"{time.time():.3f}"])
+                    for r in dials
+                )
+            )
             e = await ext_balance(svc, SHARED, "1")
             assert (e["balance"], e["reserved"], e["available"]) == (SHARED_MONEY, 0, SHARED_MONEY)
 
@@ -692,16 +785,16 @@ def test_valid_call_unaffected_by_concurrent_garbage(tmp_path: Path) -> None:
     """A real call is granted and settled in normal time while 20 other connections send garbage or over-limit headers."""
     good_headers = header_block("lookup", [HQ], uniqueid="1732650000.5000", extension=HQ)
     garbage = [
-        b"A" * 70_000,                                                    # one line over the limit
+        b"A" * 70_000,  # one line over the limit
         b"".join(b"agi_x%d: %s\n" % (i, b"y" * 7000) for i in range(10)),  # 70 KiB header block
-        b"".join(b"agi_h%d: v\n" % i for i in range(250)) + b"\n",        # 250 header lines
+        b"".join(b"agi_h%d: v\n" % i for i in range(250)) + b"\n",  # 250 header lines
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)),
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"",                                                              # connect and say nothing
-        good_headers[:200],                                               # stall half-way through headers
-        good_headers + b"this is not a reply\n",                          # garbage instead of a reply
-        b"agi_network: yes\n" * 2,                                        # duplicate headers
-        header_block("hack", [HQ], uniqueid="1732650000.5001"),           # a route we do not serve
+        b"",  # connect and say nothing
+        good_headers[:200],  # stall half-way through headers
+        good_headers + b"this is not a reply\n",  # garbage instead of a reply
+        b"agi_network: yes\n" * 2,  # duplicate headers
+        header_block("hack", [HQ], uniqueid="1732650000.5001"),  # a route we do not serve
     ]
 
     async def junk(svc: Service, payload: bytes) -> asyncio.StreamWriter:

@@ -8,6 +8,7 @@ Four settled calls of one number, made and ended through the same code the serve
     C  ext 2  2026-03-01  gone while AMI was down, closed by reconcile: unrated
     D  ext 1  2026-03-05  answered 61 s (23:59:59.999 start, answered past midnight), by AMI
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,17 +19,17 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
 
-from fastagi.ami import Correlator
-from fastagi.cli_calls import FIELDS
-from fastagi.rating import Tariff
-from fastagi.settlement import Settlement, iso_from_ms, ms_from_iso
+from fastagi.admin.cli_calls import FIELDS
+from fastagi.core.ami import Correlator
+from fastagi.core.rating import Tariff
+from fastagi.service.settlement import Settlement, iso_from_ms, ms_from_iso
 from fastagi.store import tx_admin, tx_calls
 from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import SqliteStore
@@ -39,8 +40,12 @@ TARIFF = Tariff(per_minute=600, initial_s=60, increment_s=30, connect_fee=50)
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$")
 MONEY_RE = re.compile(r"^-?\d+\.\d{3}$")
 BID = {k: f"1767225600.{n}" for n, k in enumerate("ABCD", start=1)}
-START = {"A": "2026-01-10T08:00:00.000Z", "B": "2026-02-15T10:30:00.000Z",
-         "C": "2026-03-01T09:00:00.000Z", "D": "2026-03-05T23:59:59.999Z"}
+START = {
+    "A": "2026-01-10T08:00:00.000Z",
+    "B": "2026-02-15T10:30:00.000Z",
+    "C": "2026-03-01T09:00:00.000Z",
+    "D": "2026-03-05T23:59:59.999Z",
+}
 CALLER = {"A": "13800138000", "B": "13912345678", "C": "02161234567", "D": "075588886666"}
 
 
@@ -49,8 +54,14 @@ def _ts(ms: int) -> str:
 
 
 def _ev(name: str, at_ms: int, uid: str, bid: str, **fields: str) -> dict[str, str]:
-    e = {"Event": name, "Timestamp": _ts(at_ms), "Uniqueid": uid, "Channel": f"PJSIP/x-{uid}",
-         "ChanVariable": f"EXTBILL_ID={bid}", **fields}
+    e = {
+        "Event": name,
+        "Timestamp": _ts(at_ms),
+        "Uniqueid": uid,
+        "Channel": f"PJSIP/x-{uid}",
+        "ChanVariable": f"EXTBILL_ID={bid}",
+        **fields,
+    }
     if name.startswith("Bridge"):
         e["BridgeUniqueid"] = f"bridge-{bid}"
     return e
@@ -58,8 +69,9 @@ def _ev(name: str, at_ms: int, uid: str, bid: str, **fields: str) -> dict[str, s
 
 async def _route(store: SqliteStore, key: str, digits: str) -> None:
     with mock.patch.object(tx_calls, "now_iso", lambda: START[key]):
-        d = await store.run(tx_calls.route, BID[key], NUMBER, digits, 1, CALLER[key],
-                            f"PJSIP/trunk-{key}", BID[key])
+        d = await store.run(
+            tx_calls.route, BID[key], NUMBER, digits, 1, CALLER[key], f"PJSIP/trunk-{key}", BID[key]
+        )
     assert d.action == "dial", d
 
 
@@ -81,16 +93,27 @@ async def _fill(path: Path) -> None:
         # A: main account (no key), answered, the hangup handler reports first and only
         await _route(store, "A", "")
         a_answer = ms_from_iso(START["A"]) + 12_000
-        await settlement.settle(CallFacts(
-            billing_id=BID["A"], answered=True, talk_ms=95_400, answer_at=iso_from_ms(a_answer),
-            end_at=iso_from_ms(a_answer + 95_400), disposition="ANSWER", cause="16", settled_by="hangup"))
+        await settlement.settle(
+            CallFacts(
+                billing_id=BID["A"],
+                answered=True,
+                talk_ms=95_400,
+                answer_at=iso_from_ms(a_answer),
+                end_at=iso_from_ms(a_answer + 95_400),
+                disposition="ANSWER",
+                cause="16",
+                settled_by="hangup",
+            )
+        )
 
         # B: ext 1, nobody answers; AMI reports it
         await _route(store, "B", "1")
         b = ms_from_iso(START["B"]) + 30_000
         corr = Correlator()
-        for e in [_ev("DialEnd", b, BID["B"], BID["B"], DialStatus="NOANSWER"),
-                  _ev("Hangup", b + 1_000, BID["B"], BID["B"], Cause="19")]:
+        for e in [
+            _ev("DialEnd", b, BID["B"], BID["B"], DialStatus="NOANSWER"),
+            _ev("Hangup", b + 1_000, BID["B"], BID["B"], Cause="19"),
+        ]:
             for fact in corr.feed(e):
                 await settlement.on_ami_fact(fact)
 
@@ -103,12 +126,14 @@ async def _fill(path: Path) -> None:
         await _route(store, "D", "1")
         d = ms_from_iso(START["D"]) + 9_501
         callee = BID["D"] + "9"
-        for e in [_ev("DialEnd", d, BID["D"], BID["D"], DialStatus="ANSWER"),
-                  _ev("BridgeEnter", d, BID["D"], BID["D"]),
-                  _ev("BridgeEnter", d + 1, callee, BID["D"]),
-                  _ev("BridgeLeave", d + 61_000, BID["D"], BID["D"]),
-                  _ev("Hangup", d + 61_002, callee, BID["D"], Cause="16"),
-                  _ev("Hangup", d + 61_005, BID["D"], BID["D"], Cause="16")]:
+        for e in [
+            _ev("DialEnd", d, BID["D"], BID["D"], DialStatus="ANSWER"),
+            _ev("BridgeEnter", d, BID["D"], BID["D"]),
+            _ev("BridgeEnter", d + 1, callee, BID["D"]),
+            _ev("BridgeLeave", d + 61_000, BID["D"], BID["D"]),
+            _ev("Hangup", d + 61_002, callee, BID["D"], Cause="16"),
+            _ev("Hangup", d + 61_005, BID["D"], BID["D"], Cause="16"),
+        ]:
             for fact in corr.feed(e):
                 await settlement.on_ami_fact(fact)
         assert corr.take_malformed() == []
@@ -126,8 +151,14 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def extbill(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXTBILL_")}
-    return subprocess.run([sys.executable, "-m", "fastagi", "calls", *args, "--db", str(db)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fastagi", "calls", *args, "--db", str(db)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def calls_json(db: Path, *args: str) -> list[dict[str, Any]]:
@@ -149,21 +180,69 @@ def ids(records: list[dict[str, Any]]) -> list[str]:
 
 
 EXPECTED = {
-    "D": {"id": BID["D"], "number": NUMBER, "ext": "1", "caller": CALLER["D"], "start": START["D"],
-          "answer": "2026-03-06T00:00:09.500Z", "end": "2026-03-06T00:01:10.500Z",
-          "talk_s": 61, "billed_s": 90, "cost": "0.950", "disposition": "ANSWER", "cause": "16",
-          "settled_by": "ami", "state": "rated"},
-    "C": {"id": BID["C"], "number": NUMBER, "ext": "2", "caller": CALLER["C"], "start": START["C"],
-          "answer": None, "talk_s": None, "billed_s": None, "cost": "0.000",
-          "disposition": "UNKNOWN", "cause": None, "settled_by": "reconcile", "state": "unrated"},
-    "B": {"id": BID["B"], "number": NUMBER, "ext": "1", "caller": CALLER["B"], "start": START["B"],
-          "answer": None, "end": "2026-02-15T10:30:31.000Z", "talk_s": 0, "billed_s": 0,
-          "cost": "0.000", "disposition": "NOANSWER", "cause": "19", "settled_by": "ami",
-          "state": "unanswered"},
-    "A": {"id": BID["A"], "number": NUMBER, "ext": None, "caller": CALLER["A"], "start": START["A"],
-          "answer": "2026-01-10T08:00:12.000Z", "end": "2026-01-10T08:01:47.400Z",
-          "talk_s": 95, "billed_s": 120, "cost": "1.250", "disposition": "ANSWER", "cause": "16",
-          "settled_by": "hangup", "state": "rated"},
+    "D": {
+        "id": BID["D"],
+        "number": NUMBER,
+        "ext": "1",
+        "caller": CALLER["D"],
+        "start": START["D"],
+        "answer": "2026-03-06T00:00:09.500Z",
+        "end": "2026-03-06T00:01:10.500Z",
+        "talk_s": 61,
+        "billed_s": 90,
+        "cost": "0.950",
+        "disposition": "ANSWER",
+        "cause": "16",
+        "settled_by": "ami",
+        "state": "rated",
+    },
+    "C": {
+        "id": BID["C"],
+        "number": NUMBER,
+        "ext": "2",
+        "caller": CALLER["C"],
+        "start": START["C"],
+        "answer": None,
+        "talk_s": None,
+        "billed_s": None,
+        "cost": "0.000",
+        "disposition": "UNKNOWN",
+        "cause": None,
+        "settled_by": "reconcile",
+        "state": "unrated",
+    },
+    "B": {
+        "id": BID["B"],
+        "number": NUMBER,
+        "ext": "1",
+        "caller": CALLER["B"],
+        "start": START["B"],
+        "answer": None,
+        "end": "2026-02-15T10:30:31.000Z",
+        "talk_s": 0,
+        "billed_s": 0,
+        "cost": "0.000",
+        "disposition": "NOANSWER",
+        "cause": "19",
+        "settled_by": "ami",
+        "state": "unanswered",
+    },
+    "A": {
+        "id": BID["A"],
+        "number": NUMBER,
+        "ext": None,
+        "caller": CALLER["A"],
+        "start": START["A"],
+        "answer": "2026-01-10T08:00:12.000Z",
+        "end": "2026-01-10T08:01:47.400Z",
+        "talk_s": 95,
+        "billed_s": 120,
+        "cost": "1.250",
+        "disposition": "ANSWER",
+        "cause": "16",
+        "settled_by": "hangup",
+        "state": "rated",
+    },
 }
 
 
@@ -194,15 +273,18 @@ def test_json_money_is_decimal_text_with_three_places(full: list[dict[str, Any]]
                 assert isinstance(rec[field], str) and MONEY_RE.match(rec[field]), (field, rec[field])
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--ext", "1"], ["D", "B"]),
-    (["--ext", "2"], ["C"]),
-    (["--ext", "3"], []),                                   # an extension with no calls yet
-    (["--since", "2026-03-01"], ["D", "C"]),                # on or after: the 1st itself counts
-    (["--since", "2026-03-02"], ["D"]),
-    (["--since", "2026-03-06"], []),                        # D started on the 5th, answered on the 6th
-    (["--ext", "1", "--since", "2026-02-16"], ["D"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--ext", "1"], ["D", "B"]),
+        (["--ext", "2"], ["C"]),
+        (["--ext", "3"], []),  # an extension with no calls yet
+        (["--since", "2026-03-01"], ["D", "C"]),  # on or after: the 1st itself counts
+        (["--since", "2026-03-02"], ["D"]),
+        (["--since", "2026-03-06"], []),  # D started on the 5th, answered on the 6th
+        (["--ext", "1", "--since", "2026-02-16"], ["D"]),
+    ],
+)
 def test_filters(db: Path, full: list[dict[str, Any]], args: list[str], expected: list[str]) -> None:
     """HQ can narrow the list to one extension's calls and/or calls started on or after a date."""
     records = calls_json(db, *args)
@@ -242,12 +324,15 @@ def test_table_output_lists_the_calls(db: Path) -> None:
     assert "unrated" in lines[2]
 
 
-@pytest.mark.parametrize("args, says", [
-    (["4009999999"], "4009999999"),
-    (["4008001234", "--ext", "9"], "9"),
-    (["4008001234", "--since", "2026-13-01"], "2026-13-01"),
-    (["4008001234", "--json", "--csv"], "--csv"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["4009999999"], "4009999999"),
+        (["4008001234", "--ext", "9"], "9"),
+        (["4008001234", "--since", "2026-13-01"], "2026-13-01"),
+        (["4008001234", "--json", "--csv"], "--csv"),
+    ],
+)
 def test_refusals_exit_2_with_one_line(db: Path, args: list[str], says: str) -> None:
     """HQ mistyping a number, an extension or a date gets exit status 2 and one line on stderr naming the problem, and no output."""
     p = extbill(db, *args)
@@ -261,14 +346,18 @@ def test_refusals_exit_2_with_one_line(db: Path, args: list[str], says: str) -> 
 
 # ---- the times the records hold: the fast formatter is the datetime formula -------------------
 
+
 def _iso_reference(ms: int) -> str:
     """iso_from_ms as it was first written (datetime), which every stored time so far followed."""
-    from datetime import timezone  # noqa: PLC0415
-    return datetime.fromtimestamp(ms // 1000, timezone.utc).replace(
-        microsecond=(ms % 1000) * 1000).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(ms // 1000, UTC)
+        .replace(microsecond=(ms % 1000) * 1000)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
-MS_FIRST, MS_END = -62_135_596_800_000, 253_402_300_800_000   # 0001-01-01 .. the end of 9999
+MS_FIRST, MS_END = -62_135_596_800_000, 253_402_300_800_000  # 0001-01-01 .. the end of 9999
 
 
 def test_iso_from_ms_is_the_datetime_formula() -> None:
@@ -277,11 +366,30 @@ def test_iso_from_ms_is_the_datetime_formula() -> None:
     from hypothesis import given, settings  # noqa: PLC0415
     from hypothesis import strategies as st  # noqa: PLC0415
 
-    from fastagi.clock import iso_from_ms as fast  # noqa: PLC0415
+    from fastagi.core.clock import iso_from_ms as fast  # noqa: PLC0415
 
-    edges = [0, 1, 999, 1000, 59_999, 60_000, 86_399_999, 86_400_000, -1, -999, -1000, -1001,
-             -86_400_001, 951_782_400_000, 951_868_799_999, 4_107_542_400_000, 1_732_650_000_123,
-             MS_FIRST, MS_FIRST + 1, MS_END - 1]
+    edges = [
+        0,
+        1,
+        999,
+        1000,
+        59_999,
+        60_000,
+        86_399_999,
+        86_400_000,
+        -1,
+        -999,
+        -1000,
+        -1001,
+        -86_400_001,
+        951_782_400_000,
+        951_868_799_999,
+        4_107_542_400_000,
+        1_732_650_000_123,
+        MS_FIRST,
+        MS_FIRST + 1,
+        MS_END - 1,
+    ]
     second = 1_767_225_599_000
     for ms in edges + list(range(second - 1, second + 1001)) + list(range(MS_END - 61_000, MS_END, 997)):
         assert fast(ms) == _iso_reference(ms), ms
@@ -290,11 +398,11 @@ def test_iso_from_ms_is_the_datetime_formula() -> None:
     @given(st.one_of(st.integers(MS_FIRST, MS_END - 1), st.integers(0, 4_102_444_800_000)))
     def same(ms: int) -> None:
         assert fast(ms) == _iso_reference(ms)
-        if ms + 1 < MS_END:     # usually the same second again: the cached prefix
+        if ms + 1 < MS_END:  # usually the same second again: the cached prefix
             assert fast(ms + 1) == _iso_reference(ms + 1)
 
     same()
-    for bad in (MS_FIRST - 1, MS_END, 10**20, 1.5):    # out of datetime's range, or not an int: as before
+    for bad in (MS_FIRST - 1, MS_END, 10**20, 1.5):  # out of datetime's range, or not an int: as before
         with pytest.raises(Exception) as want:
             _iso_reference(bad)  # type: ignore[arg-type]
         with pytest.raises(type(want.value)):

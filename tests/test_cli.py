@@ -1,4 +1,5 @@
 """The `extbill` admin command, run for real (a subprocess) on a real SQLite file: issue 2's contract."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,9 @@ MONEY_RE = re.compile(r"^-?[0-9]+\.[0-9]{3}$")
 def extbill(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real command line, as a user would, with no EXTBILL_DB in the environment."""
     env = {k: v for k, v in os.environ.items() if k != "EXTBILL_DB"}
-    proc = subprocess.run([sys.executable, "-m", "fastagi", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastagi", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"extbill {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -57,10 +59,36 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["db", "init", "--db", db],
         ["plan", "add", "std", "--per-minute", "0.6", "--db", db],
         ["plan", "add", "cheap", "--per-minute", "0.3", "--initial", "6", "--increment", "6", "--db", db],
-        ["number", "add", NUMBER, "--name", "HQ", "--plan", "std", "--min-balance", "50",
-         "--default-dest", "PJSIP/100", "--db", db],
+        [
+            "number",
+            "add",
+            NUMBER,
+            "--name",
+            "HQ",
+            "--plan",
+            "std",
+            "--min-balance",
+            "50",
+            "--default-dest",
+            "PJSIP/100",
+            "--db",
+            db,
+        ],
         ["ext", "add", NUMBER, "1", "--name", "Beijing", "--dest", "PJSIP/201", "--db", db],
-        ["ext", "add", NUMBER, "2", "--name", "Shanghai", "--dest", "PJSIP/202", "--plan", "cheap", "--db", db],
+        [
+            "ext",
+            "add",
+            NUMBER,
+            "2",
+            "--name",
+            "Shanghai",
+            "--dest",
+            "PJSIP/202",
+            "--plan",
+            "cheap",
+            "--db",
+            db,
+        ],
         ["ext", "add", NUMBER, "801", "--name", "Shenzhen", "--dest", "Local/801@branches", "--db", db],
         ["number", "set", NUMBER, "--ext-billing", "on", "--db", db],
         ["recharge", NUMBER, "200", "--ref", "init-main", "--db", db],
@@ -82,6 +110,7 @@ def db(template: Path, tmp_path: Path) -> Path:
 
 # ---- the happy paths ---------------------------------------------------------------------------
 
+
 def test_db_init_creates_a_database_and_is_safe_to_repeat(tmp_path: Path) -> None:
     """`db init` creates the file; running it again says it is up to date and changes nothing."""
     db = tmp_path / "new.db"
@@ -99,8 +128,14 @@ def test_db_defaults_to_extbill_db_then_env(tmp_path: Path) -> None:
     assert (tmp_path / "extbill.db").exists()
     env_db = tmp_path / "from-env.db"
     env = {**os.environ, "EXTBILL_DB": str(env_db)}
-    proc = subprocess.run([sys.executable, "-m", "fastagi", "db", "init"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastagi", "db", "init"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and env_db.exists()
 
 
@@ -109,8 +144,12 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("extbill")
     if not script.exists():
         pytest.skip("no extbill console script next to this interpreter")
-    proc = subprocess.run([str(script), "db", "init", "--db", str(tmp_path / "c.db")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(script), "db", "init", "--db", str(tmp_path / "c.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0 and (tmp_path / "c.db").exists()
 
 
@@ -126,15 +165,34 @@ def test_balance_json_has_exactly_the_documented_shape(db: Path) -> None:
     assert doc["min_balance"] == "50.000"
     assert doc["main"] == {"balance": "170.000", "reserved": "0.000", "available": "170.000"}
     assert doc["extensions"] == [
-        {"key": "1", "name": "Beijing", "balance": "30.000", "reserved": "0.000",
-         "available": "30.000", "status": "ok"},
-        {"key": "2", "name": "Shanghai", "balance": "0.020", "reserved": "0.000",
-         "available": "0.020", "status": "arrears"},
-        {"key": "801", "name": "Shenzhen", "balance": "0.000", "reserved": "0.000",
-         "available": "0.000", "status": "arrears"},
+        {
+            "key": "1",
+            "name": "Beijing",
+            "balance": "30.000",
+            "reserved": "0.000",
+            "available": "30.000",
+            "status": "ok",
+        },
+        {
+            "key": "2",
+            "name": "Shanghai",
+            "balance": "0.020",
+            "reserved": "0.000",
+            "available": "0.020",
+            "status": "arrears",
+        },
+        {
+            "key": "801",
+            "name": "Shenzhen",
+            "balance": "0.000",
+            "reserved": "0.000",
+            "available": "0.000",
+            "status": "arrears",
+        },
     ]
     money = [doc["min_balance"], *doc["main"].values()] + [
-        e[k] for e in doc["extensions"] for k in ("balance", "reserved", "available")]
+        e[k] for e in doc["extensions"] for k in ("balance", "reserved", "available")
+    ]
     assert all(isinstance(m, str) and MONEY_RE.match(m) for m in money)
 
 
@@ -153,7 +211,12 @@ def test_balance_shows_money_held_by_a_call_in_progress(db: Path) -> None:
     # 30.000 at 0.6/min pays 50 minutes (3000 s, under the 7200 s cap): the whole 30.000 is held
     assert asyncio.run(start_call()) == 30_000
     e = ext_of(balance_json(db), "1")
-    assert (e["balance"], e["reserved"], e["available"], e["status"]) == ("30.000", "30.000", "0.000", "arrears")
+    assert (e["balance"], e["reserved"], e["available"], e["status"]) == (
+        "30.000",
+        "30.000",
+        "0.000",
+        "arrears",
+    )
     assert balance_json(db)["main"] == {"balance": "170.000", "reserved": "0.000", "available": "170.000"}
 
 
@@ -166,10 +229,10 @@ def test_recharge_to_main_and_to_an_extension_and_transfer(db: Path) -> None:
     extbill("recharge", NUMBER, "801", "0.001", "--db", str(db), cwd=cwd)
     extbill("transfer", NUMBER, "2", "0.01", "--db", str(db), cwd=cwd)
     doc = balance_json(db)
-    assert doc["main"]["balance"] == "182.490"            # 170 + 12.5 - 0.01
+    assert doc["main"]["balance"] == "182.490"  # 170 + 12.5 - 0.01
     assert ext_of(doc, "801")["balance"] == "0.001"
     assert ext_of(doc, "2")["balance"] == "0.030"
-    assert ext_of(doc, "2")["status"] == "ok"             # 0.030 pays one 6 s block at 0.3/min
+    assert ext_of(doc, "2")["status"] == "ok"  # 0.030 pays one 6 s block at 0.3/min
     assert ext_of(doc, "1")["balance"] == "30.000"
 
 
@@ -181,8 +244,11 @@ def test_statement_lists_the_accounts_transfers_newest_first(db: Path) -> None:
     extbill("recharge", NUMBER, "1", "3", "--ref", "s-3", "--db", str(db), cwd=cwd)
     main = json.loads(extbill("statement", NUMBER, "--json", "--db", str(db), cwd=cwd).stdout)
     assert [(r["ref"], r["code"], r["effect"]) for r in main] == [
-        ("s-2", "move", "-2.000"), ("s-1", "recharge", "5.000"),
-        ("init-t1", "move", "-30.000"), ("init-main", "recharge", "200.000")]
+        ("s-2", "move", "-2.000"),
+        ("s-1", "recharge", "5.000"),
+        ("init-t1", "move", "-30.000"),
+        ("init-main", "recharge", "200.000"),
+    ]
     text = extbill("statement", NUMBER, "1", "--db", str(db), cwd=cwd).stdout
     assert text.index("s-3") < text.index("s-2") < text.index("init-t1")
     assert "3.000" in text and "30.000" in text
@@ -192,8 +258,10 @@ def test_ref_makes_a_repeat_a_no_op_that_says_so(db: Path) -> None:
     """Repeating a recharge or transfer with the same --ref changes nothing and says so."""
     cwd = db.parent
     before = dump(db)
-    for args in (["recharge", NUMBER, "200", "--ref", "init-main"],
-                 ["transfer", NUMBER, "1", "30", "--ref", "init-t1"]):
+    for args in (
+        ["recharge", NUMBER, "200", "--ref", "init-main"],
+        ["transfer", NUMBER, "1", "30", "--ref", "init-t1"],
+    ):
         proc = extbill(*args, "--db", str(db), cwd=cwd)
         assert "already" in proc.stdout and "nothing changed" in proc.stdout
     assert dump(db) == before
@@ -207,11 +275,32 @@ def test_number_show_and_set(db: Path) -> None:
     cwd = db.parent
     doc = json.loads(extbill("number", "show", NUMBER, "--json", "--db", str(db), cwd=cwd).stdout)
     assert (doc["name"], doc["lang"], doc["plan"], doc["default_dest"]) == ("HQ", "zh", "std", "PJSIP/100")
-    extbill("number", "set", NUMBER, "--lang", "en", "--default-dest", "PJSIP/999", "--digit-timeout", "9",
-            "--plan", "cheap", "--min-balance", "10.5", "--db", str(db), cwd=cwd)
+    extbill(
+        "number",
+        "set",
+        NUMBER,
+        "--lang",
+        "en",
+        "--default-dest",
+        "PJSIP/999",
+        "--digit-timeout",
+        "9",
+        "--plan",
+        "cheap",
+        "--min-balance",
+        "10.5",
+        "--db",
+        str(db),
+        cwd=cwd,
+    )
     doc = json.loads(extbill("number", "show", NUMBER, "--json", "--db", str(db), cwd=cwd).stdout)
-    assert (doc["lang"], doc["plan"], doc["default_dest"], doc["digit_timeout_s"], doc["min_balance"]) == \
-        ("en", "cheap", "PJSIP/999", 9, "10.500")
+    assert (doc["lang"], doc["plan"], doc["default_dest"], doc["digit_timeout_s"], doc["min_balance"]) == (
+        "en",
+        "cheap",
+        "PJSIP/999",
+        9,
+        "10.500",
+    )
     text = extbill("number", "show", NUMBER, "--db", str(db), cwd=cwd).stdout
     assert NUMBER in text and "Shenzhen" in text and "10.500" in text
 
@@ -219,7 +308,9 @@ def test_number_show_and_set(db: Path) -> None:
 def test_ext_set_changes_name_destination_and_plan(db: Path) -> None:
     """`ext set` renames, re-routes and re-plans an extension; its plan decides its arrears status."""
     cwd = db.parent
-    extbill("ext", "set", NUMBER, "801", "--name", "Guangzhou", "--dest", "PJSIP/801", "--db", str(db), cwd=cwd)
+    extbill(
+        "ext", "set", NUMBER, "801", "--name", "Guangzhou", "--dest", "PJSIP/801", "--db", str(db), cwd=cwd
+    )
     # ext 1 holds 30.000: ok on std (0.600 first block); on a plan whose first block is 36.000, arrears
     extbill("plan", "add", "dear", "--per-minute", "36", "--db", str(db), cwd=cwd)
     extbill("ext", "set", NUMBER, "1", "--plan", "dear", "--db", str(db), cwd=cwd)
@@ -232,8 +323,26 @@ def test_ext_set_changes_name_destination_and_plan(db: Path) -> None:
 def test_plan_options_decide_the_first_block(db: Path) -> None:
     """An extension is in arrears exactly when it cannot pay its plan's first block (price, block, connect fee)."""
     cwd = db.parent
-    extbill("plan", "add", "p", "--per-minute", "0.6", "--initial", "30", "--increment", "6",
-            "--connect-fee", "0.1", "--grace", "3", "--max-call", "600", "--db", str(db), cwd=cwd)
+    extbill(
+        "plan",
+        "add",
+        "p",
+        "--per-minute",
+        "0.6",
+        "--initial",
+        "30",
+        "--increment",
+        "6",
+        "--connect-fee",
+        "0.1",
+        "--grace",
+        "3",
+        "--max-call",
+        "600",
+        "--db",
+        str(db),
+        cwd=cwd,
+    )
     extbill("ext", "set", NUMBER, "801", "--plan", "p", "--db", str(db), cwd=cwd)
     # first block: 0.100 connect fee + 30 s at 0.6/min (0.300) = 0.400
     extbill("recharge", NUMBER, "801", "0.399", "--db", str(db), cwd=cwd)
@@ -261,17 +370,29 @@ def test_plan_rate_prefix_prices_the_callers_with_that_prefix(db: Path) -> None:
         finally:
             await store.close()
 
-    assert asyncio.run(price("13800000000", "a")) == 600       # the plan's own 0.600
+    assert asyncio.run(price("13800000000", "a")) == 600  # the plan's own 0.600
     assert asyncio.run(price("0086755000", "b")) == 1_500
-    assert asyncio.run(price("008610000", "c")) == 2_000       # the longest prefix wins
+    assert asyncio.run(price("008610000", "c")) == 2_000  # the longest prefix wins
 
 
 def test_suspension_follows_the_main_balance_and_its_minimum(db: Path) -> None:
     """A number whose main balance is below its minimum is suspended; a recharge above it resumes it."""
     cwd = db.parent
     other = "4008000002"
-    added = extbill("number", "add", other, "--name", "Branch", "--plan", "std", "--min-balance", "1",
-                    "--db", str(db), cwd=cwd)
+    added = extbill(
+        "number",
+        "add",
+        other,
+        "--name",
+        "Branch",
+        "--plan",
+        "std",
+        "--min-balance",
+        "1",
+        "--db",
+        str(db),
+        cwd=cwd,
+    )
     assert "suspended" in added.stdout
     assert balance_json(db, other)["status"] == "suspended"
     extbill("recharge", other, "0.999", "--db", str(db), cwd=cwd)
@@ -285,8 +406,10 @@ def test_suspension_follows_the_main_balance_and_its_minimum(db: Path) -> None:
     extbill("number", "set", NUMBER, "--min-balance", "49.999", "--db", str(db), cwd=cwd)
     assert balance_json(db)["status"] == "active"
     conn = sqlite3.connect(db)
-    events = conn.execute("SELECT n.number, e.suspended FROM suspension_events e "
-                          "JOIN numbers n ON n.id = e.number_id ORDER BY e.id").fetchall()
+    events = conn.execute(
+        "SELECT n.number, e.suspended FROM suspension_events e "
+        "JOIN numbers n ON n.id = e.number_id ORDER BY e.id"
+    ).fetchall()
     conn.close()
     # every change is recorded: the template's number started suspended and was resumed by its recharge
     assert events == [(NUMBER, 1), (NUMBER, 0), (other, 1), (other, 0), (NUMBER, 1), (NUMBER, 0)]
@@ -415,8 +538,9 @@ def test_refused_commands_exit_2_with_one_line_and_change_nothing(template: Path
     """Every refusal of issue 2 exits 2, prints one stderr line naming the problem, and changes nothing."""
     # Subprocesses dominate the time: run the cases side by side, each on its own copy.
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda ic: _refuse(template, tmp_path / str(ic[0]), *ic[1]),
-                                enumerate(REFUSALS)))
+        results = list(
+            pool.map(lambda ic: _refuse(template, tmp_path / str(ic[0]), *ic[1]), enumerate(REFUSALS))
+        )
     failures = [f"extbill {' '.join(argv)}: {why}" for (argv, _), why in zip(REFUSALS, results) if why]
     assert not failures, "\n".join(failures)
 

@@ -1,4 +1,5 @@
 """Settings: defaults < TOML file < EXTBILL_* environment < flags; bad values are named."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,31 +8,38 @@ from pathlib import Path
 
 import pytest
 
-from fastagi import config
-from fastagi.config import ConfigError
+from fastagi.runtime import config
+from fastagi.runtime.config import ConfigError
 
 
 def test_each_layer_overrides_the_one_before(tmp_path: Path) -> None:
     """An admin's TOML beats the defaults, the environment beats the file, a flag beats both."""
     toml = tmp_path / "extbill.toml"
     toml.write_text('ami_port = 6000\nami_user = "from-file"\ndial_timeout_s = 40\n')
-    s = config.load(str(toml), env={"EXTBILL_AMI_USER": "from-env", "EXTBILL_DIAL_TIMEOUT_S": "45"},
-                    overrides={"dial_timeout_s": 50})
+    s = config.load(
+        str(toml),
+        env={"EXTBILL_AMI_USER": "from-env", "EXTBILL_DIAL_TIMEOUT_S": "45"},
+        overrides={"dial_timeout_s": 50},
+    )
     assert (s.ami_port, s.ami_user, s.dial_timeout_s) == (6000, "from-env", 50)
     assert config.load(env={}).agi_bind == "127.0.0.1:4573"
 
 
-@pytest.mark.parametrize("toml_text, env, named", [
-    ("no_such_key = 1\n", {}, "unknown key 'no_such_key'"),
-    ("ami_port = 'x'\n", {}, "ami_port"),
-    ("", {"EXTBILL_AMI_PORT": "70000"}, "ami_port"),
-    ("", {"EXTBILL_UNSETTLED_POLICY": "forgive"}, "unsettled_policy"),
-    ("", {"EXTBILL_AGI_BIND": "nohostport"}, "agi_bind"),
-    ("", {"EXTBILL_SWEEP_GRACE_S": "3"}, "sweep_grace_s"),
-    ("ami_port = [\n", {}, "config file"),
-])
-def test_a_bad_setting_is_refused_naming_the_key(tmp_path: Path, toml_text: str, env: dict[str, str],
-                                                 named: str) -> None:
+@pytest.mark.parametrize(
+    "toml_text, env, named",
+    [
+        ("no_such_key = 1\n", {}, "unknown key 'no_such_key'"),
+        ("ami_port = 'x'\n", {}, "ami_port"),
+        ("", {"EXTBILL_AMI_PORT": "70000"}, "ami_port"),
+        ("", {"EXTBILL_UNSETTLED_POLICY": "forgive"}, "unsettled_policy"),
+        ("", {"EXTBILL_AGI_BIND": "nohostport"}, "agi_bind"),
+        ("", {"EXTBILL_SWEEP_GRACE_S": "3"}, "sweep_grace_s"),
+        ("ami_port = [\n", {}, "config file"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_the_key(
+    tmp_path: Path, toml_text: str, env: dict[str, str], named: str
+) -> None:
     """A bad value stops the start with an error that names the key."""
     toml = tmp_path / "extbill.toml"
     toml.write_text(toml_text)
@@ -42,9 +50,13 @@ def test_a_bad_setting_is_refused_naming_the_key(tmp_path: Path, toml_text: str,
 def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
     """`extbill serve` with a bad setting exits 2 with one line naming it, and creates no database."""
     db = tmp_path / "x.db"
-    proc = subprocess.run([sys.executable, "-m", "fastagi", "serve", "--db", str(db)],
-                          env={"EXTBILL_LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastagi", "serve", "--db", str(db)],
+        env={"EXTBILL_LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "log_format" in proc.stderr
     assert not db.exists()
@@ -52,7 +64,8 @@ def test_serve_refuses_a_bad_setting_in_one_line(tmp_path: Path) -> None:
 
 def test_serve_help_lists_every_setting() -> None:
     """`extbill serve --help` shows every setting with its environment variable."""
-    out = subprocess.run([sys.executable, "-m", "fastagi", "serve", "--help"], capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fastagi", "serve", "--help"], capture_output=True, text=True, timeout=60
+    ).stdout
     for f in config.fields(config.Settings):
         assert f.name in out and config.env_name(f.name) in out

@@ -1,6 +1,7 @@
 """`extbill doctor`: the Asterisk config checks on temp etc dirs built from dialplan/, the
 database check on real SQLite files, FastAGI against a real in-process server, AMI against
 a small fake manager, and the command's exit status."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,11 @@ import asterisk.config
 import pytest
 from structlog.testing import capture_logs
 
-from fastagi import cli, cli_doctor, config, doctor
-from fastagi.config import Settings
-from fastagi.demo import DEMO_NUMBER, seed
-from fastagi.serve import Service
+from fastagi.admin import cli, cli_doctor, doctor
+from fastagi.admin.demo import DEMO_NUMBER, seed
+from fastagi.runtime import config
+from fastagi.runtime.config import Settings
+from fastagi.service.serve import Service
 from fastagi.store import tx_admin
 from fastagi.store.sqlite import SqliteStore
 
@@ -162,7 +164,7 @@ def test_missing_prompts_for_a_language_in_use(etc: Path, tmp_path: Path) -> Non
     en = tmp_path / "data" / "sounds" / "en" / "extbill"
     (en / "welcome.wav").unlink()
     (en / "limit-reached.wav").write_bytes(b"")
-    assert fails(files(etc, db_langs=("zh",))) == []          # en is not in use: not checked
+    assert fails(files(etc, db_langs=("zh",))) == []  # en is not in use: not checked
     [f] = fails(files(etc, db_langs=("zh", "en")))
     assert f.check == "prompts" and f.message.startswith("prompts (en, numbers in the database use it)")
     assert "welcome.wav, limit-reached.wav" in f.message
@@ -266,15 +268,17 @@ def test_ami_user_checks(etc: Path) -> None:
     user built from one does), when its secret is not extbill's ami_secret, or when it lacks the
     permissions to read system events and run CoreShowChannels."""
     manager = etc / "manager.conf"
-    edit(manager, "[extbill]", "[extbill](!)")                 # a template is no user
+    edit(manager, "[extbill]", "[extbill](!)")  # a template is no user
     [f] = fails(files(etc))
     assert "no [extbill] AMI user" in f.message and "write = reporting" in f.fix
-    edit(manager, "[extbill](!)", "[extbill-tpl](!)")          # a user built from it is one
+    edit(manager, "[extbill](!)", "[extbill-tpl](!)")  # a user built from it is one
     with open(manager, "a") as fh:
         fh.write("\n[extbill](extbill-tpl)\n")
     assert fails(files(etc)) == []
-    assert fails(files(etc, settings=Settings(ami_secret="other")))[0].message == \
-        "manager.conf: the [extbill] secret is not extbill's ami_secret"
+    assert (
+        fails(files(etc, settings=Settings(ami_secret="other")))[0].message
+        == "manager.conf: the [extbill] secret is not extbill's ami_secret"
+    )
     edit(manager, "read = system,call", "read = call")
     edit(manager, "write = reporting", "write = originate")
     messages = [f.message for f in fails(files(etc))]
@@ -285,8 +289,10 @@ def test_ami_user_checks(etc: Path) -> None:
 def test_unreadable_manager_conf() -> None:
     """If doctor cannot read manager.conf (often 0640 asterisk:asterisk), it fails saying so and
     suggests giving the user the asterisk group."""
-    def read(pattern: str):   # manager.conf is often 0640 asterisk:asterisk
+
+    def read(pattern: str):  # manager.conf is often 0640 asterisk:asterisk
         raise doctor.ConfUnreadable(f"/etc/asterisk/{pattern} (Permission denied)")
+
     conf = doctor.parse_conf("manager.conf", read)
     [f] = doctor.check_manager(conf, "/etc/asterisk", SETTINGS)
     assert f.status == doctor.FAIL and "cannot read /etc/asterisk/manager.conf" in f.message
@@ -295,59 +301,80 @@ def test_unreadable_manager_conf() -> None:
 
 # ---- the parser: pyst2 plus what it lacks ----------------------------------------------------
 
+
 def reader(files_: dict[str, str]) -> doctor.Reader:
     def read(pattern: str):
         import fnmatch
+
         return [(n, t) for n, t in sorted(files_.items()) if fnmatch.fnmatch(n, pattern)]
+
     return read
 
 
 def test_pyst2_alone_cannot_read_includes_or_section_options(tmp_path: Path) -> None:
     """Why doctor prepares the text before pyst2 parses it."""
-    for text in ('[general]\n#include "manager.d/*.conf"\n', "[directories](!)\nastdatadir => /x\n",
-                 "[globals](+)\nX=1\n"):
+    for text in (
+        '[general]\n#include "manager.d/*.conf"\n',
+        "[directories](!)\nastdatadir => /x\n",
+        "[globals](+)\nX=1\n",
+    ):
         (tmp_path / "x.conf").write_text(text)
         with pytest.raises(asterisk.config.ParseError):
             asterisk.config.Config(str(tmp_path / "x.conf"))
     (tmp_path / "x.conf").write_text("[c]\nexten => s,1,NoOp(a\\;b) ; note\n same => n,Hangup()\n")
     items = [(i.name, i.value) for i in asterisk.config.Config(str(tmp_path / "x.conf")).categories[0].items]
-    assert items == [("exten", "s,1,NoOp(a\\"), ("same", "n,Hangup()")]   # `\;` lost, `same =>` fine
+    assert items == [("exten", "s,1,NoOp(a\\"), ("same", "n,Hangup()")]  # `\;` lost, `same =>` fine
 
 
 def test_parser_handles_what_asterisk_files_use() -> None:
     """doctor reads Asterisk config files the way Asterisk does, with block comments, templates,
     `(+)` additions, escaped semicolons, `same =>` lines, `#include` globs and `#tryinclude`, later
     globals overriding earlier ones, and only a nonsense line reported as a non-fatal problem."""
-    conf = doctor.parse_conf("extensions.conf", reader({
-        "extensions.conf": (";-- a block\ncomment [nope] --;\n[globals]\nA=1 ; comment\n"
-                            "[tpl](!)\nexten => t,1,NoOp()\n"
-                            "[ctx](tpl)\nexten => s,1,NoOp(a\\;b)\n same => n,Hangup()\n"
-                            "#include \"ext.d/*.conf\"\n#tryinclude \"missing.conf\"\n"
-                            "[globals](+)\nB=3\nnonsense line\n"),
-        "ext.d/a.conf": "[globals]\nA=2\n[other]\nexten => s,1,NoOp()\n",
-        "ext.d/b.conf": "[ctx](+)\n same => n,Return()\n",
-    }))
+    conf = doctor.parse_conf(
+        "extensions.conf",
+        reader(
+            {
+                "extensions.conf": (
+                    ";-- a block\ncomment [nope] --;\n[globals]\nA=1 ; comment\n"
+                    "[tpl](!)\nexten => t,1,NoOp()\n"
+                    "[ctx](tpl)\nexten => s,1,NoOp(a\\;b)\n same => n,Hangup()\n"
+                    '#include "ext.d/*.conf"\n#tryinclude "missing.conf"\n'
+                    "[globals](+)\nB=3\nnonsense line\n"
+                ),
+                "ext.d/a.conf": "[globals]\nA=2\n[other]\nexten => s,1,NoOp()\n",
+                "ext.d/b.conf": "[ctx](+)\n same => n,Return()\n",
+            }
+        ),
+    )
     assert [s.name for s in conf.sections] == ["globals", "tpl", "ctx", "globals", "other"]
     assert conf.first("tpl") is None and conf.first("ctx").template is False
     assert [(n, v) for n, v, _ in conf.first("ctx").items] == [
-        ("exten", "t,1,NoOp()"), ("exten", "s,1,NoOp(a;b)"), ("same", "n,Hangup()"), ("same", "n,Return()")]
+        ("exten", "t,1,NoOp()"),
+        ("exten", "s,1,NoOp(a;b)"),
+        ("same", "n,Hangup()"),
+        ("same", "n,Return()"),
+    ]
     assert conf.first("ctx").items[-1][2] == "ext.d/b.conf:2"
     assert doctor.dialplan_globals(conf) == {"A": "2", "B": "3"}
-    assert [p.fatal for p in conf.problems] == [False]           # only the nonsense line
+    assert [p.fatal for p in conf.problems] == [False]  # only the nonsense line
     assert conf.includes[0][2] == ["ext.d/a.conf", "ext.d/b.conf"]
 
 
 def test_include_loops_and_missing_globs_are_fatal() -> None:
     """An include loop or an `#include` glob that matches no file is reported as a fatal problem,
     and a config file that does not exist reads as absent."""
-    conf = doctor.parse_conf("a.conf", reader({"a.conf": '#include "b.conf"\n', "b.conf": "#include a.conf\n"}))
+    conf = doctor.parse_conf(
+        "a.conf", reader({"a.conf": '#include "b.conf"\n', "b.conf": "#include a.conf\n"})
+    )
     assert [p.fatal for p in conf.problems] == [True]
-    conf = doctor.parse_conf("a.conf", reader({"a.conf": '#include <none/*.conf>\n[x]\ny=1\n'}))
+    conf = doctor.parse_conf("a.conf", reader({"a.conf": "#include <none/*.conf>\n[x]\ny=1\n"}))
     assert conf.problems[0].fatal and conf.problems[0].target == "none/*.conf"
     assert doctor.parse_conf("absent.conf", reader({})) is None
 
 
-STOCK_ETC = Path(os.environ.get("EXTBILL_ASTERISK_ROOT", "/var/cache/extbill/asterisk-root")) / "etc" / "asterisk"
+STOCK_ETC = (
+    Path(os.environ.get("EXTBILL_ASTERISK_ROOT", "/var/cache/extbill/asterisk-root")) / "etc" / "asterisk"
+)
 
 
 @pytest.mark.skipif(not (STOCK_ETC / "manager.conf").is_file(), reason="no Debian sid Asterisk root")
@@ -367,6 +394,7 @@ def test_debian_stock_files_parse_as_asterisk_reads_them() -> None:
 
 
 # ---- the database --------------------------------------------------------------------------
+
 
 async def _make_db(path: Path, *, demo: bool = True, en_number: bool = False) -> None:
     store = await SqliteStore.open(str(path))
@@ -432,6 +460,7 @@ def test_database_wrong_files(tmp_path: Path) -> None:
 
 # ---- FastAGI: a real server in-process, and a closed port -----------------------------------
 
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -442,31 +471,37 @@ def test_fastagi_lookup_round_trip_and_closed_port(tmp_path: Path) -> None:
     """With `extbill serve` running, doctor's FastAGI check makes a real lookup and reports OK with
     the prompt and language it got back, and with nothing listening it fails with connection
     refused, probing 0.0.0.0 as 127.0.0.1, and shows the fix."""
+
     async def go() -> None:
         service = Service(Settings(db=str(tmp_path / "agi.db"), agi_bind="127.0.0.1:0", demo=False))
         with capture_logs():
             await service.start()
             try:
-                ok = await doctor.check_fastagi("FastAGI", "127.0.0.1", service.agi.port, None,
-                                                timeout_s=2, fix_down="start it")
+                ok = await doctor.check_fastagi(
+                    "FastAGI", "127.0.0.1", service.agi.port, None, timeout_s=2, fix_down="start it"
+                )
             finally:
                 await service.stop()
         assert ok.status == doctor.OK, ok
         assert f"lookup {doctor.PROBE_NUMBER} -> prompt not-in-service, language zh" in ok.message
-        down = await doctor.check_fastagi("FastAGI", "0.0.0.0", closed_port(), None, timeout_s=1,
-                                          fix_down="start it")
+        down = await doctor.check_fastagi(
+            "FastAGI", "0.0.0.0", closed_port(), None, timeout_s=1, fix_down="start it"
+        )
         assert down.status == doctor.FAIL and "connection refused" in down.message
         assert down.fix == "start it" and "127.0.0.1:" in down.message
+
     run(go())
 
 
 def test_fastagi_something_else_on_the_port() -> None:
     """If something other than extbill's FastAGI server listens on the port and hangs up without
     answering, doctor fails saying it got no valid EXTBILL_RESULT."""
+
     async def go() -> None:
-        async def not_agi(reader, writer):   # reads the request, then hangs up without an answer
+        async def not_agi(reader, writer):  # reads the request, then hangs up without an answer
             await reader.readuntil(b"\n\n")
             writer.close()
+
         server = await asyncio.start_server(not_agi, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
@@ -474,16 +509,18 @@ def test_fastagi_something_else_on_the_port() -> None:
         finally:
             server.close()
         assert f.status == doctor.FAIL and "without a valid EXTBILL_RESULT" in f.message
+
     run(go())
 
 
 # ---- AMI: a small fake manager -------------------------------------------------------------
 
+
 class FakeAmi:
     def __init__(self, *, banner: bytes = b"Asterisk Call Manager/9.0.0\r\n", reporting: bool = True):
         self.banner, self.reporting, self.actions = banner, reporting, []
 
-    async def __aenter__(self) -> "FakeAmi":
+    async def __aenter__(self) -> FakeAmi:
         self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -504,20 +541,36 @@ class FakeAmi:
                 action, aid = f["Action"].lower(), ("ActionID", f["ActionID"])
                 self.actions.append(action)
                 if action == "login" and f.get("Username") == "extbill" and f.get("Secret") == SECRET:
-                    writer.write(self.block(("Response", "Success"), aid, ("Message", "Authentication accepted")))
+                    writer.write(
+                        self.block(("Response", "Success"), aid, ("Message", "Authentication accepted"))
+                    )
                 elif action == "login":
                     writer.write(self.block(("Response", "Error"), aid, ("Message", "Authentication failed")))
                     break
                 elif action == "coreshowchannels" and self.reporting:
                     writer.write(self.block(("Event", "FullyBooted"), ("Status", "Fully Booted")))
-                    writer.write(self.block(("Response", "Success"), aid, ("EventList", "start"),
-                                            ("Message", "Channels will follow")))
-                    writer.write(self.block(("Event", "CoreShowChannelsComplete"), aid,
-                                            ("EventList", "Complete"), ("ListItems", "0")))
+                    writer.write(
+                        self.block(
+                            ("Response", "Success"),
+                            aid,
+                            ("EventList", "start"),
+                            ("Message", "Channels will follow"),
+                        )
+                    )
+                    writer.write(
+                        self.block(
+                            ("Event", "CoreShowChannelsComplete"),
+                            aid,
+                            ("EventList", "Complete"),
+                            ("ListItems", "0"),
+                        )
+                    )
                 elif action == "coreshowchannels":
                     writer.write(self.block(("Response", "Error"), aid, ("Message", "Permission denied")))
                 elif action == "logoff":
-                    writer.write(self.block(("Response", "Goodbye"), aid, ("Message", "Thanks for all the fish.")))
+                    writer.write(
+                        self.block(("Response", "Goodbye"), aid, ("Message", "Thanks for all the fish."))
+                    )
                     break
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -534,6 +587,7 @@ def test_ami_login_and_permissions() -> None:
     """doctor's AMI check logs in, runs CoreShowChannels and logs off to report OK, fails on a wrong
     secret, a user without `write = reporting`, a port that is not an Asterisk manager or nothing
     listening, and only warns when no AMI secret is configured."""
+
     async def go() -> None:
         async with FakeAmi() as ami:
             ok = await doctor.check_ami(ami_settings(ami.port), timeout_s=2)
@@ -553,10 +607,12 @@ def test_ami_login_and_permissions() -> None:
         assert down.status == doctor.FAIL and "connection refused" in down.message
         off = await doctor.check_ami(ami_settings(closed_port(), secret=""), timeout_s=1)
         assert off.status == doctor.WARN and "EXTBILL_AMI_SECRET" in off.fix
+
     run(go())
 
 
 # ---- the command -----------------------------------------------------------------------------
+
 
 def doctor_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extbill")
@@ -585,17 +641,30 @@ def test_command_exit_status_and_output(etc: Path, tmp_path: Path, clean_env, ca
             try:
                 async with FakeAmi() as ami:
                     settings = tmp_path / "extbill.toml"
-                    settings.write_text(f'db = "{db}"\nagi_bind = "127.0.0.1:{service.agi.port}"\n'
-                                        f'ami_port = {ami.port}\nami_secret = "{SECRET}"\n')
+                    settings.write_text(
+                        f'db = "{db}"\nagi_bind = "127.0.0.1:{service.agi.port}"\n'
+                        f'ami_port = {ami.port}\nami_secret = "{SECRET}"\n'
+                    )
                     # the dialplan sends calls where the server listens (else a second check)
                     edit_globals = etc / "extensions.conf"
-                    edit_globals.write_text(TRUNK + INCLUDE + f"[globals](+)\nEXTBILL_AGI=127.0.0.1:"
-                                            f"{service.agi.port}\n")
+                    edit_globals.write_text(
+                        TRUNK + INCLUDE + f"[globals](+)\nEXTBILL_AGI=127.0.0.1:{service.agi.port}\n"
+                    )
                     # manager.conf's port is what extbill's ami_port must match
                     text = (etc / "manager.conf").read_text()
                     (etc / "manager.conf").write_text(re.sub(r"(?m)^port = \d+$", f"port = {ami.port}", text))
-                    a = doctor_parser().parse_args(["doctor", "--asterisk-etc", str(etc), "--config",
-                                                    str(settings), "--timeout", "2", *argv])
+                    a = doctor_parser().parse_args(
+                        [
+                            "doctor",
+                            "--asterisk-etc",
+                            str(etc),
+                            "--config",
+                            str(settings),
+                            "--timeout",
+                            "2",
+                            *argv,
+                        ]
+                    )
                     return await a.fn(a)
             finally:
                 await service.stop()
@@ -615,32 +684,38 @@ def test_command_exit_status_and_output(etc: Path, tmp_path: Path, clean_env, ca
     assert "channelvars" in f["message"] and "channelvars = EXTBILL_ID" in f["fix"]
 
 
-def test_command_nothing_running(etc: Path, tmp_path: Path, clean_env, capsys,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_nothing_running(
+    etc: Path, tmp_path: Path, clean_env, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With no database and no FastAGI server running, `extbill doctor` exits 1 with exactly those
     two failures, suggests `extbill db init`, and does not create the database."""
-    port = closed_port()   # not 4573: an extbill serve running on this machine must not matter
+    port = closed_port()  # not 4573: an extbill serve running on this machine must not matter
     monkeypatch.setenv("EXTBILL_AGI_BIND", f"127.0.0.1:{port}")
     with open(etc / "extensions.conf", "a") as fh:
         fh.write(f"\n[globals](+)\nEXTBILL_AGI=127.0.0.1:{port}\n")
-    a = doctor_parser().parse_args(["doctor", "--asterisk-etc", str(etc), "--db", str(tmp_path / "no.db"),
-                                    "--timeout", "1"])
+    a = doctor_parser().parse_args(
+        ["doctor", "--asterisk-etc", str(etc), "--db", str(tmp_path / "no.db"), "--timeout", "1"]
+    )
     assert run(a.fn(a)) == 1
     out = capsys.readouterr().out
-    assert out.count("\nFAIL") + out.startswith("FAIL") == 2   # no database, no FastAGI server
+    assert out.count("\nFAIL") + out.startswith("FAIL") == 2  # no database, no FastAGI server
     assert "fix: extbill db init" in out and not (tmp_path / "no.db").exists()
 
 
 def test_command_without_asterisk_files(tmp_path: Path, clean_env, capsys) -> None:
     """With `--no-asterisk-files`, `extbill doctor` skips the Asterisk config checks and reports
     only the database, FastAGI and AMI checks, in that order."""
-    a = doctor_parser().parse_args(["doctor", "--no-asterisk-files", "--db", str(tmp_path / "no.db"),
-                                    "--timeout", "1"])
+    a = doctor_parser().parse_args(
+        ["doctor", "--no-asterisk-files", "--db", str(tmp_path / "no.db"), "--timeout", "1"]
+    )
     run(a.fn(a))
     out = capsys.readouterr().out
     assert "database:" in out and "FastAGI" in out and "AMI:" in out
     assert [line.split()[1] for line in out.splitlines() if line[:4] in ("OK  ", "WARN", "FAIL")] == [
-        "database:", "FastAGI", "AMI:"]
+        "database:",
+        "FastAGI",
+        "AMI:",
+    ]
 
 
 def test_command_bad_settings_file(tmp_path: Path, clean_env, capsys) -> None:
@@ -653,18 +728,22 @@ def test_command_bad_settings_file(tmp_path: Path, clean_env, capsys) -> None:
     assert "FAIL  settings: config file" in capsys.readouterr().out
 
 
-@pytest.mark.skipif("doctor" not in cli.build_parser()._subparsers._group_actions[0].choices,
-                    reason="cli_doctor is not registered in fastagi/cli.py yet")
+@pytest.mark.skipif(
+    "doctor" not in cli.build_parser()._subparsers._group_actions[0].choices,
+    reason="cli_doctor is not registered in fastagi/cli.py yet",
+)
 def test_registered_in_the_extbill_command(tmp_path: Path, clean_env, capsys) -> None:
     """`extbill doctor` runs from the main extbill command and, pointed at an empty Asterisk etc
     dir, exits 1 reporting that extensions.conf is not found."""
-    rc = cli.main(["doctor", "--asterisk-etc", str(tmp_path), "--db", str(tmp_path / "none.db"),
-                   "--timeout", "1"])
+    rc = cli.main(
+        ["doctor", "--asterisk-etc", str(tmp_path), "--db", str(tmp_path / "none.db"), "--timeout", "1"]
+    )
     assert rc == 1
     assert "FAIL  extensions.conf: not found" in capsys.readouterr().out
 
 
 # ---- docker/: the example files pass what they configure ------------------------------------
+
 
 def test_docker_example_settings_load() -> None:
     """The docker example extbill.toml loads with the demo off and the database at
@@ -681,19 +760,24 @@ def test_docker_asterisk_config_passes_doctor(tmp_path: Path) -> None:
     (etc / "manager.d").mkdir()
     shutil.copyfile(PROJECT / "docker" / "asterisk" / "extensions.conf", etc / "extensions.conf")
     shutil.copyfile(PROJECT / "dialplan" / "extensions.conf", etc / "extbill" / "extensions.conf")
-    (etc / "manager.conf").write_text('[general]\nenabled = yes\nport = 5038\nbindaddr = 127.0.0.1\n\n'
-                                      '#include "manager.d/*.conf"\n')
+    (etc / "manager.conf").write_text(
+        '[general]\nenabled = yes\nport = 5038\nbindaddr = 127.0.0.1\n\n#include "manager.d/*.conf"\n'
+    )
     (etc / "modules.conf").write_text("[modules]\nautoload = yes\n")
     (etc / "asterisk.conf").write_text(f"[directories]\nastdatadir => {data}\n")
     shutil.copytree(PROJECT / "sounds" / "zh" / "extbill", data / "sounds" / "zh" / "extbill")
     script = (PROJECT / "docker" / "asterisk-entrypoint.sh").read_text()
     script = re.sub(r"(?m)^(exec|chgrp) .*$", ":", script.replace("/etc/asterisk", str(etc)))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "EXTBILL_AMI_SECRET": SECRET,
-           "EXTBILL_AGI": "extbill:4573"}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "EXTBILL_AMI_SECRET": SECRET,
+        "EXTBILL_AGI": "extbill:4573",
+    }
     subprocess.run(["sh", "-c", script], env=env, check=True)
     findings = files(etc)
     assert by_status(findings, doctor.OK) == findings, doctor.render(findings)
     assert any("EXTBILL_AGI=extbill:4573" in f.message for f in findings)
-    bad = subprocess.run(["sh", "-c", script], env={**env, "EXTBILL_AMI_SECRET": "a;b"},
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        ["sh", "-c", script], env={**env, "EXTBILL_AMI_SECRET": "a;b"}, capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "must not contain" in bad.stderr

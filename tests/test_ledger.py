@@ -1,4 +1,5 @@
 """The ledger: double entry, no overdraw, two-phase reservations; pure rules and the real SQLite store."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,13 +10,22 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invariant, multiple,
-                                 rule)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, multiple, rule
 
-from fastagi.ledger import (Account, AccountKind, InsufficientFunds, InvalidTransfer,
-                            LedgerError, TransferKind, apply_pending, apply_pending_debit,
-                            apply_posted, apply_resolve, invariant_holds)
-from fastagi.rating import Tariff
+from fastagi.core.ledger import (
+    Account,
+    AccountKind,
+    InsufficientFunds,
+    InvalidTransfer,
+    LedgerError,
+    TransferKind,
+    apply_pending,
+    apply_pending_debit,
+    apply_posted,
+    apply_resolve,
+    invariant_holds,
+)
+from fastagi.core.rating import Tariff
 from fastagi.store import tx_admin, tx_calls, tx_ledger
 from fastagi.store.base import CallFacts, Conflict, NotFound, StoreError
 from fastagi.store.sqlite import SqliteStore
@@ -34,11 +44,10 @@ class PureLedger(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        kinds = [AccountKind.FUNDING, AccountKind.REVENUE, AccountKind.MAIN, AccountKind.EXT,
-                 AccountKind.EXT]
+        kinds = [AccountKind.FUNDING, AccountKind.REVENUE, AccountKind.MAIN, AccountKind.EXT, AccountKind.EXT]
         self.acc = [Account(i, k) for i, k in enumerate(kinds)]
-        self.posted = [0] * 5     # the model: posted balance per account
-        self.held = [0] * 5       # the model: money held by open reservations per account
+        self.posted = [0] * 5  # the model: posted balance per account
+        self.held = [0] * 5  # the model: money held by open reservations per account
 
     def _posted(self, debit: int, credit: int, amount: int) -> None:
         before = list(self.acc)
@@ -126,7 +135,10 @@ def test_invariant_detects_an_overdrawn_account() -> None:
     """The invariant check itself fails for an overdrawn customer account or an unbalanced ledger."""
     ok = [Account(0, AccountKind.FUNDING, debits_posted=5), Account(1, AccountKind.MAIN, credits_posted=5)]
     assert invariant_holds(ok)
-    overdrawn = [Account(0, AccountKind.FUNDING, credits_posted=5), Account(1, AccountKind.MAIN, debits_posted=5)]
+    overdrawn = [
+        Account(0, AccountKind.FUNDING, credits_posted=5),
+        Account(1, AccountKind.MAIN, debits_posted=5),
+    ]
     assert not invariant_holds(overdrawn)
     unbalanced = [Account(0, AccountKind.FUNDING), Account(1, AccountKind.MAIN, credits_posted=5)]
     assert not invariant_holds(unbalanced)
@@ -142,9 +154,15 @@ def test_reservation_larger_than_available_is_refused() -> None:
     assert new_main.available == 0
 
 
-accounts_st = st.builds(Account, st.integers(1, 3), st.sampled_from(list(AccountKind)),
-                        st.integers(0, 1_000), st.integers(0, 1_000), st.integers(0, 1_000),
-                        st.integers(0, 2_000))
+accounts_st = st.builds(
+    Account,
+    st.integers(1, 3),
+    st.sampled_from(list(AccountKind)),
+    st.integers(0, 1_000),
+    st.integers(0, 1_000),
+    st.integers(0, 1_000),
+    st.integers(0, 2_000),
+)
 
 
 @given(debit=accounts_st, credit=accounts_st, amount=st.one_of(st.integers(-5, 3_000), st.just(True)))
@@ -158,8 +176,14 @@ def test_pending_debit_side_alone_is_apply_pending(debit: Account, credit: Accou
             apply_pending_debit(debit, credit.id, amount)
         return
     assert apply_pending_debit(debit, credit.id, amount) == new_debit
-    assert new_credit == Account(credit.id, credit.kind, credit.debits_pending, credit.debits_posted,
-                                 credit.credits_pending + amount, credit.credits_posted)
+    assert new_credit == Account(
+        credit.id,
+        credit.kind,
+        credit.debits_pending,
+        credit.debits_posted,
+        credit.credits_pending + amount,
+        credit.credits_posted,
+    )
 
 
 # =============================== the real SQLite store =======================================
@@ -172,8 +196,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _open_with_number(path: Path, *, plan: Tariff | None = None,
-                            ext_billing: bool = False) -> SqliteStore:
+async def _open_with_number(
+    path: Path, *, plan: Tariff | None = None, ext_billing: bool = False
+) -> SqliteStore:
     store = await SqliteStore.open(str(path))
     await store.run(tx_admin.add_plan, "std", plan or Tariff(per_minute=600))
     await store.run(tx_admin.add_number, NUMBER, "HQ", "std", 0, "zh", "PJSIP/100", 5)
@@ -193,8 +218,9 @@ def _accounts(conn: sqlite3.Connection) -> list[Account]:
 
 
 def _account_ids(conn: sqlite3.Connection) -> dict[str | None, int]:
-    ids: dict[str | None, int] = {None: conn.execute(
-        "SELECT account_id FROM numbers WHERE number=?", (NUMBER,)).fetchone()[0]}
+    ids: dict[str | None, int] = {
+        None: conn.execute("SELECT account_id FROM numbers WHERE number=?", (NUMBER,)).fetchone()[0]
+    }
     for k in KEYS:
         ids[k] = conn.execute("SELECT account_id FROM extensions WHERE key=?", (k,)).fetchone()[0]
     return ids
@@ -216,9 +242,12 @@ store_ops = st.one_of(
     st.tuples(st.just("recharge"), targets, st.integers(1, 50_000), st.sampled_from([None, "r1", "r2"])),
     st.tuples(st.just("move"), st.sampled_from(KEYS), st.integers(1, 50_000), st.sampled_from([None, "m1"])),
     st.tuples(st.just("reserve"), targets, st.integers(0, 30_000)),
-    st.tuples(st.just("resolve"), st.integers(0, 20),
-              st.sampled_from([TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE]),
-              st.floats(0, 1)),
+    st.tuples(
+        st.just("resolve"),
+        st.integers(0, 20),
+        st.sampled_from([TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE]),
+        st.floats(0, 1),
+    ),
 )
 
 
@@ -232,12 +261,13 @@ def test_random_sequences_on_the_real_store_keep_the_books(tmp_path: Path, ops: 
         store = await _open_with_number(tmp_path / f"{uuid.uuid4().hex}.db")
         try:
             ids = await store.read(_account_ids)
-            reservations: list[tuple[str, int]] = []   # (pending id, amount)
+            reservations: list[tuple[str, int]] = []  # (pending id, amount)
             resolved: set[str] = set()
             for n, op in enumerate(ops):
                 before = await store.read(_dump)
                 avail_before = await store.read(
-                    lambda c: {k: tx_ledger.load_account(c, i).available for k, i in ids.items()})
+                    lambda c: {k: tx_ledger.load_account(c, i).available for k, i in ids.items()}
+                )
                 try:
                     if op[0] == "recharge":
                         _, key, amount, ref = op
@@ -249,13 +279,29 @@ def test_random_sequences_on_the_real_store_keep_the_books(tmp_path: Path, ops: 
                     elif op[0] == "reserve":
                         _, key, amount = op
                         pid = f"test:{n}"
-                        if n % 2:   # call setup's path: the account read in the same transaction
-                            await store.run(lambda c: tx_ledger.reserve(
-                                c, pid, tx_ledger.load_account(c, ids[key]), tx_ledger.REVENUE_ACCOUNT_ID,
-                                amount, "call", pid))
+                        if n % 2:  # call setup's path: the account read in the same transaction
+                            await store.run(
+                                lambda c: tx_ledger.reserve(
+                                    c,
+                                    pid,
+                                    tx_ledger.load_account(c, ids[key]),
+                                    tx_ledger.REVENUE_ACCOUNT_ID,
+                                    amount,
+                                    "call",
+                                    pid,
+                                )
+                            )
                         else:
-                            await store.run(tx_ledger.transfer, pid, ids[key], tx_ledger.REVENUE_ACCOUNT_ID,
-                                            amount, "call", pid, pending=True)
+                            await store.run(
+                                tx_ledger.transfer,
+                                pid,
+                                ids[key],
+                                tx_ledger.REVENUE_ACCOUNT_ID,
+                                amount,
+                                "call",
+                                pid,
+                                pending=True,
+                            )
                         assert amount <= avail_before[key]
                         reservations.append((pid, amount))
                     else:
@@ -309,21 +355,41 @@ def test_a_reservation_is_resolved_at_most_once(tmp_path: Path) -> None:
         try:
             ids = await store.read(_account_ids)
             await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)
-            await store.run(tx_ledger.transfer, "p1", ids["1"], tx_ledger.REVENUE_ACCOUNT_ID, 6_000,
-                            "call", "p1", pending=True)
+            await store.run(
+                tx_ledger.transfer,
+                "p1",
+                ids["1"],
+                tx_ledger.REVENUE_ACCOUNT_ID,
+                6_000,
+                "call",
+                "p1",
+                pending=True,
+            )
             ext = await store.read(tx_ledger.load_account, ids["1"])
             assert (ext.balance, ext.reserved, ext.available) == (10_000, 6_000, 4_000)
             assert await store.run(tx_ledger.resolve, "p1", TransferKind.POST, 2_500, "call") is True
             ext = await store.read(tx_ledger.load_account, ids["1"])
             assert (ext.balance, ext.reserved, ext.available) == (7_500, 0, 7_500)
             before = await store.read(_dump)
-            for kind, amount in ((TransferKind.POST, 2_500), (TransferKind.VOID, 0),
-                                 (TransferKind.EXPIRE, 0), (TransferKind.POST, 6_000)):
+            for kind, amount in (
+                (TransferKind.POST, 2_500),
+                (TransferKind.VOID, 0),
+                (TransferKind.EXPIRE, 0),
+                (TransferKind.POST, 6_000),
+            ):
                 assert await store.run(tx_ledger.resolve, "p1", kind, amount, "call") is False
             assert await store.read(_dump) == before
             # a voided reservation releases everything, and is then also final
-            await store.run(tx_ledger.transfer, "p2", ids["1"], tx_ledger.REVENUE_ACCOUNT_ID, 7_500,
-                            "call", "p2", pending=True)
+            await store.run(
+                tx_ledger.transfer,
+                "p2",
+                ids["1"],
+                tx_ledger.REVENUE_ACCOUNT_ID,
+                7_500,
+                "call",
+                "p2",
+                pending=True,
+            )
             assert await store.run(tx_ledger.resolve, "p2", TransferKind.VOID, 0, "call") is True
             assert await store.run(tx_ledger.resolve, "p2", TransferKind.POST, 7_500, "call") is False
             ext = await store.read(tx_ledger.load_account, ids["1"])
@@ -350,10 +416,12 @@ def test_idempotent_repeat_changes_nothing_and_a_changed_repeat_is_a_conflict(tm
             assert not again.created
             assert not (await store.run(tx_admin.move, NUMBER, "2", 2_000, "mv-1")).created
             assert await store.read(_dump) == before
-            for fn, args in ((tx_admin.recharge, (NUMBER, None, 5_001, "pay-1")),
-                             (tx_admin.recharge, (NUMBER, "1", 5_000, "pay-1")),
-                             (tx_admin.move, (NUMBER, "2", 1_999, "mv-1")),
-                             (tx_admin.move, (NUMBER, "1", 2_000, "mv-1"))):
+            for fn, args in (
+                (tx_admin.recharge, (NUMBER, None, 5_001, "pay-1")),
+                (tx_admin.recharge, (NUMBER, "1", 5_000, "pay-1")),
+                (tx_admin.move, (NUMBER, "2", 1_999, "mv-1")),
+                (tx_admin.move, (NUMBER, "1", 2_000, "mv-1")),
+            ):
                 with pytest.raises(Conflict):
                     await store.run(fn, *args)
                 assert await store.read(_dump) == before
@@ -367,8 +435,9 @@ def test_idempotent_repeat_changes_nothing_and_a_changed_repeat_is_a_conflict(tm
 
 
 @pytest.mark.parametrize("ext_money, expected_calls", [(10_000, 16), (599, 0), (600, 1)])
-def test_parallel_reservations_never_overdraw_an_extension(tmp_path: Path, ext_money: int,
-                                                           expected_calls: int) -> None:
+def test_parallel_reservations_never_overdraw_an_extension(
+    tmp_path: Path, ext_money: int, expected_calls: int
+) -> None:
     """50 calls routed at once to one extension reserve at most its balance; the rest hear arrears,
     even though the main account has plenty of money."""
     # 0.6/min, 60/60, calls capped at one minute: every granted call reserves exactly 0.600.
@@ -382,10 +451,21 @@ def test_parallel_reservations_never_overdraw_an_extension(tmp_path: Path, ext_m
         # several connections, so the reservations really race through SQLite's locking
         stores = [setup] + [await SqliteStore.open(str(path)) for _ in range(4)]
         try:
-            decisions = await asyncio.gather(*(
-                stores[i % len(stores)].run(tx_calls.route, f"call-{i}", NUMBER, "1", 1,
-                                            "13800000000", f"PJSIP/in-{i}", f"call-{i}")
-                for i in range(50)))
+            decisions = await asyncio.gather(
+                *(
+                    stores[i % len(stores)].run(
+                        tx_calls.route,
+                        f"call-{i}",
+                        NUMBER,
+                        "1",
+                        1,
+                        "13800000000",
+                        f"PJSIP/in-{i}",
+                        f"call-{i}",
+                    )
+                    for i in range(50)
+                )
+            )
             dials = [d for d in decisions if d.action == "dial"]
             assert len(dials) == expected_calls
             assert all(d.charged == "ext" and d.reserve == 600 for d in dials)
@@ -406,6 +486,7 @@ def test_parallel_reservations_never_overdraw_an_extension(tmp_path: Path, ext_m
 
 # ---- call setup's fast paths: the same effects with fewer statements ---------------------------
 
+
 def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
     """tx_ledger.reserve (call setup) writes the same transfer row and counters as transfer(pending=True);
     an amount over what is available, or a reused id, is refused and changes nothing."""
@@ -418,35 +499,58 @@ def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
             await store.run(tx_admin.recharge, NUMBER, "2", 10_000, None)
             rev = tx_ledger.REVENUE_ACCOUNT_ID
             await store.run(tx_ledger.transfer, "a", ids["1"], rev, 4_000, "call", "ra", pending=True)
-            await store.run(lambda c: tx_ledger.reserve(c, "b", tx_ledger.load_account(c, ids["2"]), rev,
-                                                        4_000, "call", "rb"))
+            await store.run(
+                lambda c: tx_ledger.reserve(
+                    c, "b", tx_ledger.load_account(c, ids["2"]), rev, 4_000, "call", "rb"
+                )
+            )
             e1, e2, r = [await store.read(tx_ledger.load_account, i) for i in (ids["1"], ids["2"], rev)]
-            assert (e1.debits_pending, e1.debits_posted, e1.credits_posted) == \
-                   (e2.debits_pending, e2.debits_posted, e2.credits_posted) == (4_000, 0, 10_000)
+            assert (
+                (e1.debits_pending, e1.debits_posted, e1.credits_posted)
+                == (e2.debits_pending, e2.debits_posted, e2.credits_posted)
+                == (4_000, 0, 10_000)
+            )
             assert r.credits_pending == 8_000
-            rows = await store.read(lambda c: c.execute(
-                "SELECT id, kind, credit_account_id, amount, pending_id, code FROM transfers "
-                "WHERE id IN ('a', 'b') ORDER BY id").fetchall())
-            assert [tuple(x) for x in rows] == [("a", "pending", rev, 4_000, None, "call"),
-                                                ("b", "pending", rev, 4_000, None, "call")]
+            rows = await store.read(
+                lambda c: c.execute(
+                    "SELECT id, kind, credit_account_id, amount, pending_id, code FROM transfers "
+                    "WHERE id IN ('a', 'b') ORDER BY id"
+                ).fetchall()
+            )
+            assert [tuple(x) for x in rows] == [
+                ("a", "pending", rev, 4_000, None, "call"),
+                ("b", "pending", rev, 4_000, None, "call"),
+            ]
             await store.read(_check_books)
             before = await store.read(_dump)
             with pytest.raises(InsufficientFunds):
-                await store.run(lambda c: tx_ledger.reserve(c, "c", tx_ledger.load_account(c, ids["2"]), rev,
-                                                            6_001, "call", "rc"))
-            with pytest.raises(sqlite3.IntegrityError):     # the UNIQUE id still guards a reused id
-                await store.run(lambda c: tx_ledger.reserve(c, "b", tx_ledger.load_account(c, ids["2"]), rev,
-                                                            1, "call", "rb"))
+                await store.run(
+                    lambda c: tx_ledger.reserve(
+                        c, "c", tx_ledger.load_account(c, ids["2"]), rev, 6_001, "call", "rc"
+                    )
+                )
+            with pytest.raises(sqlite3.IntegrityError):  # the UNIQUE id still guards a reused id
+                await store.run(
+                    lambda c: tx_ledger.reserve(
+                        c, "b", tx_ledger.load_account(c, ids["2"]), rev, 1, "call", "rb"
+                    )
+                )
             with pytest.raises(NotFound):
-                await store.run(lambda c: tx_ledger.reserve(c, "d", tx_ledger.load_account(c, ids["2"]), 999,
-                                                            1, "call", "rd"))
+                await store.run(
+                    lambda c: tx_ledger.reserve(
+                        c, "d", tx_ledger.load_account(c, ids["2"]), 999, 1, "call", "rd"
+                    )
+                )
             with pytest.raises(InvalidTransfer):
-                await store.run(lambda c: tx_ledger.reserve(c, "e", tx_ledger.load_account(c, ids["2"]),
-                                                            ids["2"], 1, "call", "re"))
+                await store.run(
+                    lambda c: tx_ledger.reserve(
+                        c, "e", tx_ledger.load_account(c, ids["2"]), ids["2"], 1, "call", "re"
+                    )
+                )
             stale = await store.read(tx_ledger.load_account, ids["2"])
             await store.run(tx_admin.recharge, NUMBER, "2", 1, None)
             after_recharge = await store.read(_dump)
-            with pytest.raises(StoreError, match="changed since"):   # never overwrite newer counters
+            with pytest.raises(StoreError, match="changed since"):  # never overwrite newer counters
                 await store.run(tx_ledger.reserve, "f", stale, rev, 1, "call", "rf")
             assert await store.read(_dump) == after_recharge
             before = after_recharge
@@ -466,8 +570,16 @@ def test_resolve_refuses_what_is_not_a_reservation(tmp_path: Path) -> None:
         try:
             ids = await store.read(_account_ids)
             await store.run(tx_admin.recharge, NUMBER, "1", 10_000, "r1")
-            await store.run(tx_ledger.transfer, "p", ids["1"], tx_ledger.REVENUE_ACCOUNT_ID, 1_000,
-                            "call", "p", pending=True)
+            await store.run(
+                tx_ledger.transfer,
+                "p",
+                ids["1"],
+                tx_ledger.REVENUE_ACCOUNT_ID,
+                1_000,
+                "call",
+                "p",
+                pending=True,
+            )
             before = await store.read(_dump)
             with pytest.raises(NotFound):
                 await store.run(tx_ledger.resolve, "nope", TransferKind.POST, 0, "call")
@@ -486,14 +598,19 @@ def test_resolve_refuses_what_is_not_a_reservation(tmp_path: Path) -> None:
 
 def _reference_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...]:
     """What call setup's views hold, read the plain way: one row at a time."""
-    from fastagi.calls import PlanView  # noqa: PLC0415
+    from fastagi.core.calls import PlanView  # noqa: PLC0415
 
     def plan(pid: int | None) -> PlanView | None:
         if pid is None:
             return None
-        r = conn.execute("SELECT per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s "
-                         "FROM plans WHERE id=?", (pid,)).fetchone()
-        rates = dict(conn.execute("SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,)).fetchall())
+        r = conn.execute(
+            "SELECT per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s "
+            "FROM plans WHERE id=?",
+            (pid,),
+        ).fetchone()
+        rates = dict(
+            conn.execute("SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,)).fetchall()
+        )
         return PlanView(Tariff(*r), rates)
 
     n = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
@@ -501,17 +618,36 @@ def _reference_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[o
         return (None,)
     keys = [k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (n["id"],))]
     e = conn.execute("SELECT * FROM extensions WHERE number_id=? AND key=?", (n["id"], key)).fetchone()
-    ext = None if e is None or not key else (e["id"], e["key"], e["dest"],
-                                             tx_ledger.load_account(conn, e["account_id"]), plan(e["plan_id"]))
-    return ((n["id"], n["number"], n["lang"], bool(n["ivr"]), bool(n["ext_billing"]), n["min_balance"],
-             n["default_dest"], n["digit_timeout_s"], tx_ledger.load_account(conn, n["account_id"]),
-             plan(n["plan_id"])), max((len(k) for k in keys), default=None), ext)
+    ext = (
+        None
+        if e is None or not key
+        else (e["id"], e["key"], e["dest"], tx_ledger.load_account(conn, e["account_id"]), plan(e["plan_id"]))
+    )
+    return (
+        (
+            n["id"],
+            n["number"],
+            n["lang"],
+            bool(n["ivr"]),
+            bool(n["ext_billing"]),
+            n["min_balance"],
+            n["default_dest"],
+            n["digit_timeout_s"],
+            tx_ledger.load_account(conn, n["account_id"]),
+            plan(n["plan_id"]),
+        ),
+        max((len(k) for k in keys), default=None),
+        ext,
+    )
 
 
 def _ext_view(conn: sqlite3.Connection, number_id: int, key: str) -> tx_admin.ExtView | None:
     """One extension by its own statement: what route_views' join must read."""
-    row = conn.execute(f"SELECT {tx_admin._EXT_COLS} FROM extensions e {tx_admin._EXT_JOINS} "
-                       "WHERE e.number_id = ? AND e.key = ?", (number_id, key)).fetchone()
+    row = conn.execute(
+        f"SELECT {tx_admin._EXT_COLS} FROM extensions e {tx_admin._EXT_JOINS} "
+        "WHERE e.number_id = ? AND e.key = ?",
+        (number_id, key),
+    ).fetchone()
     return None if row is None else tx_admin._ext_at(row, 0)
 
 
@@ -529,8 +665,22 @@ def _views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...
     else:
         assert ev is None
     ext = None if ev is None else (ev.extension_id, ev.key, ev.dest, ev.account, ev.plan)
-    return ((nv.number_id, nv.number, nv.lang, nv.ivr, nv.ext_billing, nv.min_balance, nv.default_dest,
-             nv.digit_timeout_s, nv.main, nv.plan), nv.max_key_len, ext)
+    return (
+        (
+            nv.number_id,
+            nv.number,
+            nv.lang,
+            nv.ivr,
+            nv.ext_billing,
+            nv.min_balance,
+            nv.default_dest,
+            nv.digit_timeout_s,
+            nv.main,
+            nv.plan,
+        ),
+        nv.max_key_len,
+        ext,
+    )
 
 
 def test_call_setup_views_read_what_the_rows_hold(tmp_path: Path) -> None:
@@ -539,9 +689,10 @@ def test_call_setup_views_read_what_the_rows_hold(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
 
     async def scenario() -> None:
-        store = await _open_with_number(path, plan=Tariff(per_minute=600, initial_s=30, increment_s=6),
-                                        ext_billing=True)
-        cli = await SqliteStore.open(str(path))     # another process, as far as caching goes
+        store = await _open_with_number(
+            path, plan=Tariff(per_minute=600, initial_s=30, increment_s=6), ext_billing=True
+        )
+        cli = await SqliteStore.open(str(path))  # another process, as far as caching goes
         try:
             await store.run(tx_admin.add_plan, "own", Tariff(per_minute=900, connect_fee=100))
             await store.run(tx_admin.add_number, "4008005678", "Bare", None, 0, "en", None, 9)
@@ -577,14 +728,18 @@ def test_call_setup_views_read_what_the_rows_hold(tmp_path: Path) -> None:
     run(scenario())
 
 
-@pytest.mark.parametrize("own_plan, low_balance, threshold", [
-    (None, None, 10 * 600),          # the number's plan: 10 first blocks of 60 s at 0.6/min
-    ("own", None, 10 * (100 + 450)), # the extension's own plan: 30 s at 0.9/min + 0.1 connect fee
-    ("own", 9_000, 9_000),           # configured: the plan is not asked
-    (None, 1_000, 1_000),            # configured and still above it: no warning
-])
-def test_balance_low_threshold_follows_the_extensions_plan(tmp_path: Path, own_plan: str | None,
-                                                           low_balance: int | None, threshold: int) -> None:
+@pytest.mark.parametrize(
+    "own_plan, low_balance, threshold",
+    [
+        (None, None, 10 * 600),  # the number's plan: 10 first blocks of 60 s at 0.6/min
+        ("own", None, 10 * (100 + 450)),  # the extension's own plan: 30 s at 0.9/min + 0.1 connect fee
+        ("own", 9_000, 9_000),  # configured: the plan is not asked
+        (None, 1_000, 1_000),  # configured and still above it: no warning
+    ],
+)
+def test_balance_low_threshold_follows_the_extensions_plan(
+    tmp_path: Path, own_plan: str | None, low_balance: int | None, threshold: int
+) -> None:
     """Settling an extension's call reports balance.low against its own plan's first blocks, else its
     number's, unless a threshold is configured."""
 
@@ -598,17 +753,33 @@ def test_balance_low_threshold_follows_the_extensions_plan(tmp_path: Path, own_p
                 await store.run(tx_admin.set_extension, NUMBER, "1", plan=own_plan, low_balance=low_balance)
             d = await store.run(tx_calls.route, "b1", NUMBER, "1", 1, "13800000000", None, None)
             assert d.action == "dial" and d.charged == "ext"
-            res = await store.run(tx_calls.settle, CallFacts(
-                "b1", True, 8 * 60_000, "2026-01-01T00:00:00.000Z", "2026-01-01T00:08:00.000Z",
-                "ANSWER", "16", "hangup"))
+            res = await store.run(
+                tx_calls.settle,
+                CallFacts(
+                    "b1",
+                    True,
+                    8 * 60_000,
+                    "2026-01-01T00:00:00.000Z",
+                    "2026-01-01T00:08:00.000Z",
+                    "ANSWER",
+                    "16",
+                    "hangup",
+                ),
+            )
             available = 10_000 - res.cost
             assert (available < threshold) == (low_balance != 1_000)
             if available < threshold:
-                assert res.low_balance == {"number": NUMBER, "ext": "1", "available": available,
-                                           "threshold": threshold}
+                assert res.low_balance == {
+                    "number": NUMBER,
+                    "ext": "1",
+                    "available": available,
+                    "threshold": threshold,
+                }
             else:
                 assert res.low_balance is None
-            flag = await store.read(lambda c: c.execute("SELECT low_flag FROM extensions WHERE key='1'").fetchone()[0])
+            flag = await store.read(
+                lambda c: c.execute("SELECT low_flag FROM extensions WHERE key='1'").fetchone()[0]
+            )
             assert flag == int(available < threshold)
         finally:
             await store.close()

@@ -1,4 +1,5 @@
 """Money at the edges: decimal text with at most 3 places <-> integer minor units (0.001 CNY)."""
+
 from __future__ import annotations
 
 import re
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastagi.money import AMOUNT_MAX, AmountError, format_amount, parse_amount
+from fastagi.core.money import AMOUNT_MAX, AmountError, format_amount, parse_amount
 
 amounts = st.integers(min_value=1, max_value=AMOUNT_MAX)
 
@@ -18,10 +19,14 @@ def test_format_then_parse_gives_back_the_same_minor_units(minor: int) -> None:
     assert parse_amount(format_amount(minor)) == minor
 
 
-@given(st.integers(min_value=0, max_value=10_000_000), st.integers(min_value=0, max_value=999),
-       st.integers(min_value=0, max_value=3))
-def test_parse_then_format_prints_the_typed_value_with_three_places(whole: int, frac: int,
-                                                                     places: int) -> None:
+@given(
+    st.integers(min_value=0, max_value=10_000_000),
+    st.integers(min_value=0, max_value=999),
+    st.integers(min_value=0, max_value=3),
+)
+def test_parse_then_format_prints_the_typed_value_with_three_places(
+    whole: int, frac: int, places: int
+) -> None:
     """An amount typed with 0 to 3 decimals prints as the same number padded to 3 places."""
     if places == 0:
         text, frac_digits = str(whole), "000"
@@ -37,38 +42,81 @@ def test_parse_then_format_prints_the_typed_value_with_three_places(whole: int, 
     assert format_amount(parse_amount(text)) == f"{whole}.{frac_digits}"
 
 
-@pytest.mark.parametrize("text, minor", [
-    ("12", 12_000), ("12.5", 12_500), ("0.001", 1), ("0.6", 600), ("007.070", 7_070),
-    ("10000000", 10_000_000_000),
-])
+@pytest.mark.parametrize(
+    "text, minor",
+    [
+        ("12", 12_000),
+        ("12.5", 12_500),
+        ("0.001", 1),
+        ("0.6", 600),
+        ("007.070", 7_070),
+        ("10000000", 10_000_000_000),
+    ],
+)
 def test_documented_examples_parse_to_minor_units(text: str, minor: int) -> None:
     """The amounts the CLI documents ('12', '12.5', '0.001') mean what they say in 0.001 units."""
     assert parse_amount(text) == minor
 
 
-@pytest.mark.parametrize("minor, text", [(0, "0.000"), (1, "0.001"), (12_500, "12.500"),
-                                         (-1_500, "-1.500"), (10_000_000_000, "10000000.000")])
+@pytest.mark.parametrize(
+    "minor, text",
+    [(0, "0.000"), (1, "0.001"), (12_500, "12.500"), (-1_500, "-1.500"), (10_000_000_000, "10000000.000")],
+)
 def test_format_prints_exactly_three_places(minor: int, text: str) -> None:
     """Money always prints with exactly three decimal places, with a sign when negative."""
     assert format_amount(minor) == text
 
 
-@pytest.mark.parametrize("text, word", [
-    ("-1", "negative"), ("-0.5", "negative"),
-    ("0", "zero"), ("0.000", "zero"), ("00", "zero"),
-    ("1.2345", "decimal places"), ("0.0001", "decimal places"),
-    ("10000000.001", "maximum"), ("99999999", "maximum"), ("999999999999.999", "maximum"),
-])
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("-1", "negative"),
+        ("-0.5", "negative"),
+        ("0", "zero"),
+        ("0.000", "zero"),
+        ("00", "zero"),
+        ("1.2345", "decimal places"),
+        ("0.0001", "decimal places"),
+        ("10000000.001", "maximum"),
+        ("99999999", "maximum"),
+        ("999999999999.999", "maximum"),
+    ],
+)
 def test_refusals_name_the_problem(text: str, word: str) -> None:
     """Negative, zero, over-precise and too-large amounts are refused with a message naming why."""
     with pytest.raises(AmountError, match=word):
         parse_amount(text)
 
 
-@pytest.mark.parametrize("text", [
-    "1e3", "1E3", "", " ", " 5", "5 ", "5\n", "\t5", "1 000", "1,000", "1_000", "abc", "5.", ".5",
-    "+5", "0x10", "NaN", "inf", "12.5.1", "١٢", "１２", "5yuan", "¥5", "1000000000000",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e3",
+        "1E3",
+        "",
+        " ",
+        " 5",
+        "5 ",
+        "5\n",
+        "\t5",
+        "1 000",
+        "1,000",
+        "1_000",
+        "abc",
+        "5.",
+        ".5",
+        "+5",
+        "0x10",
+        "NaN",
+        "inf",
+        "12.5.1",
+        "١٢",
+        "１２",
+        "5yuan",
+        "¥5",
+        "1000000000000",
+    ],
+)
 def test_malformed_text_is_refused(text: str) -> None:
     """Scientific notation, spaces, signs, separators, non-ASCII digits and garbage are not amounts."""
     with pytest.raises(AmountError):

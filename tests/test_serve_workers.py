@@ -1,4 +1,5 @@
 """`extbill serve --workers 2`: two real processes on one port and one SQLite file."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fastagi.bench.agi_peer import agi_call
-from fastagi.demo import DEMO_NUMBER
+from fastagi.admin.demo import DEMO_NUMBER
+from fastagi.dev.bench.agi_peer import agi_call
 
 START_TIMEOUT_S = 20.0
 
@@ -27,9 +28,26 @@ class Serve:
         self.log_path = tmp / "serve.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastagi", "serve", "--db", str(self.db), "--agi-bind", "127.0.0.1:0",
-             "--workers", "2", "--log-format", "json", "--log-level", "info"],
-            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "EXTBILL_AMI_SECRET": ""})
+            [
+                sys.executable,
+                "-m",
+                "fastagi",
+                "serve",
+                "--db",
+                str(self.db),
+                "--agi-bind",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--log-format",
+                "json",
+                "--log-level",
+                "info",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            env={**os.environ, "EXTBILL_AMI_SECRET": ""},
+        )
         self.port = int(self.wait_for("serve.listening")["agi"].rsplit(":", 1)[1])
         self.wait_for("serve.worker_listening")
 
@@ -49,7 +67,9 @@ class Serve:
             if len(found) >= count:
                 return found[count - 1]
             if self.proc.poll() is not None:
-                raise AssertionError(f"serve exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
+                raise AssertionError(
+                    f"serve exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}"
+                )
             time.sleep(0.05)
         raise AssertionError(f"no {event} x{count} in {timeout_s}s: {self.log_path.read_text()[-2000:]}")
 
@@ -80,7 +100,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:   # a zombie (exited, not yet reaped by the first process) is gone too
+    try:  # a zombie (exited, not yet reaped by the first process) is gone too
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
@@ -90,11 +110,22 @@ def _alive(pid: int) -> bool:
 def test_both_processes_answer_calls_and_never_overdraw_together(serve: Serve) -> None:
     """Requests spread over both processes; 20 parallel calls to an extension holding one
     grant get exactly one Dial between them, the rest the arrears prompt."""
+
     async def run() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-        lookups = await asyncio.gather(*(agi_call("127.0.0.1", serve.port, "lookup", [DEMO_NUMBER],
-                                                  uniqueid=f"1732650000.{i}") for i in range(40)))
-        routes = await asyncio.gather(*(agi_call("127.0.0.1", serve.port, "route", [DEMO_NUMBER, "3", "1"],
-                                                 uniqueid=f"1732650100.{i}") for i in range(20)))
+        lookups = await asyncio.gather(
+            *(
+                agi_call("127.0.0.1", serve.port, "lookup", [DEMO_NUMBER], uniqueid=f"1732650000.{i}")
+                for i in range(40)
+            )
+        )
+        routes = await asyncio.gather(
+            *(
+                agi_call(
+                    "127.0.0.1", serve.port, "route", [DEMO_NUMBER, "3", "1"], uniqueid=f"1732650100.{i}"
+                )
+                for i in range(20)
+            )
+        )
         return [r.variables for r in lookups], [r.variables for r in routes]
 
     lookups, routes = asyncio.run(run())
@@ -103,7 +134,7 @@ def test_both_processes_answer_calls_and_never_overdraw_together(serve: Serve) -
     assert results == ["dial:"] + ["prompt:ext-in-arrears"] * 19
     serve.wait_for("call.lookup", count=40)
     workers = {ln.get("worker", 0) for ln in serve.lines() if ln.get("event") == "call.lookup"}
-    assert workers == {0, 1}, workers   # 40 connections from different ports: both got some
+    assert workers == {0, 1}, workers  # 40 connections from different ports: both got some
     # Both processes write to one stderr: every line is still one whole JSON object.
     raw = serve.log_path.read_text().splitlines()
     assert len(raw) == len(serve.lines()) > 60

@@ -4,6 +4,7 @@ The paths: AMI events through the pure Correlator and `Settlement.on_ami_fact`, 
 dialplan's hangup handler (`settle(CallFacts(settled_by="hangup"))`), reconcile after an
 AMI (re)connect and the sweeper. Money is checked in the ledger, not only in the records.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from fastagi.ami import CallAnswered, CallEnd, Correlator
-from fastagi.rating import Tariff, billed_seconds, cost, first_block_cost
-from fastagi.settlement import Settlement, iso_from_ms
+from fastagi.core.ami import CallAnswered, CallEnd, Correlator
+from fastagi.core.rating import Tariff, billed_seconds, cost, first_block_cost
+from fastagi.service.settlement import Settlement, iso_from_ms
 from fastagi.store import tx_admin, tx_calls, tx_ledger
 from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import SqliteStore
@@ -37,16 +38,20 @@ T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, in AMI Timestamp microsec
 
 def aio(fn):
     """Run an async test body with asyncio.run (no pytest-asyncio needed)."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return asyncio.run(fn(*args, **kwargs))
+
     return wrapper
 
 
 # ---- a number with two billed extensions, on a real file ----------------------------------
 
-async def open_store(path: Path, *, ext1: int = EXT1_FUNDS, ext2: int = EXT2_FUNDS,
-                     tariff: Tariff = TARIFF) -> SqliteStore:
+
+async def open_store(
+    path: Path, *, ext1: int = EXT1_FUNDS, ext2: int = EXT2_FUNDS, tariff: Tariff = TARIFF
+) -> SqliteStore:
     store = await SqliteStore.open(str(path))
     await store.run(tx_admin.add_plan, "std", tariff)
     await store.run(tx_admin.add_number, NUMBER, "HQ", "std", 0, "zh", "PJSIP/hq", 5)
@@ -62,19 +67,21 @@ async def open_store(path: Path, *, ext1: int = EXT1_FUNDS, ext2: int = EXT2_FUN
 
 
 def bid_of(n: int) -> str:
-    return f"1767225600.{n}"   # the caller IVR channel's Uniqueid = the billing id
+    return f"1767225600.{n}"  # the caller IVR channel's Uniqueid = the billing id
 
 
 async def start_call(store: SqliteStore, n: int, digits: str = "1") -> Any:
-    d = await store.run(tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER,
-                        f"PJSIP/trunk-{n:08x}", bid_of(n))
+    d = await store.run(
+        tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER, f"PJSIP/trunk-{n:08x}", bid_of(n)
+    )
     assert d.action == "dial", d
     return d
 
 
 async def call_row(store: SqliteStore, bid: str) -> dict[str, Any]:
-    return await store.read(lambda c: dict(c.execute("SELECT * FROM calls WHERE billing_id=?",
-                                                     (bid,)).fetchone()))
+    return await store.read(
+        lambda c: dict(c.execute("SELECT * FROM calls WHERE billing_id=?", (bid,)).fetchone())
+    )
 
 
 async def accounts(store: SqliteStore) -> dict[str, dict[str, int]]:
@@ -85,21 +92,31 @@ async def accounts(store: SqliteStore) -> dict[str, dict[str, int]]:
 
 
 async def resolutions(store: SqliteStore, bid: str) -> list[dict[str, Any]]:
-    return await store.read(lambda c: [dict(r) for r in c.execute(
-        "SELECT kind, amount FROM transfers WHERE pending_id=?", (f"call:{bid}",))])
+    return await store.read(
+        lambda c: [
+            dict(r)
+            for r in c.execute("SELECT kind, amount FROM transfers WHERE pending_id=?", (f"call:{bid}",))
+        ]
+    )
 
 
 async def snapshot(store: SqliteStore) -> dict[str, list[tuple]]:
     def read(c):
-        return {t: [tuple(r) for r in c.execute(f"SELECT * FROM {t} ORDER BY rowid")]
-                for t in ("accounts", "transfers", "calls", "extensions", "numbers")}
+        return {
+            t: [tuple(r) for r in c.execute(f"SELECT * FROM {t} ORDER BY rowid")]
+            for t in ("accounts", "transfers", "calls", "extensions", "numbers")
+        }
+
     return await store.read(read)
 
 
 async def ledger_sums(store: SqliteStore) -> tuple[int, int, int]:
     accs = await store.read(tx_ledger.all_accounts)
-    return (sum(a.credits_posted - a.debits_posted for a in accs),
-            sum(a.debits_pending for a in accs), sum(a.credits_pending for a in accs))
+    return (
+        sum(a.credits_posted - a.debits_posted for a in accs),
+        sum(a.debits_pending for a in accs),
+        sum(a.credits_pending for a in accs),
+    )
 
 
 def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -108,13 +125,21 @@ def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 
 # ---- AMI events as Asterisk 22 sends them (only the fields the correlator reads) ----------
 
+
 def ts(us: int) -> str:
     return f"{us // 1_000_000}.{us % 1_000_000:06d}"
 
 
 def ev(name: str, at_us: int, uid: str, bid: str, **fields: str) -> dict[str, str]:
-    e = {"Event": name, "Privilege": "call,all", "Timestamp": ts(at_us), "Uniqueid": uid,
-         "Channel": f"PJSIP/x-{uid}", "ChanVariable": f"EXTBILL_ID={bid}", **fields}
+    e = {
+        "Event": name,
+        "Privilege": "call,all",
+        "Timestamp": ts(at_us),
+        "Uniqueid": uid,
+        "Channel": f"PJSIP/x-{uid}",
+        "ChanVariable": f"EXTBILL_ID={bid}",
+        **fields,
+    }
     if name.startswith("Bridge"):
         e.setdefault("BridgeUniqueid", f"bridge-{bid}")
     return e
@@ -149,16 +174,29 @@ def ami_unanswered(bid: str, at_us: int, status: str) -> list[dict[str, str]]:
 
 def hangup_answered(bid: str, answer_us: int, talk_ms: int) -> CallFacts:
     """What the dialplan's hangup handler reports for the same answered call."""
-    return CallFacts(billing_id=bid, answered=True, talk_ms=talk_ms,
-                     answer_at=iso_from_ms(answer_us // 1000),
-                     end_at=iso_from_ms(answer_us // 1000 + talk_ms), disposition="ANSWER",
-                     cause="16", settled_by="hangup")
+    return CallFacts(
+        billing_id=bid,
+        answered=True,
+        talk_ms=talk_ms,
+        answer_at=iso_from_ms(answer_us // 1000),
+        end_at=iso_from_ms(answer_us // 1000 + talk_ms),
+        disposition="ANSWER",
+        cause="16",
+        settled_by="hangup",
+    )
 
 
 def hangup_unanswered(bid: str, at_us: int, status: str) -> CallFacts:
-    return CallFacts(billing_id=bid, answered=False, talk_ms=0, answer_at=None,
-                     end_at=iso_from_ms(at_us // 1000 + 2000), disposition=status,
-                     cause=str(CAUSES[status]), settled_by="hangup")
+    return CallFacts(
+        billing_id=bid,
+        answered=False,
+        talk_ms=0,
+        answer_at=None,
+        end_at=iso_from_ms(at_us // 1000 + 2000),
+        disposition=status,
+        cause=str(CAUSES[status]),
+        settled_by="hangup",
+    )
 
 
 async def feed(settlement: Settlement, corr: Correlator, events: list[dict[str, str]]) -> None:
@@ -169,6 +207,7 @@ async def feed(settlement: Settlement, corr: Correlator, events: list[dict[str, 
 
 
 # ---- rating: cost posted, the rest released ----------------------------------------------
+
 
 @aio
 async def test_answered_call_posts_cost_releases_rest_and_records_it(tmp_path: Path) -> None:
@@ -232,11 +271,13 @@ async def test_unanswered_call_voids_and_costs_nothing(tmp_path: Path, status: s
 
 # ---- the two paths: exactly once, the loser changes nothing ------------------------------
 
+
 @pytest.mark.parametrize("first", ["ami", "hangup"])
 @pytest.mark.parametrize("answered", [True, False])
 @aio
-async def test_two_paths_settle_once_and_the_loser_changes_nothing(tmp_path: Path, first: str,
-                                                                   answered: bool) -> None:
+async def test_two_paths_settle_once_and_the_loser_changes_nothing(
+    tmp_path: Path, first: str, answered: bool
+) -> None:
     """HQ sees one charge per call whichever of AMI and the hangup handler reports first; the second report changes no balance or record."""
     store = await open_store(tmp_path / "x.db")
     try:
@@ -256,8 +297,8 @@ async def test_two_paths_settle_once_and_the_loser_changes_nothing(tmp_path: Pat
                 await feed(settlement, corr, events)
                 loser = None
             assert await snapshot(store) == winner_snapshot
-            await settlement.settle(facts)                  # a repeated hangup request
-            await feed(settlement, corr, events)            # a replayed AMI stream
+            await settlement.settle(facts)  # a repeated hangup request
+            await feed(settlement, corr, events)  # a replayed AMI stream
             assert await snapshot(store) == winner_snapshot
         if loser is not None:
             assert not loser.settled_now and loser.settled_by == "ami"
@@ -273,15 +314,19 @@ async def test_two_paths_settle_once_and_the_loser_changes_nothing(tmp_path: Pat
         await store.close()
 
 
-@pytest.mark.parametrize("winner_ms, loser_ms, logged", [
-    (10_000, 11_500, True),     # 1.5 s apart
-    (10_400, 11_300, False),    # 0.9 s apart, though the winner's talk_s rounds to 10
-    (10_499, 9_100, True),      # 1.399 s apart, though 10 s vs 9.1 s looks like 0.9
-    (10_000, 11_000, False),    # exactly 1 s: not above
-])
+@pytest.mark.parametrize(
+    "winner_ms, loser_ms, logged",
+    [
+        (10_000, 11_500, True),  # 1.5 s apart
+        (10_400, 11_300, False),  # 0.9 s apart, though the winner's talk_s rounds to 10
+        (10_499, 9_100, True),  # 1.399 s apart, though 10 s vs 9.1 s looks like 0.9
+        (10_000, 11_000, False),  # exactly 1 s: not above
+    ],
+)
 @aio
 async def test_disagreement_above_one_second_is_logged_with_both_figures(
-        tmp_path: Path, winner_ms: int, loser_ms: int, logged: bool) -> None:
+    tmp_path: Path, winner_ms: int, loser_ms: int, logged: bool
+) -> None:
     """HQ's operators see a settle.disagreement warning naming both talk times when the two paths differ by more than 1 s, and no warning otherwise."""
     store = await open_store(tmp_path / "x.db")
     try:
@@ -301,7 +346,7 @@ async def test_disagreement_above_one_second_is_logged_with_both_figures(
         assert entry["settled_by"] == "hangup" and entry["other_path"] == "ami"
         assert entry["talk_ms"] == winner_ms and entry["other_talk_ms"] == loser_ms
         row = await call_row(store, bid)
-        assert row["cost"] == cost((winner_ms + 500) // 1000, TARIFF)   # the winner's figure stands
+        assert row["cost"] == cost((winner_ms + 500) // 1000, TARIFF)  # the winner's figure stands
     finally:
         await store.close()
 
@@ -328,11 +373,11 @@ async def test_disagreement_on_whether_the_call_was_answered_is_logged(tmp_path:
 # ---- the property: any interleaving of the two paths --------------------------------------
 
 CALL_SPEC = st.tuples(
-    st.sampled_from(["", "1", "2"]),                                           # main, ext 1, ext 2
-    st.one_of(st.integers(1, 900_000), st.sampled_from(UNANSWERED)),           # talk ms, or why not
-    st.sampled_from(["both", "both", "ami", "hangup"]),                        # which paths report
-    st.booleans(),                                                             # duplicated AMI events
-    st.integers(1, 2),                                                         # hangup requests
+    st.sampled_from(["", "1", "2"]),  # main, ext 1, ext 2
+    st.one_of(st.integers(1, 900_000), st.sampled_from(UNANSWERED)),  # talk ms, or why not
+    st.sampled_from(["both", "both", "ami", "hangup"]),  # which paths report
+    st.booleans(),  # duplicated AMI events
+    st.integers(1, 2),  # hangup requests
 )
 
 
@@ -343,6 +388,7 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     async def build() -> None:
         await (await open_store(path)).close()
+
     asyncio.run(build())
     assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
     return path
@@ -362,11 +408,13 @@ async def _interleaving(template_db: Path, specs: list[tuple], data: Any) -> Non
         try:
             settlement, corr = Settlement(store), Correlator()
             streams: list[list[tuple[str, Any]]] = []
-            expect: dict[str, tuple[str, int | None]] = {}   # bid -> (state, talk_ms or None)
+            expect: dict[str, tuple[str, int | None]] = {}  # bid -> (state, talk_ms or None)
             for n, (digits, outcome, paths, dup, requests) in enumerate(specs, start=1):
-                d = await store.run(tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER, "PJSIP/t", bid_of(n))
+                d = await store.run(
+                    tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER, "PJSIP/t", bid_of(n)
+                )
                 if d.action != "dial":
-                    assert digits and d.prompt == "ext-in-arrears"   # earlier calls hold its money
+                    assert digits and d.prompt == "ext-in-arrears"  # earlier calls hold its money
                     continue
                 bid, at = bid_of(n), T0_US + n * 1_000_000_000
                 if isinstance(outcome, int):
@@ -393,16 +441,19 @@ async def _interleaving(template_db: Path, specs: list[tuple], data: Any) -> Non
                         await settlement.settle(item)
             assert corr.take_malformed() == []
             settled = Counter(e["billing_id"] for e in events_named(logs, "call.settled"))
-            assert settled == Counter(expect.keys())                      # each exactly once
-            assert events_named(logs, "settle.disagreement") == []        # the paths agreed
-            assert await ledger_sums(store) == (0, 0, 0)                  # nothing reserved, sums to zero
+            assert settled == Counter(expect.keys())  # each exactly once
+            assert events_named(logs, "settle.disagreement") == []  # the paths agreed
+            assert await ledger_sums(store) == (0, 0, 0)  # nothing reserved, sums to zero
 
             rows = await store.read(lambda c: [dict(r) for r in c.execute("SELECT * FROM calls")])
             assert {r["billing_id"] for r in rows} == set(expect)
             spent: Counter[int] = Counter()
-            resolved = await store.read(lambda c: Counter(p for (p,) in c.execute(
-                "SELECT pending_id FROM transfers WHERE pending_id IS NOT NULL")))
-            assert resolved == Counter(f"call:{b}" for b in expect)       # one resolution per call
+            resolved = await store.read(
+                lambda c: Counter(
+                    p for (p,) in c.execute("SELECT pending_id FROM transfers WHERE pending_id IS NOT NULL")
+                )
+            )
+            assert resolved == Counter(f"call:{b}" for b in expect)  # one resolution per call
             for r in rows:
                 state, talk_ms = expect[r["billing_id"]]
                 assert r["state"] == state and r["settled_by"] in ("ami", "hangup")
@@ -414,9 +465,16 @@ async def _interleaving(template_db: Path, specs: list[tuple], data: Any) -> Non
                 spent[r["account_id"]] += r["cost"]
             bal = await accounts(store)
             funds = {"main": MAIN_FUNDS, "1": EXT1_FUNDS, "2": EXT2_FUNDS}
-            ids = await store.read(lambda c: {
-                **{"main": c.execute("SELECT account_id FROM numbers WHERE number=?", (NUMBER,)).fetchone()[0]},
-                **{k: a for k, a in c.execute("SELECT key, account_id FROM extensions")}})
+            ids = await store.read(
+                lambda c: {
+                    **{
+                        "main": c.execute(
+                            "SELECT account_id FROM numbers WHERE number=?", (NUMBER,)
+                        ).fetchone()[0]
+                    },
+                    **{k: a for k, a in c.execute("SELECT key, account_id FROM extensions")},
+                }
+            )
             for key, acc_id in ids.items():
                 assert bal[key]["balance"] == funds[key] - spent[acc_id]
                 assert bal[key]["reserved"] == 0
@@ -425,6 +483,7 @@ async def _interleaving(template_db: Path, specs: list[tuple], data: Any) -> Non
 
 
 # ---- restart mid-call: AMI never saw the dial outcome ------------------------------------
+
 
 @aio
 async def test_ami_end_without_dial_outcome_uses_the_stored_answer(tmp_path: Path) -> None:
@@ -437,15 +496,15 @@ async def test_ami_end_without_dial_outcome_uses_the_stored_answer(tmp_path: Pat
         events = ami_answered(bid, at, 125_000)
         before_restart = [e for e in events if e["Event"] in ("DialBegin", "DialEnd", "BridgeEnter")]
         after_restart = [e for e in events if e not in before_restart]
-        await feed(settlement, Correlator(), before_restart)       # CallAnswered -> mark_answered
+        await feed(settlement, Correlator(), before_restart)  # CallAnswered -> mark_answered
         assert (await call_row(store, bid))["answer_at"] == iso_from_ms(at // 1000)
-        fresh = Correlator()                                        # the consumer restarted
+        fresh = Correlator()  # the consumer restarted
         facts = [f for e in after_restart for f in fresh.feed(e)]
         assert len(facts) == 1 and isinstance(facts[0], CallEnd)
         assert facts[0].answered_us is None and facts[0].dial_status is None
         await settlement.on_ami_fact(facts[0])
         row = await call_row(store, bid)
-        hangup_ms = (at + 125_000_000 + 900) // 1000               # the caller's Hangup: the end AMI saw
+        hangup_ms = (at + 125_000_000 + 900) // 1000  # the caller's Hangup: the end AMI saw
         talk_s = (hangup_ms - at // 1000 + 500) // 1000
         assert row["state"] == "rated" and row["settled_by"] == "ami"
         assert row["talk_s"] == talk_s == 125
@@ -501,6 +560,7 @@ async def test_call_answered_fact_is_remembered_once_and_not_after_settlement(tm
 
 # ---- reconcile and the sweeper -----------------------------------------------------------
 
+
 @pytest.mark.parametrize("policy", ["mark", "charge"])
 @aio
 async def test_reconcile_closes_gone_calls_and_leaves_live_ones(tmp_path: Path, policy: str) -> None:
@@ -511,7 +571,7 @@ async def test_reconcile_closes_gone_calls_and_leaves_live_ones(tmp_path: Path, 
         await start_call(store, 2, "")
         start_ms = max(c["start_ms"] for c in await store.read(tx_calls.open_calls))
         settlement = Settlement(store, unsettled_policy=policy)
-        assert await settlement.reconcile({bid_of(2)}, start_ms + 500) == 0     # too young to judge
+        assert await settlement.reconcile({bid_of(2)}, start_ms + 500) == 0  # too young to judge
         with capture_logs() as logs:
             closed = await settlement.reconcile({bid_of(2), "1767225600.99"}, start_ms + 10_000)
         assert closed == 1
@@ -529,7 +589,7 @@ async def test_reconcile_closes_gone_calls_and_leaves_live_ones(tmp_path: Path, 
             assert gone["talk_s"] == d_gone.granted_s
             assert await resolutions(store, bid_of(1)) == [{"kind": "post", "amount": d_gone.reserve}]
             assert bal["1"]["balance"] == EXT1_FUNDS - d_gone.reserve and bal["1"]["reserved"] == 0
-        assert bal["main"]["reserved"] > 0                                     # the live call's hold
+        assert bal["main"]["reserved"] > 0  # the live call's hold
         # a late report from the hangup handler changes nothing
         snap = await snapshot(store)
         await settlement.settle(hangup_answered(bid_of(1), T0_US, 30_000))
@@ -543,7 +603,7 @@ async def test_sweeper_closes_only_reservations_older_than_ring_grant_and_grace(
     """HQ sees a forgotten reservation closed (not silently dropped) only once its ring time, granted time and grace have all passed."""
     store = await open_store(tmp_path / "x.db")
     try:
-        short = await start_call(store, 1, "2")      # ext 2 has little money: a short grant
+        short = await start_call(store, 1, "2")  # ext 2 has little money: a short grant
         long = await start_call(store, 2, "1")
         assert short.granted_s < long.granted_s
         calls = {c["billing_id"]: c for c in await store.read(tx_calls.open_calls)}
@@ -563,13 +623,14 @@ async def test_sweeper_closes_only_reservations_older_than_ring_grant_and_grace(
         assert (await call_row(store, bid_of(2)))["state"] == "reserved"
         assert await settlement.sweep(deadline(2, long.granted_s)) == 0
         assert await settlement.sweep(deadline(2, long.granted_s) + 1) == 1
-        assert await settlement.sweep(deadline(2, long.granted_s) + 10_000) == 0   # nothing twice
+        assert await settlement.sweep(deadline(2, long.granted_s) + 10_000) == 0  # nothing twice
         assert await ledger_sums(store) == (0, 0, 0)
     finally:
         await store.close()
 
 
 # ---- balance.low --------------------------------------------------------------------------
+
 
 @aio
 async def test_balance_low_logged_once_per_crossing(tmp_path: Path) -> None:
@@ -593,20 +654,20 @@ async def test_balance_low_logged_once_per_crossing(tmp_path: Path) -> None:
         async def available() -> int:
             return (await accounts(store))["1"]["available"]
 
-        assert await call(120_000) == [] and await available() == 6800        # above: nothing
-        low = await call(120_000)                                              # 5600: crossed
+        assert await call(120_000) == [] and await available() == 6800  # above: nothing
+        low = await call(120_000)  # 5600: crossed
         assert len(low) == 1 and await available() == 5600
         assert low[0]["number"] == NUMBER and low[0]["ext"] == "1"
         assert low[0]["available"] == "5.600" and low[0]["threshold"] == "6.000"
-        assert await call(60_000) == [] and await available() == 5000        # still below: quiet
-        assert await call(30_000, "") == []                                    # main calls never
-        await store.run(tx_admin.recharge, NUMBER, "1", 1500, None)            # 6500: above again
-        low = await call(120_000)                                              # 5300: crossed again
+        assert await call(60_000) == [] and await available() == 5000  # still below: quiet
+        assert await call(30_000, "") == []  # main calls never
+        await store.run(tx_admin.recharge, NUMBER, "1", 1500, None)  # 6500: above again
+        low = await call(120_000)  # 5300: crossed again
         assert len(low) == 1 and low[0]["available"] == "5.300"
-        assert await call(60_000) == []                                        # 4700: quiet
-        await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)          # 14700
-        assert await call(60_000) == []                                        # 14100: above
-        low = await call(900_000)                                              # 5100: crossed again
+        assert await call(60_000) == []  # 4700: quiet
+        await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)  # 14700
+        assert await call(60_000) == []  # 14100: above
+        low = await call(900_000)  # 5100: crossed again
         assert len(low) == 1 and low[0]["available"] == "5.100"
     finally:
         await store.close()
@@ -615,14 +676,15 @@ async def test_balance_low_logged_once_per_crossing(tmp_path: Path) -> None:
 @aio
 async def test_balance_low_uses_the_configured_threshold(tmp_path: Path) -> None:
     """HQ can set an extension's own low-balance threshold, and balance.low follows it instead of the default."""
-    store = await open_store(tmp_path / "x.db", ext1=8000, ext2=0,
-                             tariff=Tariff(per_minute=600, initial_s=60, increment_s=60))
+    store = await open_store(
+        tmp_path / "x.db", ext1=8000, ext2=0, tariff=Tariff(per_minute=600, initial_s=60, increment_s=60)
+    )
     try:
         await store.run(tx_admin.set_extension, NUMBER, "1", low_balance=7500)
         settlement = Settlement(store)
         await start_call(store, 1, "1")
         with capture_logs() as logs:
-            await settlement.settle(hangup_answered(bid_of(1), T0_US, 60_000))   # 8000 -> 7400
+            await settlement.settle(hangup_answered(bid_of(1), T0_US, 60_000))  # 8000 -> 7400
         [low] = events_named(logs, "balance.low")
         assert low["threshold"] == "7.500" and low["available"] == "7.400"
     finally:
@@ -630,6 +692,7 @@ async def test_balance_low_uses_the_configured_threshold(tmp_path: Path) -> None
 
 
 # ---- the cap: never more than reserved ----------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["ami", "hangup"])
 @aio
@@ -649,7 +712,7 @@ async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> 
                 await settlement.settle(hangup_answered(bid, at, 400_000))
         assert events_named(logs, "call.talk_over_grant")
         row = await call_row(store, bid)
-        assert row["state"] == "rated" and row["talk_s"] == d.granted_s   # talk is capped at the grant
+        assert row["state"] == "rated" and row["talk_s"] == d.granted_s  # talk is capped at the grant
         assert row["cost"] == d.reserve == 1250
         bal = (await accounts(store))["2"]
         assert (bal["balance"], bal["reserved"], bal["available"]) == (250, 0, 250)
@@ -659,10 +722,11 @@ async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> 
 
 
 @aio
-async def test_answers_arriving_together_are_written_together_and_each_kept(tmp_path: Path,
-                                                                              monkeypatch) -> None:
+async def test_answers_arriving_together_are_written_together_and_each_kept(
+    tmp_path: Path, monkeypatch
+) -> None:
     """Forty answer events at once: every call gets its own (first) answer time, in far fewer writes."""
-    store = await open_store(tmp_path / "x.db", ext1=1_000_000_000)   # 1,000,000 CNY: twenty grants
+    store = await open_store(tmp_path / "x.db", ext1=1_000_000_000)  # 1,000,000 CNY: twenty grants
     writes: list[int] = []
     real = tx_calls.mark_answered_many
 
@@ -680,6 +744,6 @@ async def test_answers_arriving_together_are_written_together_and_each_kept(tmp_
         await asyncio.gather(*(settlement.on_ami_fact(f) for f in facts + later))
         for n in range(1, 21):
             assert (await call_row(store, bid_of(n)))["answer_at"] == iso_from_ms((T0_US + n * 1000) // 1000)
-        assert 20 <= sum(writes) <= 40 and len(writes) <= 3, writes   # not forty writes of one
+        assert 20 <= sum(writes) <= 40 and len(writes) <= 3, writes  # not forty writes of one
     finally:
         await store.close()

@@ -1,4 +1,5 @@
 """The SQLite store's two lanes (reads apart from writes) and the writers' lock of serve's processes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fastagi.bench.seed import DataSet, seed_file
+from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import tx_admin, tx_calls
 from fastagi.store.sqlite import SqliteStore
 from fastagi.store.writers_lock import WritersLock
@@ -40,7 +41,7 @@ def test_a_lookup_does_not_wait_for_a_writer(tmp_path: Path) -> None:
             other.execute("BEGIN IMMEDIATE")
             write = asyncio.ensure_future(store.run(tx_admin.recharge, number, None, 1000, "r1"))
             await asyncio.sleep(NOT_DONE_WITHIN_S)
-            assert not write.done()            # waiting for the other writer
+            assert not write.done()  # waiting for the other writer
             # asked after the write, answered before it: not queued behind it
             d = await asyncio.wait_for(store.read(tx_calls.lookup, number), NOT_DONE_WITHIN_S * 3)
             assert d.action == "collect" and not write.done()
@@ -80,7 +81,7 @@ def test_shared_stores_take_turns_through_the_writers_lock(tmp_path: Path) -> No
         store = await SqliteStore.open(db, shared=True, checkpoints=False)
         fd = os.open(writers_lock_path(db), os.O_RDWR)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)     # another serve process in the middle of a batch
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another serve process in the middle of a batch
             write = asyncio.ensure_future(store.run(tx_admin.recharge, number, None, 1000, "turn"))
             await asyncio.sleep(NOT_DONE_WITHIN_S)
             assert not write.done()
@@ -98,17 +99,26 @@ def test_a_writer_killed_while_holding_the_lock_does_not_leave_it_held(tmp_path:
     """kill -9 of a process in the middle of a batch: the kernel drops its lock and the next
     writer goes on at once."""
     db = str(tmp_path / "l.db")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({writers_lock_path(db)!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-        "print('held', flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({writers_lock_path(db)!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "print('held', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lock = WritersLock(db)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(BlockingIOError):
-            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # really held by the other process
+            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # really held by the other process
         holder.kill()
         holder.wait(5)
         t0 = time.monotonic()

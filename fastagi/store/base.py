@@ -3,10 +3,12 @@
 SQLite (sqlite.py) implements it; a PostgreSQL store implements the same methods.
 Errors are typed so the CLI and the server can tell the user what went wrong.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -30,33 +32,34 @@ class NotADatabase(StoreError):
 @dataclass(frozen=True, slots=True)
 class TransferResult:
     transfer_id: str
-    created: bool          # False: the same transfer already existed (idempotent repeat)
+    created: bool  # False: the same transfer already existed (idempotent repeat)
     amount: int
 
 
 @dataclass(frozen=True, slots=True)
 class CallFacts:
     """What one settlement path knows about the end of a call."""
+
     billing_id: str
     answered: bool
-    talk_ms: int                 # callee answer to end; 0 when unanswered
-    answer_at: str | None        # ISO 8601
-    end_at: str                  # ISO 8601
-    disposition: str             # ANSWER, BUSY, NOANSWER, CANCEL, ...
+    talk_ms: int  # callee answer to end; 0 when unanswered
+    answer_at: str | None  # ISO 8601
+    end_at: str  # ISO 8601
+    disposition: str  # ANSWER, BUSY, NOANSWER, CANCEL, ...
     cause: str | None
-    settled_by: str              # ami | hangup | reconcile | sweeper
+    settled_by: str  # ami | hangup | reconcile | sweeper
 
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
     billing_id: str
-    settled_now: bool            # False: another path settled it first
-    state: str                   # rated | unanswered | unrated
+    settled_now: bool  # False: another path settled it first
+    state: str  # rated | unanswered | unrated
     talk_s: int | None
     cost: int | None
     settled_by: str | None
-    low_balance: dict[str, Any] | None = None   # set when an extension just crossed its threshold
-    answer_at: str | None = None   # the stored answer and end times (ISO 8601), for comparisons
+    low_balance: dict[str, Any] | None = None  # set when an extension just crossed its threshold
+    answer_at: str | None = None  # the stored answer and end times (ISO 8601), for comparisons
     end_at: str | None = None
 
 

@@ -5,12 +5,13 @@ copies the WAL back into the database and fsyncs it (measured: a third of a setu
 time on average). The store turns the automatic checkpoint off and this thread, with a
 connection of its own, runs PASSIVE checkpoints (they never block writers) on a timer.
 """
+
 from __future__ import annotations
 
 import sqlite3
 import threading
 
-CHECKPOINT_INTERVAL_S = 0.5     # WAL is folded back into the database this often
+CHECKPOINT_INTERVAL_S = 0.5  # WAL is folded back into the database this often
 CHECKPOINT_BUSY_TIMEOUT_MS = 1000
 
 
@@ -32,7 +33,7 @@ class Checkpointer:
             conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_BUSY_TIMEOUT_MS}")
             while not self._stop.wait(self.interval_s):
                 self._checkpoint(conn, "PASSIVE")
-            self._checkpoint(conn, "TRUNCATE")   # leave a small WAL behind at shutdown
+            self._checkpoint(conn, "TRUNCATE")  # leave a small WAL behind at shutdown
         finally:
             conn.close()
 
@@ -41,7 +42,7 @@ class Checkpointer:
             conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
             self.checkpoints += 1
         except sqlite3.Error:
-            self.errors += 1   # busy or locked: the next tick tries again
+            self.errors += 1  # busy or locked: the next tick tries again
 
     def stop(self) -> None:
         self._stop.set()

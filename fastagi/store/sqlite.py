@@ -13,24 +13,26 @@ as before (its own BEGIN ... COMMIT).
 Several serve processes (`workers` > 1) share one file: each one's writing batches
 hold the writers' lock (writers_lock.py) around BEGIN IMMEDIATE ... COMMIT.
 """
+
 from __future__ import annotations
 
 import asyncio
 import functools
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from .base import NotADatabase, StoreError
-from .checkpointer import Checkpointer
-from .writers_lock import WritersLock
+from fastagi.store.base import NotADatabase, StoreError
+from fastagi.store.checkpointer import Checkpointer
+from fastagi.store.writers_lock import WritersLock
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
-BATCH_OPS_MAX = 64   # operations committed together at most (group commit)
+BATCH_OPS_MAX = 64  # operations committed together at most (group commit)
 # schema.sql lives at the repository's top level; fastagi/schema.sql links to it so a
 # wheel carries it too.
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -78,8 +80,11 @@ def _migrate(conn: sqlite3.Connection) -> bool:
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
         if tables:
             raise NotADatabase("the file is an SQLite database, but not an extbill one")
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA_PATH.read_text() +
-                           f"; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        conn.executescript(
+            "BEGIN IMMEDIATE;"
+            + SCHEMA_PATH.read_text()
+            + f"; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        )
         return True
     for v in range(version + 1, SCHEMA_VERSION + 1):
         conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v}; COMMIT;")
@@ -95,9 +100,9 @@ class _Lane:
     def __init__(self, db: aiosqlite.Connection, lock: WritersLock | None) -> None:
         self.db = db
         self.lock = lock
-        self._waiting: list[_Op] = []     # queued while a batch runs: the next batch
-        self._busy = False                # a batch is on the database thread
-        self.idle = asyncio.Event()       # no batch running and none waiting
+        self._waiting: list[_Op] = []  # queued while a batch runs: the next batch
+        self._busy = False  # a batch is on the database thread
+        self.idle = asyncio.Event()  # no batch running and none waiting
         self.idle.set()
 
     def submit(self, fn: Callable[..., Any], args: tuple, write: bool) -> asyncio.Future[Any]:
@@ -113,20 +118,23 @@ class _Lane:
         self._busy = True
         self.idle.clear()
         ops = [(fn, args, write) for fn, args, write, _ in batch]
-        task = asyncio.ensure_future(self.db._execute(  # noqa: SLF001
-            _run_batch, self.db._conn, ops, self.lock))  # noqa: SLF001
+        task = asyncio.ensure_future(
+            self.db._execute(  # noqa: SLF001
+                _run_batch, self.db._conn, ops, self.lock
+            )
+        )  # noqa: SLF001
         task.add_done_callback(functools.partial(self._batch_done, batch))
 
     def _batch_done(self, batch: list[_Op], task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
         if task.cancelled():
             outcomes: list[tuple[bool, Any]] = [(False, asyncio.CancelledError())] * len(batch)
-        elif task.exception() is not None:   # e.g. the connection was closed under us
+        elif task.exception() is not None:  # e.g. the connection was closed under us
             outcomes = [(False, task.exception())] * len(batch)
         else:
             outcomes = task.result()
         for (_, _, _, fut), (ok, value) in zip(batch, outcomes):
             if fut.done():
-                continue   # its caller was cancelled; the operation ran all the same, as it always did
+                continue  # its caller was cancelled; the operation ran all the same, as it always did
             if ok:
                 fut.set_result(value)
             else:
@@ -146,8 +154,16 @@ class SqliteStore:
     not queue behind reservations being committed, nor hold the writers' lock.
     """
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: str,
-                 created: bool, *, checkpoints: bool = True, shared: bool = False):
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: str,
+        created: bool,
+        *,
+        checkpoints: bool = True,
+        shared: bool = False,
+    ):
         self.path = path
         self.created = created
         # another serve process writes this file too: serialise writing batches (see above)
@@ -160,8 +176,9 @@ class SqliteStore:
             self._checkpointer.start()
 
     @classmethod
-    async def open(cls, path: str, *, create: bool = True, checkpoints: bool = True,
-                   shared: bool = False) -> "SqliteStore":
+    async def open(
+        cls, path: str, *, create: bool = True, checkpoints: bool = True, shared: bool = False
+    ) -> SqliteStore:
         """Open (and create or migrate) the database; refuse a file that is not one of ours.
 
         checkpoints=False: another process (serve's first) runs the WAL checkpoints.
@@ -239,8 +256,11 @@ async def _close_all(conns: list[aiosqlite.Connection]) -> None:
 _Op = tuple[Callable[..., Any], tuple, bool, "asyncio.Future[Any]"]
 
 
-def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tuple, bool]],
-               lock: WritersLock | None = None) -> list[tuple[bool, Any]]:
+def _run_batch(
+    conn: sqlite3.Connection,
+    ops: list[tuple[Callable[..., Any], tuple, bool]],
+    lock: WritersLock | None = None,
+) -> list[tuple[bool, Any]]:
     """On the database thread: each (fn, args, write) -> (True, result) or (False, exception)."""
     if lock is not None and any(write for _, _, write in ops):
         lock.acquire()
@@ -248,7 +268,7 @@ def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tup
             return _run_batch(conn, ops)
         finally:
             lock.release()
-    if len(ops) == 1:   # nothing queued behind it: its own transaction, as always
+    if len(ops) == 1:  # nothing queued behind it: its own transaction, as always
         fn, args, write = ops[0]
         try:
             return [(True, (_in_transaction if write else _in_read)(conn, fn, args))]
@@ -268,7 +288,7 @@ def _run_batch(conn: sqlite3.Connection, ops: list[tuple[Callable[..., Any], tup
                 outcomes.append((False, exc))
                 continue
             if not write:
-                conn.execute("ROLLBACK TO extbill_op")   # a read changes nothing, as in _in_read
+                conn.execute("ROLLBACK TO extbill_op")  # a read changes nothing, as in _in_read
             conn.execute("RELEASE extbill_op")
             outcomes.append((True, result))
         conn.execute("COMMIT" if writes else "ROLLBACK")

@@ -3,6 +3,7 @@
 Each function runs inside one transaction (sqlite.py); rules come from numbers.py,
 rating.py and ledger.py, so this module only reads and writes rows.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,21 +14,38 @@ import uuid
 from types import MappingProxyType
 from typing import Any
 
-from ..calls import ExtView, NumberView, PlanView, extension_status
-from ..clock import now_iso
-from ..money import format_amount
-from ..ledger import AccountKind, InsufficientFunds
-from ..numbers import (NumberRuleError, NumberSettings, check_dest, check_digit_timeout,
-                       check_lang, check_name, check_new_key, check_number, check_settings)
-from ..rating import Tariff, first_block_cost
-from .base import Conflict, NotFound, StoreError, TransferResult
-from .tx_ledger import (FUNDING_ACCOUNT_ID, account_cols, account_at, load_account, new_account,
-                        transfer, update_suspension)
+from fastagi.core.calls import ExtView, NumberView, PlanView, extension_status
+from fastagi.core.ledger import AccountKind, InsufficientFunds
+from fastagi.core.money import format_amount
+from fastagi.core.numbers import (
+    NumberRuleError,
+    NumberSettings,
+    check_dest,
+    check_digit_timeout,
+    check_lang,
+    check_name,
+    check_new_key,
+    check_number,
+    check_settings,
+)
+from fastagi.core.rating import Tariff, first_block_cost
+from fastagi.runtime.clock import now_iso
+from fastagi.store.base import Conflict, NotFound, StoreError, TransferResult
+from fastagi.store.tx_ledger import (
+    FUNDING_ACCOUNT_ID,
+    account_at,
+    account_cols,
+    load_account,
+    new_account,
+    transfer,
+    update_suspension,
+)
 
 STATEMENT_ROWS_MAX = 1000
 
 
 # ---- plans -------------------------------------------------------------------------------
+
 
 def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
     if not name or len(name) > 64:
@@ -36,8 +54,9 @@ def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
         raise Conflict(f"plan {name!r} already exists")
     return conn.execute(
         "INSERT INTO plans (name, per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s) "
-        "VALUES (?,?,?,?,?,?,?)", (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee,
-                                   t.grace_s, t.max_call_s)).lastrowid
+        "VALUES (?,?,?,?,?,?,?)",
+        (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee, t.grace_s, t.max_call_s),
+    ).lastrowid
 
 
 def plan_id(conn: sqlite3.Connection, name: str) -> int:
@@ -54,9 +73,11 @@ def set_plan_rate(conn: sqlite3.Connection, name: str, prefix: str, per_minute: 
     if prefix == "":
         conn.execute("UPDATE plans SET per_minute=? WHERE id=?", (per_minute, pid))
     else:
-        conn.execute("INSERT INTO plan_rates (plan_id, prefix, per_minute) VALUES (?,?,?) "
-                     "ON CONFLICT (plan_id, prefix) DO UPDATE SET per_minute=excluded.per_minute",
-                     (pid, prefix, per_minute))
+        conn.execute(
+            "INSERT INTO plan_rates (plan_id, prefix, per_minute) VALUES (?,?,?) "
+            "ON CONFLICT (plan_id, prefix) DO UPDATE SET per_minute=excluded.per_minute",
+            (pid, prefix, per_minute),
+        )
 
 
 # A plan's tariff columns, in Tariff's field order (what tariff_of takes); other reads join
@@ -83,21 +104,27 @@ def load_plan(conn: sqlite3.Connection, pid: int | None) -> PlanView | None:
     if pid is None:
         return None
     r = conn.execute(f"SELECT {', '.join(TARIFF_COLS)} FROM plans WHERE id=?", (pid,)).fetchone()
-    rates = {p: m for p, m in conn.execute(
-        "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,))}
+    rates = {
+        p: m for p, m in conn.execute("SELECT prefix, per_minute FROM plan_rates WHERE plan_id=?", (pid,))
+    }
     return PlanView(tariff_of(tuple(r)), rates)
 
 
 def list_plans(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     out = []
     for r in conn.execute("SELECT * FROM plans ORDER BY name"):
-        rates = [{"prefix": p, "per_minute": m} for p, m in conn.execute(
-            "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=? ORDER BY prefix", (r["id"],))]
+        rates = [
+            {"prefix": p, "per_minute": m}
+            for p, m in conn.execute(
+                "SELECT prefix, per_minute FROM plan_rates WHERE plan_id=? ORDER BY prefix", (r["id"],)
+            )
+        ]
         out.append({**dict(r), "rates": rates})
     return out
 
 
 # ---- numbers and extensions ---------------------------------------------------------------
+
 
 def _number_row(conn: sqlite3.Connection, number: str) -> sqlite3.Row:
     row = conn.execute("SELECT * FROM numbers WHERE number=?", (number,)).fetchone()
@@ -106,8 +133,16 @@ def _number_row(conn: sqlite3.Connection, number: str) -> sqlite3.Row:
     return row
 
 
-def add_number(conn: sqlite3.Connection, number: str, name: str, plan: str | None,
-               min_balance: int, lang: str, default_dest: str | None, digit_timeout_s: int) -> None:
+def add_number(
+    conn: sqlite3.Connection,
+    number: str,
+    name: str,
+    plan: str | None,
+    min_balance: int,
+    lang: str,
+    default_dest: str | None,
+    digit_timeout_s: int,
+) -> None:
     check_number(number)
     name = check_name(name)
     check_lang(lang)
@@ -121,19 +156,26 @@ def add_number(conn: sqlite3.Connection, number: str, name: str, plan: str | Non
     nid = conn.execute(
         "INSERT INTO numbers (number, name, lang, ivr, ext_billing, min_balance, default_dest, "
         "digit_timeout_s, plan_id, account_id, suspended, created_at) VALUES (?,?,?,1,0,?,?,?,?,?,0,?)",
-        (number, name, lang, min_balance, default_dest, digit_timeout_s, pid, account_id,
-         now_iso())).lastrowid
+        (number, name, lang, min_balance, default_dest, digit_timeout_s, pid, account_id, now_iso()),
+    ).lastrowid
     update_suspension(conn, load_account(conn, account_id), reason="created", number_id=nid)
 
 
-def set_number(conn: sqlite3.Connection, number: str, *, ivr: bool | None = None,
-               ext_billing: bool | None = None, plan: str | None = None,
-               min_balance: int | None = None, lang: str | None = None,
-               default_dest: str | None = None, digit_timeout_s: int | None = None,
-               name: str | None = None) -> None:
+def set_number(
+    conn: sqlite3.Connection,
+    number: str,
+    *,
+    ivr: bool | None = None,
+    ext_billing: bool | None = None,
+    plan: str | None = None,
+    min_balance: int | None = None,
+    lang: str | None = None,
+    default_dest: str | None = None,
+    digit_timeout_s: int | None = None,
+    name: str | None = None,
+) -> None:
     row = _number_row(conn, number)
-    settings = check_settings(NumberSettings(bool(row["ivr"]), bool(row["ext_billing"])),
-                              ivr, ext_billing)
+    settings = check_settings(NumberSettings(bool(row["ivr"]), bool(row["ext_billing"])), ivr, ext_billing)
     changes: dict[str, Any] = {"ivr": int(settings.ivr), "ext_billing": int(settings.ext_billing)}
     if plan is not None:
         changes["plan_id"] = plan_id(conn, plan)
@@ -147,15 +189,19 @@ def set_number(conn: sqlite3.Connection, number: str, *, ivr: bool | None = None
         changes["digit_timeout_s"] = check_digit_timeout(digit_timeout_s)
     if name is not None:
         changes["name"] = check_name(name)
-    conn.execute(f"UPDATE numbers SET {', '.join(f'{k}=?' for k in changes)} WHERE id=?",
-                 (*changes.values(), row["id"]))
+    conn.execute(
+        f"UPDATE numbers SET {', '.join(f'{k}=?' for k in changes)} WHERE id=?",
+        (*changes.values(), row["id"]),
+    )
     if min_balance is not None:
-        update_suspension(conn, load_account(conn, row["account_id"]), reason="min-balance-changed",
-                          number_id=row["id"])
+        update_suspension(
+            conn, load_account(conn, row["account_id"]), reason="min-balance-changed", number_id=row["id"]
+        )
 
 
-def add_extension(conn: sqlite3.Connection, number: str, key: str, name: str, dest: str,
-                  plan: str | None) -> None:
+def add_extension(
+    conn: sqlite3.Connection, number: str, key: str, name: str, dest: str, plan: str | None
+) -> None:
     row = _number_row(conn, number)
     keys = [k for (k,) in conn.execute("SELECT key FROM extensions WHERE number_id=?", (row["id"],))]
     try:
@@ -167,8 +213,11 @@ def add_extension(conn: sqlite3.Connection, number: str, key: str, name: str, de
     name, dest = check_name(name), check_dest(dest)
     pid = plan_id(conn, plan) if plan else None
     account_id = new_account(conn, AccountKind.EXT)
-    conn.execute("INSERT INTO extensions (number_id, key, name, dest, plan_id, account_id, created_at) "
-                 "VALUES (?,?,?,?,?,?,?)", (row["id"], key, name, dest, pid, account_id, now_iso()))
+    conn.execute(
+        "INSERT INTO extensions (number_id, key, name, dest, plan_id, account_id, created_at) "
+        "VALUES (?,?,?,?,?,?,?)",
+        (row["id"], key, name, dest, pid, account_id, now_iso()),
+    )
 
 
 def _ext_row(conn: sqlite3.Connection, number_id: int, number: str, key: str) -> sqlite3.Row:
@@ -178,9 +227,16 @@ def _ext_row(conn: sqlite3.Connection, number_id: int, number: str, key: str) ->
     return row
 
 
-def set_extension(conn: sqlite3.Connection, number: str, key: str, *, name: str | None = None,
-                  dest: str | None = None, plan: str | None = None,
-                  low_balance: int | None = None) -> None:
+def set_extension(
+    conn: sqlite3.Connection,
+    number: str,
+    key: str,
+    *,
+    name: str | None = None,
+    dest: str | None = None,
+    plan: str | None = None,
+    low_balance: int | None = None,
+) -> None:
     nrow = _number_row(conn, number)
     erow = _ext_row(conn, nrow["id"], number, key)
     changes: dict[str, Any] = {}
@@ -193,36 +249,40 @@ def set_extension(conn: sqlite3.Connection, number: str, key: str, *, name: str 
     if low_balance is not None:
         changes["low_balance"] = low_balance
     if changes:
-        conn.execute(f"UPDATE extensions SET {', '.join(f'{k}=?' for k in changes)} WHERE id=?",
-                     (*changes.values(), erow["id"]))
+        conn.execute(
+            f"UPDATE extensions SET {', '.join(f'{k}=?' for k in changes)} WHERE id=?",
+            (*changes.values(), erow["id"]),
+        )
 
 
 # ---- money in and between accounts --------------------------------------------------------
+
 
 def _transfer_id(kind: str, ref: str | None) -> str:
     return f"{kind}:{ref}" if ref else f"{kind}:auto:{uuid.uuid4().hex}"
 
 
-def recharge(conn: sqlite3.Connection, number: str, key: str | None, amount: int,
-             ref: str | None) -> TransferResult:
+def recharge(
+    conn: sqlite3.Connection, number: str, key: str | None, amount: int, ref: str | None
+) -> TransferResult:
     nrow = _number_row(conn, number)
     account_id = nrow["account_id"] if key is None else _ext_row(conn, nrow["id"], number, key)["account_id"]
-    return transfer(conn, _transfer_id("ref", ref), FUNDING_ACCOUNT_ID, account_id, amount,
-                    "recharge", ref)
+    return transfer(conn, _transfer_id("ref", ref), FUNDING_ACCOUNT_ID, account_id, amount, "recharge", ref)
 
 
-def move(conn: sqlite3.Connection, number: str, key: str, amount: int,
-         ref: str | None) -> TransferResult:
+def move(conn: sqlite3.Connection, number: str, key: str, amount: int, ref: str | None) -> TransferResult:
     nrow = _number_row(conn, number)
     erow = _ext_row(conn, nrow["id"], number, key)
     try:
-        return transfer(conn, _transfer_id("ref", ref), nrow["account_id"], erow["account_id"],
-                        amount, "move", ref)
+        return transfer(
+            conn, _transfer_id("ref", ref), nrow["account_id"], erow["account_id"], amount, "move", ref
+        )
     except InsufficientFunds:
         main = load_account(conn, nrow["account_id"])
         raise InsufficientFunds(
             f"transfer of {format_amount(amount)} refused: the main account of {number} has only "
-            f"{format_amount(main.available)} available") from None
+            f"{format_amount(main.available)} available"
+        ) from None
 
 
 # ---- views --------------------------------------------------------------------------------
@@ -233,10 +293,13 @@ def move(conn: sqlite3.Connection, number: str, key: str, amount: int,
 # work). Reads still go to the database every time, so an `extbill plan` or `number`
 # change by another process is seen by the next call; only parsing is memoised.
 
+
 def _plan_cols(alias: str) -> str:
     """The plan's id, its tariff (load_plan's columns) and its prefix rates as one JSON object."""
-    return (f"{alias}.id, {tariff_cols(alias)}" +
-            f", (SELECT json_group_object(prefix, per_minute) FROM plan_rates WHERE plan_id = {alias}.id)")
+    return (
+        f"{alias}.id, {tariff_cols(alias)}"
+        + f", (SELECT json_group_object(prefix, per_minute) FROM plan_rates WHERE plan_id = {alias}.id)"
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -254,26 +317,32 @@ def _plan_at(row: sqlite3.Row, i: int, pid: int | None) -> PlanView | None:
         return None
     if row[i] is None:
         raise NotFound(f"plan {pid} does not exist")
-    return _plan_view(tuple(row[i + 1:i + 7]), row[i + 7])
+    return _plan_view(tuple(row[i + 1 : i + 7]), row[i + 7])
 
 
 # numbers n: columns 0..9, main account a: 10..15, plan p: 16..23
-_NUMBER_COLS = ("n.id, n.number, n.lang, n.ivr, n.ext_billing, n.min_balance, n.default_dest, "
-                f"n.digit_timeout_s, n.account_id, n.plan_id, {account_cols('a')}, {_plan_cols('p')}")
-_NUMBER_FROM = ("FROM numbers n LEFT JOIN accounts a ON a.id = n.account_id "
-                "LEFT JOIN plans p ON p.id = n.plan_id")
+_NUMBER_COLS = (
+    "n.id, n.number, n.lang, n.ivr, n.ext_billing, n.min_balance, n.default_dest, "
+    f"n.digit_timeout_s, n.account_id, n.plan_id, {account_cols('a')}, {_plan_cols('p')}"
+)
+_NUMBER_FROM = (
+    "FROM numbers n LEFT JOIN accounts a ON a.id = n.account_id LEFT JOIN plans p ON p.id = n.plan_id"
+)
 _NUMBER_WIDTH = 24
 # extensions e: columns 0..4, account ea: 5..10, own plan ep: 11..18 (after the number's)
 _EXT_COLS = f"e.id, e.key, e.dest, e.account_id, e.plan_id, {account_cols('ea')}, {_plan_cols('ep')}"
-_EXT_JOINS = ("LEFT JOIN accounts ea ON ea.id = e.account_id "
-              "LEFT JOIN plans ep ON ep.id = e.plan_id")
+_EXT_JOINS = "LEFT JOIN accounts ea ON ea.id = e.account_id LEFT JOIN plans ep ON ep.id = e.plan_id"
 
-_NUMBER_VIEW_SQL = (f"SELECT {_NUMBER_COLS}, (SELECT max(length(key)) FROM extensions "
-                    f"WHERE number_id = n.id) {_NUMBER_FROM} WHERE n.number = ?")
+_NUMBER_VIEW_SQL = (
+    f"SELECT {_NUMBER_COLS}, (SELECT max(length(key)) FROM extensions "
+    f"WHERE number_id = n.id) {_NUMBER_FROM} WHERE n.number = ?"
+)
 # The extension is joined on the pressed key; NULL for no key matches no extension.
-_ROUTE_VIEWS_SQL = (f"SELECT {_NUMBER_COLS}, {_EXT_COLS} {_NUMBER_FROM} "
-                    f"LEFT JOIN extensions e ON e.number_id = n.id AND e.key = ? {_EXT_JOINS} "
-                    "WHERE n.number = ?")
+_ROUTE_VIEWS_SQL = (
+    f"SELECT {_NUMBER_COLS}, {_EXT_COLS} {_NUMBER_FROM} "
+    f"LEFT JOIN extensions e ON e.number_id = n.id AND e.key = ? {_EXT_JOINS} "
+    "WHERE n.number = ?"
+)
 
 
 def _number_at(row: sqlite3.Row, max_key_len: int | None) -> NumberView:
@@ -281,9 +350,18 @@ def _number_at(row: sqlite3.Row, max_key_len: int | None) -> NumberView:
     if main is None:
         raise NotFound(f"account {row[8]} does not exist")
     return NumberView(
-        number_id=row[0], number=row[1], lang=row[2], ivr=bool(row[3]), ext_billing=bool(row[4]),
-        min_balance=row[5], default_dest=row[6], digit_timeout_s=row[7], main=main,
-        plan=_plan_at(row, 16, row[9]), max_key_len=max_key_len)
+        number_id=row[0],
+        number=row[1],
+        lang=row[2],
+        ivr=bool(row[3]),
+        ext_billing=bool(row[4]),
+        min_balance=row[5],
+        default_dest=row[6],
+        digit_timeout_s=row[7],
+        main=main,
+        plan=_plan_at(row, 16, row[9]),
+        max_key_len=max_key_len,
+    )
 
 
 def _ext_at(row: sqlite3.Row, i: int) -> ExtView | None:
@@ -292,8 +370,13 @@ def _ext_at(row: sqlite3.Row, i: int) -> ExtView | None:
     account = account_at(row, i + 5)
     if account is None:
         raise NotFound(f"account {row[i + 3]} does not exist")
-    return ExtView(extension_id=row[i], key=row[i + 1], dest=row[i + 2], account=account,
-                   plan=_plan_at(row, i + 11, row[i + 4]))
+    return ExtView(
+        extension_id=row[i],
+        key=row[i + 1],
+        dest=row[i + 2],
+        account=account,
+        plan=_plan_at(row, i + 11, row[i + 4]),
+    )
 
 
 def number_view(conn: sqlite3.Connection, number: str) -> NumberView | None:
@@ -304,8 +387,7 @@ def number_view(conn: sqlite3.Connection, number: str) -> NumberView | None:
     return _number_at(row, row[_NUMBER_WIDTH])
 
 
-def route_views(conn: sqlite3.Connection, number: str,
-                key: str) -> tuple[NumberView | None, ExtView | None]:
+def route_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[NumberView | None, ExtView | None]:
     """number_view (without max_key_len) and, for a non-empty key, that extension, in one statement."""
     row = conn.execute(_ROUTE_VIEWS_SQL, (key or None, number)).fetchone()
     if row is None:
@@ -325,26 +407,48 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
     main = load_account(conn, nrow["account_id"])
     number_plan = load_plan(conn, nrow["plan_id"])
     exts = []
-    for e in conn.execute("SELECT * FROM extensions WHERE number_id=? ORDER BY key", (nrow["id"],)).fetchall():
+    for e in conn.execute(
+        "SELECT * FROM extensions WHERE number_id=? ORDER BY key", (nrow["id"],)
+    ).fetchall():
         acc = load_account(conn, e["account_id"])
         plan = load_plan(conn, e["plan_id"]) or number_plan
-        spent = conn.execute("SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' "
-                             "AND debit_account_id=?", (acc.id,)).fetchone()[0]
-        exts.append({"key": e["key"], "name": e["name"], "dest": e["dest"],
-                     "plan": _plan_name(conn, e["plan_id"]), "balance": acc.balance,
-                     "reserved": acc.reserved, "available": acc.available, "spent": spent,
-                     "status": extension_status(acc, plan)})
-    main_spent = conn.execute("SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' "
-                              "AND debit_account_id=?", (main.id,)).fetchone()[0]
+        spent = conn.execute(
+            "SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' AND debit_account_id=?",
+            (acc.id,),
+        ).fetchone()[0]
+        exts.append(
+            {
+                "key": e["key"],
+                "name": e["name"],
+                "dest": e["dest"],
+                "plan": _plan_name(conn, e["plan_id"]),
+                "balance": acc.balance,
+                "reserved": acc.reserved,
+                "available": acc.available,
+                "spent": spent,
+                "status": extension_status(acc, plan),
+            }
+        )
+    main_spent = conn.execute(
+        "SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' AND debit_account_id=?", (main.id,)
+    ).fetchone()[0]
     return {
-        "number": nrow["number"], "name": nrow["name"],
+        "number": nrow["number"],
+        "name": nrow["name"],
         "status": "suspended" if nrow["suspended"] else "active",
-        "ivr": bool(nrow["ivr"]), "ext_billing": bool(nrow["ext_billing"]),
-        "min_balance": nrow["min_balance"], "lang": nrow["lang"],
-        "plan": _plan_name(conn, nrow["plan_id"]), "default_dest": nrow["default_dest"],
+        "ivr": bool(nrow["ivr"]),
+        "ext_billing": bool(nrow["ext_billing"]),
+        "min_balance": nrow["min_balance"],
+        "lang": nrow["lang"],
+        "plan": _plan_name(conn, nrow["plan_id"]),
+        "default_dest": nrow["default_dest"],
         "digit_timeout_s": nrow["digit_timeout_s"],
-        "main": {"balance": main.balance, "reserved": main.reserved, "available": main.available,
-                 "spent": main_spent},
+        "main": {
+            "balance": main.balance,
+            "reserved": main.reserved,
+            "available": main.available,
+            "spent": main_spent,
+        },
         "extensions": exts,
     }
 
@@ -360,14 +464,24 @@ def statement(conn: sqlite3.Connection, number: str, key: str | None) -> list[di
     nrow = _number_row(conn, number)
     account_id = nrow["account_id"] if key is None else _ext_row(conn, nrow["id"], number, key)["account_id"]
     rows = conn.execute(
-        "SELECT * FROM transfers WHERE debit_account_id=? OR credit_account_id=? "
-        "ORDER BY seq DESC LIMIT ?", (account_id, account_id, STATEMENT_ROWS_MAX)).fetchall()
+        "SELECT * FROM transfers WHERE debit_account_id=? OR credit_account_id=? ORDER BY seq DESC LIMIT ?",
+        (account_id, account_id, STATEMENT_ROWS_MAX),
+    ).fetchall()
     out = []
     for r in rows:
         sign = -1 if r["debit_account_id"] == account_id else 1
         # Reservations and their release move no posted money: only posted and post do.
         moves = r["kind"] in ("posted", "post")
-        out.append({"id": r["id"], "at": r["created_at"], "kind": r["kind"], "code": r["code"],
-                    "ref": r["ref"], "amount": r["amount"], "effect": sign * r["amount"] if moves else 0,
-                    "pending_id": r["pending_id"]})
+        out.append(
+            {
+                "id": r["id"],
+                "at": r["created_at"],
+                "kind": r["kind"],
+                "code": r["code"],
+                "ref": r["ref"],
+                "amount": r["amount"],
+                "effect": sign * r["amount"] if moves else 0,
+                "pending_id": r["pending_id"],
+            }
+        )
     return out

@@ -4,6 +4,7 @@ The decision itself is calls.py (pure); this module reads the snapshot it needs,
 writes the reservation and the call record, and resolves the reservation exactly
 once, whichever settlement path (AMI, hangup handler, reconcile, sweeper) comes first.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,26 +14,35 @@ from typing import Any
 
 import structlog
 
-from ..calls import Decision, decide_lookup, decide_route
-from ..ledger import TransferKind
-from ..rating import Tariff, billed_seconds, cost
-from .base import CallFacts, NotFound, SettleResult
-from .tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
-from ..clock import ms_from_iso, now_iso
-from .tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve, resolve
+from fastagi.core.calls import Decision, decide_lookup, decide_route
+from fastagi.core.clock import ms_from_iso
+from fastagi.core.ledger import TransferKind
+from fastagi.core.rating import Tariff, billed_seconds, cost
+from fastagi.runtime.clock import now_iso
+from fastagi.store.base import CallFacts, NotFound, SettleResult
+from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
+from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve, resolve
 
 log = structlog.get_logger("extbill.calls")
 
-OPEN_CALLS_MAX = 10_000     # one sweep or reconcile looks at this many reservations at most
-GRANT_OVERRUN_S_MAX = 2     # talk past the grant up to this is measurement, not talk
+OPEN_CALLS_MAX = 10_000  # one sweep or reconcile looks at this many reservations at most
+GRANT_OVERRUN_S_MAX = 2  # talk past the grant up to this is measurement, not talk
 
 
 def lookup(conn: sqlite3.Connection, number: str) -> Decision:
     return decide_lookup(number_view(conn, number))
 
 
-def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, try_no: int,
-          caller: str, channel: str | None, linkedid: str | None) -> Decision:
+def route(
+    conn: sqlite3.Connection,
+    billing_id: str,
+    number: str,
+    digits: str,
+    try_no: int,
+    caller: str,
+    channel: str | None,
+    linkedid: str | None,
+) -> Decision:
     """Decide the call and, for a Dial, reserve its money in the same transaction."""
     existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
     if existing is not None:
@@ -51,7 +61,7 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
         debit = nv.main
     assert debit.id == d.account_id
     pending_id = f"call:{billing_id}"
-    start_at = now_iso()             # one clock read: the record's time and the sweeper's
+    start_at = now_iso()  # one clock read: the record's time and the sweeper's
     start_ms = ms_from_iso(start_at)
     # No call holds billing_id (checked above) and the call row and its reservation are
     # only ever written together, so pending_id is new.
@@ -60,9 +70,24 @@ def route(conn: sqlite3.Connection, billing_id: str, number: str, digits: str, t
         "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
         "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at) "
         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?)",
-        (billing_id, nv.number_id, d.extension_id, d.account_id, caller, channel, linkedid, d.dest,
-         d.charged, start_ms, tariff_json(d.tariff), d.granted_s, d.reserve,
-         pending_id, start_at))
+        (
+            billing_id,
+            nv.number_id,
+            d.extension_id,
+            d.account_id,
+            caller,
+            channel,
+            linkedid,
+            d.dest,
+            d.charged,
+            start_ms,
+            tariff_json(d.tariff),
+            d.granted_s,
+            d.reserve,
+            pending_id,
+            start_at,
+        ),
+    )
     return d
 
 
@@ -72,8 +97,16 @@ def tariff_json(t: Tariff) -> str:
 
     Memoised: a Tariff is immutable and few distinct ones (plan x prefix rate) exist.
     """
-    return json.dumps({"per_minute": t.per_minute, "initial_s": t.initial_s, "increment_s": t.increment_s,
-                       "connect_fee": t.connect_fee, "grace_s": t.grace_s, "max_call_s": t.max_call_s})
+    return json.dumps(
+        {
+            "per_minute": t.per_minute,
+            "initial_s": t.initial_s,
+            "increment_s": t.increment_s,
+            "connect_fee": t.connect_fee,
+            "grace_s": t.grace_s,
+            "max_call_s": t.max_call_s,
+        }
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -86,29 +119,49 @@ def _repeat(row: sqlite3.Row) -> Decision:
     """The same channel asking again: the grant it already has, or nothing new."""
     if row["state"] != "reserved":
         return Decision(action="prompt", prompt="service-unavailable", reason="call-already-settled")
-    return Decision(action="dial", reason="repeat", dest=row["dest"], charged=row["charged"],
-                    account_id=row["account_id"], granted_s=row["granted_s"], reserve=row["reserved"],
-                    tariff=tariff_from_json(row["tariff"]))
+    return Decision(
+        action="dial",
+        reason="repeat",
+        dest=row["dest"],
+        charged=row["charged"],
+        account_id=row["account_id"],
+        granted_s=row["granted_s"],
+        reserve=row["reserved"],
+        tariff=tariff_from_json(row["tariff"]),
+    )
 
 
 def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> bool:
     """Remember the callee's answer time as soon as it is known (survives a restart)."""
-    cur = conn.execute("UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' "
-                       "AND answer_at IS NULL", (answer_at, billing_id))
+    cur = conn.execute(
+        "UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' AND answer_at IS NULL",
+        (answer_at, billing_id),
+    )
     return cur.rowcount == 1
 
 
 def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str]]) -> int:
     """mark_answered for several calls in one statement: (billing id, answer time) pairs,
     in order (a call's first answer time wins). How many calls got an answer time."""
-    cur = conn.executemany("UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' "
-                           "AND answer_at IS NULL", [(at, bid) for bid, at in answers])
+    cur = conn.executemany(
+        "UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' AND answer_at IS NULL",
+        [(at, bid) for bid, at in answers],
+    )
     return cur.rowcount
 
 
 def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
-    return SettleResult(row["billing_id"], settled_now, row["state"], row["talk_s"], row["cost"],
-                        row["settled_by"], low, row["answer_at"], row["end_at"])
+    return SettleResult(
+        row["billing_id"],
+        settled_now,
+        row["state"],
+        row["talk_s"],
+        row["cost"],
+        row["settled_by"],
+        low,
+        row["answer_at"],
+        row["end_at"],
+    )
 
 
 def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
@@ -120,20 +173,31 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
         return _result(row, False)
     tariff = tariff_from_json(row["tariff"])
     if f.answered:
-        talk_s = (max(f.talk_ms, 0) + 500) // 1000   # to the nearest second
+        talk_s = (max(f.talk_ms, 0) + 500) // 1000  # to the nearest second
         if talk_s > row["granted_s"]:
             # Asterisk cuts the bridge at the grant; a little more is the caller's leg
             # finishing the warning prompt, not talk. Far more is worth a look.
             if talk_s > row["granted_s"] + GRANT_OVERRUN_S_MAX:
-                log.warning("call.talk_over_grant", billing_id=f.billing_id, talk_s=talk_s,
-                            granted_s=row["granted_s"], settled_by=f.settled_by)
+                log.warning(
+                    "call.talk_over_grant",
+                    billing_id=f.billing_id,
+                    talk_s=talk_s,
+                    granted_s=row["granted_s"],
+                    settled_by=f.settled_by,
+                )
             talk_s = row["granted_s"]
         billed_s = billed_seconds(talk_s, tariff)
         rated = cost(talk_s, tariff)
-        charged = min(rated, row["reserved"])         # never more than was held
+        charged = min(rated, row["reserved"])  # never more than was held
         if rated > row["reserved"]:
-            log.warning("call.cost_capped", billing_id=f.billing_id, rated=rated, reserved=row["reserved"],
-                        talk_s=talk_s, granted_s=row["granted_s"])
+            log.warning(
+                "call.cost_capped",
+                billing_id=f.billing_id,
+                rated=rated,
+                reserved=row["reserved"],
+                talk_s=talk_s,
+                granted_s=row["granted_s"],
+            )
         resolve(conn, row["pending_id"], TransferKind.POST, charged, "call")
         state = "rated"
     else:
@@ -143,10 +207,31 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     conn.execute(
         "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
         "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
-        (state, answer_at := (f.answer_at if f.answered else None), f.end_at, talk_s, billed_s, charged,
-         f.disposition, f.cause, f.settled_by, now_iso(), f.billing_id))
-    return SettleResult(f.billing_id, True, state, talk_s, charged, f.settled_by,
-                        _low_balance(conn, row, charged), answer_at, f.end_at)
+        (
+            state,
+            answer_at := (f.answer_at if f.answered else None),
+            f.end_at,
+            talk_s,
+            billed_s,
+            charged,
+            f.disposition,
+            f.cause,
+            f.settled_by,
+            now_iso(),
+            f.billing_id,
+        ),
+    )
+    return SettleResult(
+        f.billing_id,
+        True,
+        state,
+        talk_s,
+        charged,
+        f.settled_by,
+        _low_balance(conn, row, charged),
+        answer_at,
+        f.end_at,
+    )
 
 
 def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str) -> SettleResult:
@@ -163,11 +248,22 @@ def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: s
         resolve(conn, row["pending_id"], TransferKind.EXPIRE, 0, "call")
         state, talk, billed, charged = "unrated", None, None, 0
     now = now_iso()
-    conn.execute("UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
-                 "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
-                 (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id))
-    return SettleResult(billing_id, True, state, talk, charged, settled_by,
-                        _low_balance(conn, row, charged), row["answer_at"], row["end_at"] or now)
+    conn.execute(
+        "UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
+        "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
+        (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id),
+    )
+    return SettleResult(
+        billing_id,
+        True,
+        state,
+        talk,
+        charged,
+        settled_by,
+        _low_balance(conn, row, charged),
+        row["answer_at"],
+        row["end_at"] or now,
+    )
 
 
 def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row, cost: int) -> dict[str, Any] | None:
@@ -204,38 +300,53 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row, cost: int) -> dict[
 # The extension, its number, its account (as settling just left it) and the base tariff
 # of its plan (its own, else the number's) in one read; the threshold needs no prefix rates.
 _LOW_BALANCE_SQL = (
-    "SELECT e.id, e.key, e.low_balance, e.low_flag, " + account_cols("a") + ", "   # 0..3, 4..9
+    "SELECT e.id, e.key, e.low_balance, e.low_flag, " + account_cols("a") + ", "  # 0..3, 4..9
     "p.id, " + tariff_cols("p") + ", "  # 10, 11..16
     "n.number, e.plan_id, n.plan_id AS number_plan_id, e.account_id "
     "FROM extensions e JOIN numbers n ON n.id = e.number_id "
     "LEFT JOIN accounts a ON a.id = e.account_id "
-    "LEFT JOIN plans p ON p.id = coalesce(e.plan_id, n.plan_id) WHERE e.id=?")
+    "LEFT JOIN plans p ON p.id = coalesce(e.plan_id, n.plan_id) WHERE e.id=?"
+)
 
 
 def open_call(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:
     """One reservation not yet settled, or None."""
-    row = conn.execute("SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls "
-                       "WHERE billing_id=? AND state='reserved'", (billing_id,)).fetchone()
+    row = conn.execute(
+        "SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls "
+        "WHERE billing_id=? AND state='reserved'",
+        (billing_id,),
+    ).fetchone()
     return dict(row) if row is not None else None
 
 
 def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Reservations not yet settled, oldest first."""
-    return [dict(r) for r in conn.execute(
-        "SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls WHERE state='reserved' "
-        "ORDER BY start_at LIMIT ?", (OPEN_CALLS_MAX,))]
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls WHERE state='reserved' "
+            "ORDER BY start_at LIMIT ?",
+            (OPEN_CALLS_MAX,),
+        )
+    ]
 
 
-def call_records(conn: sqlite3.Connection, number: str, ext: str | None,
-                 since: str | None) -> list[dict[str, Any]]:
+def call_records(
+    conn: sqlite3.Connection, number: str, ext: str | None, since: str | None
+) -> list[dict[str, Any]]:
     nrow = conn.execute("SELECT id FROM numbers WHERE number=?", (number,)).fetchone()
     if nrow is None:
         raise NotFound(f"unknown number {number}")
-    sql = ("SELECT c.*, e.key AS ext_key FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
-           "WHERE c.number_id=?")
+    sql = (
+        "SELECT c.*, e.key AS ext_key FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
+        "WHERE c.number_id=?"
+    )
     params: list[Any] = [nrow["id"]]
     if ext is not None:
-        if conn.execute("SELECT 1 FROM extensions WHERE number_id=? AND key=?", (nrow["id"], ext)).fetchone() is None:
+        if (
+            conn.execute("SELECT 1 FROM extensions WHERE number_id=? AND key=?", (nrow["id"], ext)).fetchone()
+            is None
+        ):
             raise NotFound(f"number {number} has no extension {ext}")
         sql += " AND e.key=?"
         params.append(ext)
@@ -243,10 +354,26 @@ def call_records(conn: sqlite3.Connection, number: str, ext: str | None,
         sql += " AND c.start_at >= ?"
         params.append(since)
     sql += " ORDER BY c.start_at DESC LIMIT 10000"
-    return [{
-        "id": r["billing_id"], "number": number, "ext": r["ext_key"], "charged": r["charged"],
-        "caller": r["caller"], "dest": r["dest"], "start": r["start_at"], "answer": r["answer_at"],
-        "end": r["end_at"], "talk_s": r["talk_s"], "billed_s": r["billed_s"], "granted_s": r["granted_s"],
-        "reserved": r["reserved"], "cost": r["cost"], "disposition": r["disposition"], "cause": r["cause"],
-        "settled_by": r["settled_by"], "state": r["state"],
-    } for r in conn.execute(sql, params)]
+    return [
+        {
+            "id": r["billing_id"],
+            "number": number,
+            "ext": r["ext_key"],
+            "charged": r["charged"],
+            "caller": r["caller"],
+            "dest": r["dest"],
+            "start": r["start_at"],
+            "answer": r["answer_at"],
+            "end": r["end_at"],
+            "talk_s": r["talk_s"],
+            "billed_s": r["billed_s"],
+            "granted_s": r["granted_s"],
+            "reserved": r["reserved"],
+            "cost": r["cost"],
+            "disposition": r["disposition"],
+            "cause": r["cause"],
+            "settled_by": r["settled_by"],
+            "state": r["state"],
+        }
+        for r in conn.execute(sql, params)
+    ]

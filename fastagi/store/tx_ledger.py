@@ -2,19 +2,28 @@
 
 Every function here runs inside the caller's transaction (see sqlite.py).
 """
+
 from __future__ import annotations
 
 import sqlite3
-from typing import Sequence
+from collections.abc import Sequence
 
 import structlog
 
-from ..clock import now_iso
-from ..ledger import (Account, AccountKind, LedgerError, TransferKind, apply_pending,
-                      apply_pending_debit, apply_posted, apply_resolve)
-from ..money import format_amount
-from ..numbers import is_suspended
-from .base import Conflict, NotFound, StoreError, TransferResult
+from fastagi.core.ledger import (
+    Account,
+    AccountKind,
+    LedgerError,
+    TransferKind,
+    apply_pending,
+    apply_pending_debit,
+    apply_posted,
+    apply_resolve,
+)
+from fastagi.core.money import format_amount
+from fastagi.core.numbers import is_suspended
+from fastagi.runtime.clock import now_iso
+from fastagi.store.base import Conflict, NotFound, StoreError, TransferResult
 
 log = structlog.get_logger("extbill.ledger")
 
@@ -29,7 +38,7 @@ def new_account(conn: sqlite3.Connection, kind: AccountKind) -> int:
 # An account's columns as account_at reads them; other modules join them into their reads
 # (prefixed: account_cols("a")) so a call needs no statement of its own per account.
 ACCOUNT_COLS = ("id", "kind", "debits_pending", "debits_posted", "credits_pending", "credits_posted")
-_KINDS = {k.value: k for k in AccountKind}   # a dict lookup instead of an Enum call per account
+_KINDS = {k.value: k for k in AccountKind}  # a dict lookup instead of an Enum call per account
 
 
 def account_cols(alias: str) -> str:
@@ -41,8 +50,14 @@ def account_at(row: Sequence, i: int) -> Account | None:
     if row[i] is None:
         return None
     kind = row[i + 1]
-    return Account(row[i], _KINDS[kind] if kind in _KINDS else AccountKind(kind),
-                   row[i + 2], row[i + 3], row[i + 4], row[i + 5])
+    return Account(
+        row[i],
+        _KINDS[kind] if kind in _KINDS else AccountKind(kind),
+        row[i + 2],
+        row[i + 3],
+        row[i + 4],
+        row[i + 5],
+    )
 
 
 _ACCOUNT_BY_ID_SQL = f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts WHERE id = ?"
@@ -58,35 +73,64 @@ def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
 def _save(conn: sqlite3.Connection, a: Account) -> None:
     conn.execute(
         "UPDATE accounts SET debits_pending=?, debits_posted=?, credits_pending=?, credits_posted=? "
-        "WHERE id=?", (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, a.id))
+        "WHERE id=?",
+        (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, a.id),
+    )
 
 
 def _existing(conn: sqlite3.Connection, transfer_id: str) -> sqlite3.Row | None:
     return conn.execute(
         "SELECT id, kind, debit_account_id, credit_account_id, amount, pending_id, code "
-        "FROM transfers WHERE id = ?", (transfer_id,)).fetchone()
+        "FROM transfers WHERE id = ?",
+        (transfer_id,),
+    ).fetchone()
 
 
-def _insert(conn: sqlite3.Connection, transfer_id: str, kind: TransferKind, debit_id: int,
-            credit_id: int, amount: int, code: str, ref: str | None,
-            pending_id: str | None = None) -> None:
+def _insert(
+    conn: sqlite3.Connection,
+    transfer_id: str,
+    kind: TransferKind,
+    debit_id: int,
+    credit_id: int,
+    amount: int,
+    code: str,
+    ref: str | None,
+    pending_id: str | None = None,
+) -> None:
     conn.execute(
         "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, pending_id, "
         "code, ref, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-        (transfer_id, kind.value, debit_id, credit_id, amount, pending_id, code, ref, now_iso()))
+        (transfer_id, kind.value, debit_id, credit_id, amount, pending_id, code, ref, now_iso()),
+    )
 
 
-def transfer(conn: sqlite3.Connection, transfer_id: str, debit_id: int, credit_id: int,
-             amount: int, code: str, ref: str | None, *, pending: bool = False) -> TransferResult:
+def transfer(
+    conn: sqlite3.Connection,
+    transfer_id: str,
+    debit_id: int,
+    credit_id: int,
+    amount: int,
+    code: str,
+    ref: str | None,
+    *,
+    pending: bool = False,
+) -> TransferResult:
     """A posted or pending transfer, idempotent by id: a repeat with the same fields is a no-op."""
     kind = TransferKind.PENDING if pending else TransferKind.POSTED
     row = _existing(conn, transfer_id)
     if row is not None:
-        same = (row["kind"], row["debit_account_id"], row["credit_account_id"], row["amount"],
-                row["code"]) == (kind.value, debit_id, credit_id, amount, code)
+        same = (
+            row["kind"],
+            row["debit_account_id"],
+            row["credit_account_id"],
+            row["amount"],
+            row["code"],
+        ) == (kind.value, debit_id, credit_id, amount, code)
         if not same:
-            raise Conflict(f"reference {ref or transfer_id!r} was already used for a different "
-                           f"{row['code']} of {format_amount(row['amount'])}")
+            raise Conflict(
+                f"reference {ref or transfer_id!r} was already used for a different "
+                f"{row['code']} of {format_amount(row['amount'])}"
+            )
         return TransferResult(transfer_id, created=False, amount=amount)
     debit, credit = load_account(conn, debit_id), load_account(conn, credit_id)
     apply = apply_pending if pending else apply_posted
@@ -94,15 +138,22 @@ def transfer(conn: sqlite3.Connection, transfer_id: str, debit_id: int, credit_i
     _insert(conn, transfer_id, kind, debit_id, credit_id, amount, code, ref)
     _save(conn, new_debit)
     _save(conn, new_credit)
-    if not pending:   # a reservation moves no posted money, so it cannot change suspension
+    if not pending:  # a reservation moves no posted money, so it cannot change suspension
         for acc in (new_debit, new_credit):
             if acc.kind is AccountKind.MAIN:
                 update_suspension(conn, acc, reason=code)
     return TransferResult(transfer_id, created=True, amount=amount)
 
 
-def reserve(conn: sqlite3.Connection, transfer_id: str, debit: Account, credit_id: int,
-            amount: int, code: str, ref: str | None) -> TransferResult:
+def reserve(
+    conn: sqlite3.Connection,
+    transfer_id: str,
+    debit: Account,
+    credit_id: int,
+    amount: int,
+    code: str,
+    ref: str | None,
+) -> TransferResult:
     """A new reservation (pending transfer) from an account already read in this transaction.
 
     transfer(..., pending=True) for call setup, minus three reads: `debit` is the account
@@ -114,13 +165,27 @@ def reserve(conn: sqlite3.Connection, transfer_id: str, debit: Account, credit_i
     new_debit = apply_pending_debit(debit, credit_id, amount)  # raises LedgerError, nothing written
     # Written only if the account still holds the counters the funds check used, so a stale
     # `debit` (a caller's bug) fails instead of overwriting another transfer's effect.
-    if conn.execute("UPDATE accounts SET debits_pending=? WHERE id=? AND debits_pending=? "
-                    "AND debits_posted=? AND credits_posted=?",
-                    (new_debit.debits_pending, debit.id, debit.debits_pending, debit.debits_posted,
-                     debit.credits_posted)).rowcount != 1:
+    if (
+        conn.execute(
+            "UPDATE accounts SET debits_pending=? WHERE id=? AND debits_pending=? "
+            "AND debits_posted=? AND credits_posted=?",
+            (
+                new_debit.debits_pending,
+                debit.id,
+                debit.debits_pending,
+                debit.debits_posted,
+                debit.credits_posted,
+            ),
+        ).rowcount
+        != 1
+    ):
         raise StoreError(f"account {debit.id} changed since it was read")
-    if conn.execute("UPDATE accounts SET credits_pending = credits_pending + ? WHERE id=?",
-                    (amount, credit_id)).rowcount != 1:
+    if (
+        conn.execute(
+            "UPDATE accounts SET credits_pending = credits_pending + ? WHERE id=?", (amount, credit_id)
+        ).rowcount
+        != 1
+    ):
         raise NotFound(f"account {credit_id} does not exist")
     _insert(conn, transfer_id, TransferKind.PENDING, debit.id, credit_id, amount, code, ref)
     # a reservation moves no posted money, so it cannot change suspension
@@ -133,11 +198,13 @@ _RESOLVE_SQL = (
     "EXISTS (SELECT 1 FROM transfers WHERE pending_id = p.id), "
     f"{account_cols('d')}, {account_cols('c')} FROM transfers p "
     "LEFT JOIN accounts d ON d.id = p.debit_account_id "
-    "LEFT JOIN accounts c ON c.id = p.credit_account_id WHERE p.id = ?")
+    "LEFT JOIN accounts c ON c.id = p.credit_account_id WHERE p.id = ?"
+)
 
 
-def resolve(conn: sqlite3.Connection, pending_id: str, kind: TransferKind, posted_amount: int,
-            code: str) -> bool:
+def resolve(
+    conn: sqlite3.Connection, pending_id: str, kind: TransferKind, posted_amount: int, code: str
+) -> bool:
     """Post part of a reservation (releasing the rest), or void or expire it.
 
     Returns False when the reservation was already resolved (by any kind): exactly once.
@@ -155,8 +222,17 @@ def resolve(conn: sqlite3.Connection, pending_id: str, kind: TransferKind, poste
     if credit is None:
         raise NotFound(f"account {pend[3]} does not exist")
     new_debit, new_credit = apply_resolve(debit, credit, pend[1], posted_amount)
-    _insert(conn, f"{pending_id}:{kind.value}", kind, debit.id, credit.id, posted_amount, code,
-            None, pending_id=pending_id)
+    _insert(
+        conn,
+        f"{pending_id}:{kind.value}",
+        kind,
+        debit.id,
+        credit.id,
+        posted_amount,
+        code,
+        None,
+        pending_id=pending_id,
+    )
     _save(conn, new_debit)
     _save(conn, new_credit)
     if new_debit.kind is AccountKind.MAIN and posted_amount:
@@ -164,15 +240,18 @@ def resolve(conn: sqlite3.Connection, pending_id: str, kind: TransferKind, poste
     return True
 
 
-def update_suspension(conn: sqlite3.Connection, main: Account, *, reason: str,
-                      number_id: int | None = None) -> bool | None:
+def update_suspension(
+    conn: sqlite3.Connection, main: Account, *, reason: str, number_id: int | None = None
+) -> bool | None:
     """Recompute a number's suspension from its main balance; record and log any change."""
     if number_id is None:
-        row = conn.execute("SELECT id, number, min_balance, suspended FROM numbers WHERE account_id=?",
-                           (main.id,)).fetchone()
+        row = conn.execute(
+            "SELECT id, number, min_balance, suspended FROM numbers WHERE account_id=?", (main.id,)
+        ).fetchone()
     else:
-        row = conn.execute("SELECT id, number, min_balance, suspended FROM numbers WHERE id=?",
-                           (number_id,)).fetchone()
+        row = conn.execute(
+            "SELECT id, number, min_balance, suspended FROM numbers WHERE id=?", (number_id,)
+        ).fetchone()
     if row is None:
         return None
     now = is_suspended(main.balance, row["min_balance"])
@@ -180,12 +259,23 @@ def update_suspension(conn: sqlite3.Connection, main: Account, *, reason: str,
         conn.execute("UPDATE numbers SET suspended=? WHERE id=?", (int(now), row["id"]))
         conn.execute(
             "INSERT INTO suspension_events (number_id, suspended, balance, min_balance, reason, at) "
-            "VALUES (?,?,?,?,?,?)", (row["id"], int(now), main.balance, row["min_balance"], reason, now_iso()))
-        log.info("number.suspended" if now else "number.resumed", number=row["number"],
-                 balance=main.balance, min_balance=row["min_balance"], reason=reason)
+            "VALUES (?,?,?,?,?,?)",
+            (row["id"], int(now), main.balance, row["min_balance"], reason, now_iso()),
+        )
+        log.info(
+            "number.suspended" if now else "number.resumed",
+            number=row["number"],
+            balance=main.balance,
+            min_balance=row["min_balance"],
+            reason=reason,
+        )
     return now
 
 
 def all_accounts(conn: sqlite3.Connection) -> list[Account]:
-    return [account_at(r, 0) for r in conn.execute(  # type: ignore[misc]
-        f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts")]
+    return [
+        account_at(r, 0)
+        for r in conn.execute(  # type: ignore[misc]
+            f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts"
+        )
+    ]

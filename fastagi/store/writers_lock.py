@@ -13,6 +13,7 @@ fails closed. (flock has no timeout of its own. A helper thread making the call 
 the database thread could stop waiting raised the benchmark's paced p99 from about 25 to
 46 ms: two more thread wake-ups per contended batch.)
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -29,7 +30,7 @@ class WritersLock:
 
     def acquire(self) -> None:
         assert self.fd is not None
-        fcntl.flock(self.fd, fcntl.LOCK_EX)   # blocks without the GIL
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # blocks without the GIL
 
     def release(self) -> None:
         assert self.fd is not None

@@ -66,8 +66,7 @@ def asterisk(asterisk_server: Asterisk, request: pytest.FixtureRequest):
     yield asterisk_server
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        print(f"\n--- Asterisk log ({asterisk_server.log_path}) ---\n"
-              f"{asterisk_server.log_tail(120)}")
+        print(f"\n--- Asterisk log ({asterisk_server.log_path}) ---\n{asterisk_server.log_tail(120)}")
     leftover = asterisk_server.cli("core show channels count")
     if not leftover.lstrip().startswith("0 active channel"):
         asterisk_server.cli("channel request hangup all")
@@ -95,5 +94,7 @@ def extbill(extbill_server: ExtbillServer, asterisk: Asterisk, request: pytest.F
     yield extbill_server
     rep = getattr(request.node, "rep_call", None)
     if rep is not None and rep.failed:
-        print(f"\n--- extbill serve log ({extbill_server.log_file}) ---\n"
-              f"{extbill_server.log_tail(200, since=mark)}")
+        print(
+            f"\n--- extbill serve log ({extbill_server.log_file}) ---\n"
+            f"{extbill_server.log_tail(200, since=mark)}"
+        )

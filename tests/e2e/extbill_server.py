@@ -9,7 +9,7 @@
     srv.restart()        # SIGTERM, wait, start again on the same DB and port
     srv.stop()           # SIGTERM by PID, then SIGKILL
 
-The admin CLI runs in-process (fastagi.cli.main, the `extbill` entry point, with its
+The admin CLI runs in-process (fastagi.admin.cli.main, the `extbill` entry point, with its
 stdout captured): the same parser and code as the command, without a Python start-up
 per call. EXTBILL_E2E_CLI_SUBPROCESS=1 runs each as `extbill ...` instead.
 """
@@ -27,14 +27,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import structlog
 
-from fastagi.asterisk_harness import Asterisk, free_port
-from fastagi.cli import main as cli_main
+from fastagi.admin.cli import main as cli_main
+from fastagi.dev.asterisk_harness import Asterisk, free_port
 
 LogLine = dict[str, Any]
 
@@ -56,9 +57,17 @@ def extbill_command() -> list[str]:
 
 
 class ExtbillServer:
-    def __init__(self, asterisk: Asterisk, workdir: Path, *, agi_port: int | None = None,
-                 dial_timeout_s: int = 5, sweep_interval_s: int = 1, sweep_grace_s: int = 10,
-                 log_level: str = "debug") -> None:
+    def __init__(
+        self,
+        asterisk: Asterisk,
+        workdir: Path,
+        *,
+        agi_port: int | None = None,
+        dial_timeout_s: int = 5,
+        sweep_interval_s: int = 1,
+        sweep_grace_s: int = 10,
+        log_level: str = "debug",
+    ) -> None:
         self.asterisk = asterisk
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -128,21 +137,44 @@ class ExtbillServer:
     def command(self) -> list[str]:
         user, secret = self.asterisk.extbill_user
         return extbill_command() + [
-            "serve", "--db", str(self.db), "--agi-bind", self.agi_address,
-            "--ami-host", "127.0.0.1", "--ami-port", str(self.asterisk.ami_port),
-            "--ami-user", user, "--ami-secret", secret, "--no-demo",
-            "--log-format", "json", "--log-level", self.log_level,
-            "--dial-timeout-s", str(self.dial_timeout_s),
-            "--sweep-interval-s", str(self.sweep_interval_s),
-            "--sweep-grace-s", str(self.sweep_grace_s)]
+            "serve",
+            "--db",
+            str(self.db),
+            "--agi-bind",
+            self.agi_address,
+            "--ami-host",
+            "127.0.0.1",
+            "--ami-port",
+            str(self.asterisk.ami_port),
+            "--ami-user",
+            user,
+            "--ami-secret",
+            secret,
+            "--no-demo",
+            "--log-format",
+            "json",
+            "--log-level",
+            self.log_level,
+            "--dial-timeout-s",
+            str(self.dial_timeout_s),
+            "--sweep-interval-s",
+            str(self.sweep_interval_s),
+            "--sweep-grace-s",
+            str(self.sweep_grace_s),
+        ]
 
-    def start(self, timeout: float = 20.0) -> "ExtbillServer":
+    def start(self, timeout: float = 20.0) -> ExtbillServer:
         assert not self.running, "already running"
         self.runs += 1
         mark = len(self.logs)
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXTBILL_")}
-        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         self._reader = threading.Thread(target=self._read, args=(self.proc, self.runs), daemon=True)
         self._reader.start()
         try:
@@ -188,7 +220,7 @@ class ExtbillServer:
             self._reader = None
         return proc.returncode
 
-    def restart(self, timeout: float = 20.0) -> "ExtbillServer":
+    def restart(self, timeout: float = 20.0) -> ExtbillServer:
         self.stop()
         return self.start(timeout)
 
@@ -196,8 +228,11 @@ class ExtbillServer:
     def find(self, event: str, since: int = 0, **match: Any) -> list[LogLine]:
         with self._lock:
             lines = self.logs[since:]
-        return [line for line in lines if line.get("event") == event
-                and all(line.get(k) == v for k, v in match.items())]
+        return [
+            line
+            for line in lines
+            if line.get("event") == event and all(line.get(k) == v for k, v in match.items())
+        ]
 
     def _first(self, pred: Callable[[LogLine], bool], since: int) -> LogLine | None:
         with self._lock:
@@ -217,8 +252,9 @@ class ExtbillServer:
             if line is not None:
                 return line
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"extbill serve exited ({self.proc.returncode}) before {event}:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"extbill serve exited ({self.proc.returncode}) before {event}:\n" + self.log_tail()
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {event} {match} in extbill serve's log:\n{self.log_tail()}")
             time.sleep(0.05)
@@ -237,10 +273,11 @@ class ExtbillServer:
     def log_tail(self, lines: int = 40, since: int = 0) -> str:
         with self._lock:
             tail = self.logs[since:][-lines:]
-        return "\n".join(json.dumps({k: v for k, v in x.items() if k != "_t"}, ensure_ascii=False)
-                         for x in tail)
+        return "\n".join(
+            json.dumps({k: v for k, v in x.items() if k != "_t"}, ensure_ascii=False) for x in tail
+        )
 
-    def __enter__(self) -> "ExtbillServer":
+    def __enter__(self) -> ExtbillServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

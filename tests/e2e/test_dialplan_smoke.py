@@ -12,8 +12,9 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -21,8 +22,8 @@ from .asterisk import BRANCH_CONTEXT, Asterisk, Call, free_port
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 
-KNOWN = "4001000001"      # the stub knows this number: collect one digit
-UNKNOWN = "4009999999"    # the stub does not: not-in-service
+KNOWN = "4001000001"  # the stub knows this number: collect one digit
+UNKNOWN = "4009999999"  # the stub does not: not-in-service
 
 
 def branch(dest: str) -> str:
@@ -44,7 +45,7 @@ class StubAgi:
         self.server: asyncio.AbstractServer | None = None
         self.address = ""
 
-    async def __aenter__(self) -> "StubAgi":
+    async def __aenter__(self) -> StubAgi:
         port = free_port()
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", port)
         self.address = f"127.0.0.1:{port}"
@@ -78,8 +79,7 @@ class StubAgi:
             while f"agi_arg_{i}" in headers:
                 args.append(headers[f"agi_arg_{i}"])
                 i += 1
-            self.requests.append({"script": script, "args": args, "time": time.time(),
-                                  "headers": headers})
+            self.requests.append({"script": script, "args": args, "time": time.time(), "headers": headers})
             for name, value in (self.decide(script, args) or {}).items():
                 writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
                 await writer.drain()
@@ -100,10 +100,13 @@ def contract(routes: dict[str, Answer], digit_timeout: str = "3") -> Decide:
     def decide(script: str, args: list[str]) -> Answer:
         if script == "lookup":
             if args[0] == KNOWN:
-                return {"EXTBILL_LANG": "zh", "EXTBILL_DIGIT_TIMEOUT": digit_timeout,
-                        "EXTBILL_MAXDIGITS": "1", "EXTBILL_RESULT": "collect"}
-            return {"EXTBILL_LANG": "zh", "EXTBILL_PROMPT": "not-in-service",
-                    "EXTBILL_RESULT": "prompt"}
+                return {
+                    "EXTBILL_LANG": "zh",
+                    "EXTBILL_DIGIT_TIMEOUT": digit_timeout,
+                    "EXTBILL_MAXDIGITS": "1",
+                    "EXTBILL_RESULT": "collect",
+                }
+            return {"EXTBILL_LANG": "zh", "EXTBILL_PROMPT": "not-in-service", "EXTBILL_RESULT": "prompt"}
         if script == "route":
             return routes.get(args[1], {"EXTBILL_RESULT": "retry"})
         return None
@@ -112,13 +115,25 @@ def contract(routes: dict[str, Answer], digit_timeout: str = "3") -> Decide:
 
 
 def grant(call_id: str, dest: str, limit_ms: int, warn_ms: int = 0, ring_s: int = 10) -> Answer:
-    return {"EXTBILL_ID": call_id, "EXTBILL_DEST": dest, "EXTBILL_LIMIT_MS": str(limit_ms),
-            "EXTBILL_WARN_MS": str(warn_ms), "EXTBILL_DIAL_TIMEOUT": str(ring_s),
-            "EXTBILL_RESULT": "dial"}
+    return {
+        "EXTBILL_ID": call_id,
+        "EXTBILL_DEST": dest,
+        "EXTBILL_LIMIT_MS": str(limit_ms),
+        "EXTBILL_WARN_MS": str(warn_ms),
+        "EXTBILL_DIAL_TIMEOUT": str(ring_s),
+        "EXTBILL_RESULT": "dial",
+    }
 
 
-async def place_call(ast: Asterisk, stub: StubAgi | None, number: str, *, agi: str | None = None,
-                     timeout: float = 60, **sim: Any) -> Call:
+async def place_call(
+    ast: Asterisk,
+    stub: StubAgi | None,
+    number: str,
+    *,
+    agi: str | None = None,
+    timeout: float = 60,
+    **sim: Any,
+) -> Call:
     async with ast.ami() as ami:
         await ami.set_agi(agi or (stub.address if stub else f"127.0.0.1:{free_port()}"))
         call = await ami.originate(number, **sim)
@@ -127,8 +142,9 @@ async def place_call(ast: Asterisk, stub: StubAgi | None, number: str, *, agi: s
     return call
 
 
-def run_call(ast: Asterisk, routes: dict[str, Answer] | None, number: str,
-             **kw: Any) -> tuple[Call, StubAgi | None]:
+def run_call(
+    ast: Asterisk, routes: dict[str, Answer] | None, number: str, **kw: Any
+) -> tuple[Call, StubAgi | None]:
     async def main() -> tuple[Call, StubAgi | None]:
         if routes is None:
             return await place_call(ast, None, number, **kw), None
@@ -152,12 +168,18 @@ def hangup_report(stub: StubAgi) -> dict[str, Any]:
     reqs = stub.of("hangup")
     assert len(reqs) == 1, stub.requests
     call_id, dialstatus, cause, answered, ended = reqs[0]["args"]
-    return {"id": call_id, "dialstatus": dialstatus, "cause": cause,
-            "answered": float(answered) if answered else None, "ended": float(ended),
-            "received": reqs[0]["time"]}
+    return {
+        "id": call_id,
+        "dialstatus": dialstatus,
+        "cause": cause,
+        "answered": float(answered) if answered else None,
+        "ended": float(ended),
+        "received": reqs[0]["time"],
+    }
 
 
 # ------------------------------------------------------------------------- tests
+
 
 def test_unknown_number_hears_not_in_service(asterisk: Asterisk) -> None:
     """A caller dialling a 400 number the server does not know hears only the not-in-service prompt
@@ -217,13 +239,17 @@ def test_fastagi_server_down_fails_closed(asterisk: Asterisk) -> None:
     assert not call.dialed()
 
 
-@pytest.mark.parametrize("answer", [
-    pytest.param(None, id="closed-without-answer"),
-    pytest.param({"EXTBILL_RESULT": "yes"}, id="unknown-result"),
-    pytest.param(dict(grant("e2e-bad", branch("talk-0-1"), 0)), id="zero-limit"),
-    pytest.param(dict(grant("e2e-bad", branch("talk-0-1") + ",,L(99999999)", 60000)),
-                 id="dest-smuggles-options"),
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(None, id="closed-without-answer"),
+        pytest.param({"EXTBILL_RESULT": "yes"}, id="unknown-result"),
+        pytest.param(dict(grant("e2e-bad", branch("talk-0-1"), 0)), id="zero-limit"),
+        pytest.param(
+            dict(grant("e2e-bad", branch("talk-0-1") + ",,L(99999999)", 60000)), id="dest-smuggles-options"
+        ),
+    ],
+)
 def test_bad_route_answers_fail_closed(asterisk: Asterisk, answer: Answer) -> None:
     """If the server's routing answer is missing, unknown, grants no time or smuggles Dial options
     into the destination, the caller hears the service-unavailable prompt after the welcome and is
@@ -257,12 +283,13 @@ def test_limit_warns_then_cuts(asterisk: Asterisk) -> None:
     assert rep["dialstatus"] == "ANSWER" and rep["answered"] is not None
     talk = rep["ended"] - rep["answered"]
     # The callee is cut at the limit (not at its 30 s) ...
-    callee_leave = [float(e["Timestamp"]) for e in call.of("BridgeLeave")
-                    if e.get("Uniqueid") != call.ivr_id]
+    callee_leave = [float(e["Timestamp"]) for e in call.of("BridgeLeave") if e.get("Uniqueid") != call.ivr_id]
     enter, leave = call.bridge_times() or (0.0, 0.0)
     callee_talk = callee_leave[0] - rep["answered"]
-    print(f"limit 6 s: callee bridged {callee_talk:.3f} s, caller {leave - enter:.3f} s, "
-          f"reported talk {talk:.3f} s")
+    print(
+        f"limit 6 s: callee bridged {callee_talk:.3f} s, caller {leave - enter:.3f} s, "
+        f"reported talk {talk:.3f} s"
+    )
     assert 5.9 <= callee_talk <= 6.5, callee_talk
     # ... and the reported talk never exceeds the grant.
     assert 5.9 <= talk <= 6.0, talk
@@ -324,6 +351,7 @@ def test_invalid_key_retries_then_dials(asterisk: Asterisk) -> None:
 def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> None:
     """If the FastAGI server disappears after granting a call, the call still connects and ends
     normally within seconds, its hangup report failing at once instead of holding the channel."""
+
     # The server grants the call, then disappears: the hangup handler's AGI fails at
     # once (connection refused) and the channel goes away normally.
     async def main() -> tuple[Call, StubAgi]:
@@ -344,8 +372,11 @@ def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> 
     call, stub = asyncio.run(main())
     assert call.bridged()
     assert stub.of("hangup") == []
-    handler = [e for e in call.of("Newexten")
-               if e.get("Context") == "extbill-hangup" and e.get("Application") == "AGI"]
+    handler = [
+        e
+        for e in call.of("Newexten")
+        if e.get("Context") == "extbill-hangup" and e.get("Application") == "AGI"
+    ]
     assert handler and "/hangup,e2e-gone,ANSWER," in handler[0]["AppData"]
     assert call.var("AGISTATUS") == "FAILURE"
 

@@ -27,14 +27,14 @@ from typing import Any
 
 import pytest
 
-from fastagi.ami import CallEnd, Correlator
+from fastagi.core.ami import CallEnd, Correlator
 
 from .asterisk import BRANCH_CONTEXT, Asterisk, Call
 from .extbill_server import ExtbillServer, minor
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ami"
 
-CENT_PER_S = 10          # minor units (0.001 CNY) per talk second on the 0.6/min 1/1 plans
+CENT_PER_S = 10  # minor units (0.001 CNY) per talk second on the 0.6/min 1/1 plans
 WELCOME = "extbill/welcome"
 
 
@@ -44,12 +44,24 @@ def branch(dest: str) -> str:
 
 # ------------------------------------------------------------------------ seeding
 
+
 @pytest.fixture(scope="module")
 def plans(extbill_server: ExtbillServer) -> ExtbillServer:
     srv = extbill_server
     srv.cli("plan", "add", "p11", "--per-minute", "0.6", "--initial", "1", "--increment", "1")
-    srv.cli("plan", "add", "p11-max6", "--per-minute", "0.6", "--initial", "1", "--increment", "1",
-            "--max-call", "6")
+    srv.cli(
+        "plan",
+        "add",
+        "p11-max6",
+        "--per-minute",
+        "0.6",
+        "--initial",
+        "1",
+        "--increment",
+        "1",
+        "--max-call",
+        "6",
+    )
     return srv
 
 
@@ -58,13 +70,36 @@ def srv(plans: ExtbillServer, extbill: ExtbillServer) -> ExtbillServer:
     return extbill
 
 
-def seed(srv: ExtbillServer, number: str, *, main: str = "50", min_balance: str = "0",
-         ext_billing: bool = True, lang: str = "zh", default_dest: str = branch("talk-0-2"),
-         plan: str = "p11", exts: dict[str, tuple[str, str]] | None = None) -> None:
+def seed(
+    srv: ExtbillServer,
+    number: str,
+    *,
+    main: str = "50",
+    min_balance: str = "0",
+    ext_billing: bool = True,
+    lang: str = "zh",
+    default_dest: str = branch("talk-0-2"),
+    plan: str = "p11",
+    exts: dict[str, tuple[str, str]] | None = None,
+) -> None:
     """A number with its main account, and extensions key -> (dest, money)."""
-    srv.cli("number", "add", number, "--name", f"e2e {number}", "--plan", plan,
-            "--min-balance", min_balance, "--lang", lang, "--default-dest", default_dest,
-            "--digit-timeout", "1")
+    srv.cli(
+        "number",
+        "add",
+        number,
+        "--name",
+        f"e2e {number}",
+        "--plan",
+        plan,
+        "--min-balance",
+        min_balance,
+        "--lang",
+        lang,
+        "--default-dest",
+        default_dest,
+        "--digit-timeout",
+        "1",
+    )
     if minor(main):
         srv.cli("recharge", number, main)
     if ext_billing:
@@ -86,8 +121,14 @@ def money(srv: ExtbillServer, number: str) -> dict[str, dict[str, int]]:
 
 # ------------------------------------------------------------------------ calls
 
-async def _originate(ast: Asterisk, srv: ExtbillServer, numbers_sims: list[tuple[str, dict[str, Any]]],
-                     during: Any = None, timeout: float = 90) -> tuple[list[Call], list[dict[str, Any]]]:
+
+async def _originate(
+    ast: Asterisk,
+    srv: ExtbillServer,
+    numbers_sims: list[tuple[str, dict[str, Any]]],
+    during: Any = None,
+    timeout: float = 90,
+) -> tuple[list[Call], list[dict[str, Any]]]:
     async with ast.ami() as ami:
         await ami.set_agi(srv.agi_address)
         start = len(ami.events)
@@ -106,14 +147,16 @@ def place(ast: Asterisk, srv: ExtbillServer, number: str, during: Any = None, **
     return calls[0]
 
 
-def place_many(ast: Asterisk, srv: ExtbillServer, *numbers_sims: tuple[str, dict[str, Any]],
-               during: Any = None) -> tuple[list[Call], list[dict[str, Any]]]:
+def place_many(
+    ast: Asterisk, srv: ExtbillServer, *numbers_sims: tuple[str, dict[str, Any]], during: Any = None
+) -> tuple[list[Call], list[dict[str, Any]]]:
     return asyncio.run(_originate(ast, srv, list(numbers_sims), during))
 
 
 async def wait_bridged(ami: Any, call: Call, timeout: float = 20) -> dict[str, Any]:
-    return await ami.wait_event(lambda e: e.get("Event") == "BridgeEnter"
-                                and e.get("Uniqueid") == call.ivr_id, timeout)
+    return await ami.wait_event(
+        lambda e: e.get("Event") == "BridgeEnter" and e.get("Uniqueid") == call.ivr_id, timeout
+    )
 
 
 def settled(srv: ExtbillServer, *calls: Call, timeout: float = 10) -> None:
@@ -130,8 +173,11 @@ def paths(srv: ExtbillServer, call: Call, timeout: float = 5) -> dict[str, str]:
     bid = call.ivr_id
     winner = srv.wait_log_sync("call.settled", billing_id=bid, timeout=timeout)
     out = {winner["settled_by"]: "settled"}
-    words = {"settle.confirmed": "confirmed", "settle.disagreement": "disagreed",
-             "settle.ami_incomplete": "incomplete"}
+    words = {
+        "settle.confirmed": "confirmed",
+        "settle.disagreement": "disagreed",
+        "settle.ami_incomplete": "incomplete",
+    }
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         seen = [x for event in words for x in srv.find(event, billing_id=bid)]
@@ -161,6 +207,7 @@ def log_times(ast: Asterisk, call: Call, what: str) -> list[datetime]:
 
 # ------------------------------------------------------------------------ the books
 
+
 def check_books(srv: ExtbillServer, numbers: list[str], granted: list[Call]) -> None:
     """Every call settled exactly once, nothing negative, nothing left reserved."""
     for call in granted:
@@ -168,7 +215,9 @@ def check_books(srv: ExtbillServer, numbers: list[str], granted: list[Call]) -> 
         rows = srv.db_rows("SELECT * FROM calls WHERE billing_id=?", (bid,))
         assert len(rows) == 1, bid
         assert rows[0]["state"] in ("rated", "unanswered"), dict(rows[0])
-        pending = srv.db_rows("SELECT * FROM transfers WHERE id=? AND kind='pending'", (rows[0]["pending_id"],))
+        pending = srv.db_rows(
+            "SELECT * FROM transfers WHERE id=? AND kind='pending'", (rows[0]["pending_id"],)
+        )
         assert len(pending) == 1 and pending[0]["amount"] == rows[0]["reserved"]
         resolutions = srv.db_rows("SELECT * FROM transfers WHERE pending_id=?", (rows[0]["pending_id"],))
         assert len(resolutions) == 1, [dict(r) for r in resolutions]
@@ -182,22 +231,26 @@ def check_books(srv: ExtbillServer, numbers: list[str], granted: list[Call]) -> 
     assert srv.db_rows("SELECT billing_id FROM calls WHERE state='reserved'") == []
     unresolved = srv.db_rows(
         "SELECT p.id, count(r.id) AS n FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id "
-        "WHERE p.kind='pending' GROUP BY p.id HAVING n != 1")
+        "WHERE p.kind='pending' GROUP BY p.id HAVING n != 1"
+    )
     assert [dict(r) for r in unresolved] == []
     negative = srv.db_rows(
         "SELECT id, kind FROM accounts WHERE kind IN ('main', 'ext') AND "
-        "credits_posted - debits_posted - debits_pending < 0")
+        "credits_posted - debits_posted - debits_pending < 0"
+    )
     assert negative == []
     for number in numbers:
         for name, acc in money(srv, number).items():
             assert acc["balance"] >= 0 and acc["available"] >= 0 and acc["reserved"] == 0, (number, name, acc)
-    errors = [line for line in srv.logs if line.get("level") in ("error", "critical")
-              or line.get("event") == "_raw"]
+    errors = [
+        line for line in srv.logs if line.get("level") in ("error", "critical") or line.get("event") == "_raw"
+    ]
     assert errors == [], errors
 
 
-def assert_rated(rec: dict[str, Any], call: Call, *, ext: str | None, charged: str, talk_s: float,
-                 tolerance: float = 1.0) -> None:
+def assert_rated(
+    rec: dict[str, Any], call: Call, *, ext: str | None, charged: str, talk_s: float, tolerance: float = 1.0
+) -> None:
     """The record of a talked call: rated from answer to hangup on the 1/1 plan."""
     assert rec["id"] == call.ivr_id
     assert rec["state"] == "rated" and rec["disposition"] == "ANSWER", rec
@@ -222,19 +275,31 @@ def talk_window(call: Call) -> tuple[float, float] | None:
             ivr_bridges.setdefault(e["BridgeUniqueid"], float(e["Timestamp"]))
     windows = []
     for bridge, ivr_in in ivr_bridges.items():
-        ivr_out = min([float(e["Timestamp"]) for e in call.of("BridgeLeave")
-                       if e.get("Uniqueid") == call.ivr_id and e.get("BridgeUniqueid") == bridge] or [1e12])
+        ivr_out = min(
+            [
+                float(e["Timestamp"])
+                for e in call.of("BridgeLeave")
+                if e.get("Uniqueid") == call.ivr_id and e.get("BridgeUniqueid") == bridge
+            ]
+            or [1e12]
+        )
         for e in call.of("BridgeEnter"):
             if e.get("BridgeUniqueid") == bridge and e.get("Uniqueid") != call.ivr_id:
                 other_in = float(e["Timestamp"])
-                other_out = min([float(x["Timestamp"]) for x in call.of("BridgeLeave")
-                                 if x.get("Uniqueid") == e.get("Uniqueid")
-                                 and x.get("BridgeUniqueid") == bridge] or [1e12])
+                other_out = min(
+                    [
+                        float(x["Timestamp"])
+                        for x in call.of("BridgeLeave")
+                        if x.get("Uniqueid") == e.get("Uniqueid") and x.get("BridgeUniqueid") == bridge
+                    ]
+                    or [1e12]
+                )
                 windows.append((max(ivr_in, other_in), min(ivr_out, other_out)))
     return (min(w[0] for w in windows), max(w[1] for w in windows)) if windows else None
 
 
 # ------------------------------------------------------------------------ recording
+
 
 def _has_id(e: dict[str, Any]) -> bool:
     for key in ("ChanVariable", "DestChanVariable"):
@@ -245,8 +310,9 @@ def _has_id(e: dict[str, Any]) -> bool:
     return False
 
 
-def record(name: str, events: list[dict[str, Any]], srv: ExtbillServer, number: str,
-           granted: list[Call]) -> None:
+def record(
+    name: str, events: list[dict[str, Any]], srv: ExtbillServer, number: str, granted: list[Call]
+) -> None:
     """tests/fixtures/ami/server-<name>.json: the stream (VarSet/Newexten events without
     EXTBILL_ID left out) and what the correlator must make of it, checked here against
     the server's records first."""
@@ -268,13 +334,17 @@ def record(name: str, events: list[dict[str, Any]], srv: ExtbillServer, number: 
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ",\n".join(json.dumps(e, ensure_ascii=False, sort_keys=True) for e in kept)
-    path.write_text('{"expect": ' + json.dumps(expect, sort_keys=True)
-                    + ',\n"events": [\n' + lines + "\n]}\n")
+    path.write_text(
+        '{"expect": ' + json.dumps(expect, sort_keys=True) + ',\n"events": [\n' + lines + "\n]}\n"
+    )
 
 
 # ------------------------------------------------------------------------ scenarios
 
-def test_key_for_funded_extension_is_bridged_and_charged_to_it(asterisk: Asterisk, srv: ExtbillServer) -> None:
+
+def test_key_for_funded_extension_is_bridged_and_charged_to_it(
+    asterisk: Asterisk, srv: ExtbillServer
+) -> None:
     """A caller who presses a funded extension's key is bridged to it, and only that extension is
     charged the rated talk time."""
     n = "4000000101"
@@ -294,7 +364,7 @@ def test_key_for_funded_extension_is_bridged_and_charged_to_it(asterisk: Asteris
     after = money(srv, n)
     assert after["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
     assert after["main"] == before["main"] and after["2"] == before["2"]
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
     record("ext-answered", events, srv, n, [call])
 
@@ -303,14 +373,13 @@ def test_no_key_goes_to_default_destination_and_charges_main(asterisk: Asterisk,
     """A caller who presses no key hears the welcome in the number's language and is bridged to the
     default destination, and the talk time is charged to the main account, not the extension."""
     n = "4000000102"
-    seed(srv, n, main="50", lang="en", default_dest=branch("talk-0-2"),
-         exts={"1": (branch("talk-0-9"), "5")})
+    seed(srv, n, main="50", lang="en", default_dest=branch("talk-0-2"), exts={"1": (branch("talk-0-9"), "5")})
     before = money(srv, n)
     call = place(asterisk, srv, n, dtmf="")
     settled(srv, call)
 
     assert call.prompts() == [WELCOME]
-    assert asterisk.played(call) == [(WELCOME, "en")]   # the number's language
+    assert asterisk.played(call) == [(WELCOME, "en")]  # the number's language
     assert call.dial_strings() == [branch("talk-0-2")] and call.bridged()
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext=None, charged="main", talk_s=2)
@@ -319,12 +388,13 @@ def test_no_key_goes_to_default_destination_and_charges_main(asterisk: Asterisk,
     assert after["main"]["balance"] == before["main"]["balance"] - minor(rec["cost"])
     assert after["1"] == before["1"]
     assert [x["reason"] for x in srv.find("call.decision", number=n)] == ["no-key"]
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
 
 
 def test_extension_without_money_hears_arrears_even_when_main_has_plenty(
-        asterisk: Asterisk, srv: ExtbillServer) -> None:
+    asterisk: Asterisk, srv: ExtbillServer
+) -> None:
     """A caller who presses the key of an extension with no money hears the extension-in-arrears
     prompt and is not connected even though the main account has plenty, and HQ sees that extension
     in arrears with no balance changed."""
@@ -343,7 +413,9 @@ def test_extension_without_money_hears_arrears_even_when_main_has_plenty(
     check_books(srv, [n], [])
 
 
-def test_suspended_number_refuses_every_caller_until_recharged(asterisk: Asterisk, srv: ExtbillServer) -> None:
+def test_suspended_number_refuses_every_caller_until_recharged(
+    asterisk: Asterisk, srv: ExtbillServer
+) -> None:
     """While a number's main balance is below its minimum every caller hears the number-suspended
     prompt and nothing is charged, and once HQ recharges it the number is active again and a call
     goes through and is charged to the extension."""
@@ -359,7 +431,7 @@ def test_suspended_number_refuses_every_caller_until_recharged(asterisk: Asteris
         assert not call.dialed()
     assert money(srv, n) == before and srv.calls(n) == []
 
-    srv.cli("recharge", n, "15")                       # main 25 >= minimum 20: resumed
+    srv.cli("recharge", n, "15")  # main 25 >= minimum 20: resumed
     assert srv.balance(n)["status"] == "active"
     call = place(asterisk, srv, n, dtmf="1")
     settled(srv, call)
@@ -370,7 +442,7 @@ def test_suspended_number_refuses_every_caller_until_recharged(asterisk: Asteris
     after = money(srv, n)
     assert after["main"]["balance"] == before["main"]["balance"] + 15_000
     assert after["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
 
 
@@ -384,13 +456,13 @@ def test_extension_billing_off_charges_main(asterisk: Asterisk, srv: ExtbillServ
     settled(srv, call)
 
     assert call.prompts() == [WELCOME]
-    assert call.dial_strings() == [branch("talk-0-2")] and call.bridged()   # the key still routes
+    assert call.dial_strings() == [branch("talk-0-2")] and call.bridged()  # the key still routes
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="main", talk_s=2)
     after = money(srv, n)
     assert after["main"]["balance"] == before["main"]["balance"] - minor(rec["cost"])
     assert after["1"] == before["1"]
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
 
 
@@ -415,7 +487,7 @@ def test_invalid_key_three_times_falls_back_to_default(asterisk: Asterisk, srv: 
     after = money(srv, n)
     assert after["main"]["balance"] == before["main"]["balance"] - minor(rec["cost"])
     assert after["1"] == before["1"]
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
     record("invalid-key-fallback", call.events, srv, n, [call])
 
@@ -427,19 +499,19 @@ def test_talk_time_excludes_ivr_and_ringing(asterisk: Asterisk, srv: ExtbillServ
     seed(srv, n, main="50", exts={"1": (branch("talk-3-4"), "5")})
     before = money(srv, n)
     started = time.time()
-    call = place(asterisk, srv, n, dtmf="1", dtmf_delay=5)   # ~5 s of IVR, 3 s ringing, 4 s talk
+    call = place(asterisk, srv, n, dtmf="1", dtmf_delay=5)  # ~5 s of IVR, 3 s ringing, 4 s talk
     ended = time.time()
     settled(srv, call)
 
     assert call.prompts() == [WELCOME] and call.dial_statuses() == ["ANSWER"] and call.bridged()
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=4)
-    assert ended - started >= 11.5, ended - started       # the whole call: IVR + ring + talk
-    ring_s = epoch(rec["answer"]) - epoch(rec["start"])    # grant (route) -> callee's answer
+    assert ended - started >= 11.5, ended - started  # the whole call: IVR + ring + talk
+    ring_s = epoch(rec["answer"]) - epoch(rec["start"])  # grant (route) -> callee's answer
     assert 2.5 <= ring_s <= 4.0, ring_s
-    assert epoch(rec["start"]) - started >= 4.5            # the IVR came before the grant
+    assert epoch(rec["start"]) - started >= 4.5  # the IVR came before the grant
     assert money(srv, n)["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
     record("talk-time", call.events, srv, n, [call])
 
@@ -449,7 +521,7 @@ def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk,
     the talk and is cut off with the limit-reached prompt at 20 s, and the extension is never
     charged more than it held."""
     n = "4000000108"
-    seed(srv, n, main="50", exts={"1": (branch("talk-0-60"), "0.2")})   # pays for 20 s
+    seed(srv, n, main="50", exts={"1": (branch("talk-0-60"), "0.2")})  # pays for 20 s
     call = place(asterisk, srv, n, dtmf="1")
     settled(srv, call)
 
@@ -460,7 +532,7 @@ def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk,
     assert call.prompts() == [WELCOME, "extbill/limit-reached"]
     assert call.bridged() and call.dial_statuses() == ["ANSWER"]
     enter, leave = talk_window(call) or (0.0, 0.0)
-    assert 19.8 <= leave - enter <= 20.5, leave - enter    # cut at the grant, not the branch's 60 s
+    assert 19.8 <= leave - enter <= 20.5, leave - enter  # cut at the grant, not the branch's 60 s
     # The warning (limit 20 s, warning 10 s before the end) plays inside the bridge, 10 s in.
     warned = log_times(asterisk, call, r"Playing 'extbill/balance-warning")
     joined = log_times(asterisk, call, r"joined '.*bridge")
@@ -474,12 +546,14 @@ def test_short_grant_is_cut_with_warning_and_never_overdrawn(asterisk: Asterisk,
     assert rec["talk_s"] <= 20 and minor(rec["cost"]) <= 200
     acc = money(srv, n)["1"]
     assert acc["balance"] == 200 - minor(rec["cost"]) >= 0
-    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}   # two paths, one settlement
+    assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
     check_books(srv, [n], [call])
     record("short-grant", call.events, srv, n, [call])
 
 
-def test_parallel_calls_never_spend_more_than_the_extension_held(asterisk: Asterisk, srv: ExtbillServer) -> None:
+def test_parallel_calls_never_spend_more_than_the_extension_held(
+    asterisk: Asterisk, srv: ExtbillServer
+) -> None:
     """Two simultaneous calls to the same extension split what it holds between them, 6 s and 4 s,
     are each cut at their grant, and together never spend more than the extension held or touch the
     main account."""
@@ -525,8 +599,8 @@ def test_busy_and_no_answer_cost_nothing(asterisk: Asterisk, srv: ExtbillServer)
         rec = srv.call(n, call.ivr_id)
         assert rec["state"] == "unanswered" and rec["disposition"] == status, rec
         assert rec["talk_s"] == 0 and minor(rec["cost"]) == 0 and rec["answer"] is None
-        assert minor(rec["reserved"]) > 0          # money was held while it rang ...
-    assert money(srv, n) == before                 # ... and released
+        assert minor(rec["reserved"]) > 0  # money was held while it rang ...
+    assert money(srv, n) == before  # ... and released
     statement = srv.cli_json("statement", n, "1")
     assert [r["kind"] for r in statement if r["code"] == "call"] == ["void", "pending"]
     for call in calls:
@@ -536,6 +610,7 @@ def test_busy_and_no_answer_cost_nothing(asterisk: Asterisk, srv: ExtbillServer)
 
 
 # ------------------------------------------------------------------------ faults
+
 
 def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -> None:
     """If extbill's AMI connection drops mid-call it reconnects without disturbing the live call,
@@ -556,9 +631,9 @@ def test_ami_connection_dropped_during_a_call(asterisk: Asterisk, srv: ExtbillSe
     settled(srv, call)
 
     assert kicked, "no AMI session of the extbill user to kick"
-    assert [s["username"] for s in asterisk.ami_sessions()].count("extbill") == 1   # reconnected
+    assert [s["username"] for s in asterisk.ami_sessions()].count("extbill") == 1  # reconnected
     reconciled = srv.find("settle.reconciled", since=mark)
-    assert reconciled and reconciled[-1]["closed"] == 0      # the live call was left alone
+    assert reconciled and reconciled[-1]["closed"] == 0  # the live call was left alone
     assert call.bridged() and call.prompts() == [WELCOME]
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=6)
@@ -577,7 +652,7 @@ def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -
     async def during(ami: Any, calls: list[Call]) -> None:
         await wait_bridged(ami, calls[0])
         await asyncio.sleep(1)
-        await asyncio.to_thread(srv.restart)     # SIGTERM, wait, start on the same DB and port
+        await asyncio.to_thread(srv.restart)  # SIGTERM, wait, start on the same DB and port
         assert srv.running
 
     call = place(asterisk, srv, n, during=during, dtmf="1")
@@ -588,7 +663,7 @@ def test_serve_restarted_during_a_call(asterisk: Asterisk, srv: ExtbillServer) -
     assert call.bridged() and call.prompts() == [WELCOME]
     assert call.dial_statuses() == ["ANSWER"]
     settlement = srv.find("call.settled", billing_id=call.ivr_id)[0]
-    assert settlement["_run"] == srv.runs                   # settled by the new process
+    assert settlement["_run"] == srv.runs  # settled by the new process
     rec = srv.call(n, call.ivr_id)
     assert_rated(rec, call, ext="1", charged="ext", talk_s=8)
     # The new process's AMI never saw this call's Dial end: it leaves it to the hangup handler.
@@ -602,7 +677,7 @@ def test_fastagi_server_down_when_a_call_arrives(asterisk: Asterisk, srv: Extbil
     n = "4000000113"
     seed(srv, n, main="50", exts={"1": (branch("talk-0-2"), "5")})
     before = money(srv, n)
-    assert srv.stop() == 0                               # a clean exit on SIGTERM
+    assert srv.stop() == 0  # a clean exit on SIGTERM
     try:
         call = place(asterisk, srv, n, dtmf="1")
     finally:

@@ -1,0 +1,200 @@
+"""The call policy: number -> key -> suspension/arrears -> grant. Pure: snapshots in, a decision out.
+
+Every rule of BRIEF.md that decides what a caller hears lives here, and only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from fastagi.core.ledger import Account
+from fastagi.core.numbers import digits_to_collect, is_suspended
+from fastagi.core.rating import Tariff, cost, seconds_max, tariff_for_caller
+
+INVALID_TRIES_MAX = 3  # BRIEF: after three wrong keys the caller goes to the default destination
+WARNING_BEFORE_END_MS = 60_000  # the balance warning plays about a minute before the cut
+
+
+@dataclass(frozen=True, slots=True)
+class PlanView:
+    tariff: Tariff
+    rates: Mapping[str, int]  # caller prefix -> per-minute price
+
+
+@dataclass(frozen=True, slots=True)
+class NumberView:
+    """What call control needs to know of a 400 number, read in one transaction."""
+
+    number_id: int
+    number: str
+    lang: str
+    ivr: bool
+    ext_billing: bool
+    min_balance: int
+    default_dest: str | None
+    digit_timeout_s: int
+    main: Account
+    plan: PlanView | None
+    # Length of the number's longest extension key; None when it has none. All the lookup
+    # needs of the keys (how many digits to collect), so the store reads one aggregate,
+    # not every key. Call setup's route step does not read it (None there): it looks up
+    # the one key pressed instead.
+    max_key_len: int | None
+
+    @property
+    def suspended(self) -> bool:
+        return is_suspended(self.main.balance, self.min_balance)
+
+
+@dataclass(frozen=True, slots=True)
+class ExtView:
+    extension_id: int
+    key: str
+    dest: str
+    account: Account
+    plan: PlanView | None  # the extension's own plan, if it overrides the number's
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the dialplan does next; `reason` goes into the decision's log line."""
+
+    action: str  # collect | prompt | retry | dial
+    reason: str
+    lang: str = "zh"
+    prompt: str | None = None  # sound name under sounds/<lang>/extbill/
+    digit_timeout_s: int = 5
+    max_digits: int = 1
+    dest: str | None = None
+    charged: str | None = None  # "main" or "ext"
+    ext_key: str | None = None
+    extension_id: int | None = None
+    account_id: int | None = None
+    tariff: Tariff | None = None
+    granted_s: int = 0
+    reserve: int = 0
+
+    @property
+    def limit_ms(self) -> int:
+        return self.granted_s * 1000
+
+    @property
+    def warning_ms(self) -> int:
+        """Warn a minute before the end, or halfway through a grant of two minutes or less."""
+        return min(WARNING_BEFORE_END_MS, self.limit_ms // 2)
+
+
+def _prompt(name: str, reason: str, lang: str) -> Decision:
+    return Decision(action="prompt", prompt=name, reason=reason, lang=lang)
+
+
+def decide_lookup(number: NumberView | None) -> Decision:
+    """First request of a call: is the number in service, and how to collect the key."""
+    if number is None:
+        return _prompt("not-in-service", "unknown-number", "zh")
+    if number.suspended:
+        return _prompt("number-suspended", "number-suspended", number.lang)
+    return Decision(
+        action="collect",
+        reason="collect",
+        lang=number.lang,
+        digit_timeout_s=number.digit_timeout_s,
+        max_digits=digits_to_collect(number.max_key_len),
+    )
+
+
+def decide_route(
+    number: NumberView | None, digits: str, try_no: int, ext: ExtView | None, caller: str
+) -> Decision:
+    """Second request: the pressed digits decide the destination and the account charged.
+
+    `ext` is the extension whose key equals `digits`, if any.
+    """
+    if number is None:
+        return _prompt("not-in-service", "unknown-number", "zh")
+    lang = number.lang
+    if number.suspended:
+        return _prompt("number-suspended", "number-suspended", lang)
+    keyed = number.ivr and digits != ""
+    if keyed and ext is None:
+        if try_no < INVALID_TRIES_MAX:
+            return Decision(action="retry", reason="invalid-key", lang=lang)
+        keyed = False  # out of tries: treated as no key (BRIEF rule 3)
+    if not keyed:
+        if not number.default_dest:
+            return _prompt("service-unavailable", "no-default-destination", lang)
+        return _grant(
+            number,
+            None,
+            number.default_dest,
+            number.main,
+            number.plan,
+            caller,
+            charged="main",
+            reason="no-key" if digits == "" else "invalid-key-fallback",
+        )
+    assert ext is not None
+    if number.ext_billing:
+        return _grant(
+            number,
+            ext,
+            ext.dest,
+            ext.account,
+            ext.plan or number.plan,
+            caller,
+            charged="ext",
+            reason="extension",
+        )
+    return _grant(
+        number,
+        ext,
+        ext.dest,
+        number.main,
+        number.plan,
+        caller,
+        charged="main",
+        reason="extension-billing-off",
+    )
+
+
+def _grant(
+    number: NumberView,
+    ext: ExtView | None,
+    dest: str,
+    account: Account,
+    plan: PlanView | None,
+    caller: str,
+    *,
+    charged: str,
+    reason: str,
+) -> Decision:
+    lang = number.lang
+    if plan is None:
+        return _prompt("service-unavailable", "no-rate-plan", lang)
+    tariff = tariff_for_caller(plan.tariff, caller, plan.rates)
+    granted_s = seconds_max(account.available, tariff)
+    if granted_s == 0:
+        if charged == "ext":
+            return _prompt("ext-in-arrears", "extension-in-arrears", lang)
+        return _prompt("number-suspended", "main-cannot-pay", lang)
+    return Decision(
+        action="dial",
+        reason=reason,
+        lang=lang,
+        dest=dest,
+        charged=charged,
+        ext_key=ext.key if ext else None,
+        extension_id=ext.extension_id if ext else None,
+        account_id=account.id,
+        tariff=tariff,
+        granted_s=granted_s,
+        reserve=cost(granted_s, tariff),
+    )
+
+
+def extension_status(account: Account, plan: PlanView | None) -> str:
+    """'arrears' when the extension cannot pay its first billing block at its base rate."""
+    if plan is None:
+        return "ok" if account.available > 0 else "arrears"
+    return "ok" if seconds_max(account.available, plan.tariff) > 0 else "arrears"

@@ -1,0 +1,178 @@
+"""Settings: one dataclass, from defaults < TOML file (--config) < environment < flags.
+
+Every setting has an environment override EXTBILL_<NAME upper-cased>; a bad value is
+refused at start with an error naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names the key and its source."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str = field(default="extbill.db", metadata={"help": "SQLite database file"})
+    agi_bind: str = field(default="127.0.0.1:4573", metadata={"help": "FastAGI listen address host:port"})
+    ami_host: str = field(default="127.0.0.1", metadata={"help": "Asterisk AMI host"})
+    ami_port: int = field(default=5038, metadata={"help": "Asterisk AMI port"})
+    ami_user: str = field(default="extbill", metadata={"help": "AMI user (manager.conf section)"})
+    ami_secret: str = field(default="", metadata={"help": "AMI secret; empty disables the AMI consumer"})
+    dial_timeout_s: int = field(default=30, metadata={"help": "how long a branch phone may ring, s"})
+    unsettled_policy: str = field(
+        default="mark",
+        metadata={
+            "help": "a reservation nobody settled: 'mark' releases it and marks the call unrated, "
+            "'charge' charges the whole grant"
+        },
+    )
+    sweep_interval_s: int = field(
+        default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"}
+    )
+    sweep_grace_s: int = field(
+        default=120, metadata={"help": "a reservation older than ring + grant + this is stale, s"}
+    )
+    connections_max: int = field(
+        default=1000, metadata={"help": "FastAGI connections at once; more are refused"}
+    )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "FastAGI processes sharing the port (one per core to spare); the first also runs AMI and the sweeper"
+        },
+    )
+    header_timeout_s: float = field(
+        default=5.0, metadata={"help": "a FastAGI client must send its headers within this, s"}
+    )
+    drain_timeout_s: float = field(
+        default=10.0, metadata={"help": "on SIGTERM, calls in setup get this long to finish, s"}
+    )
+    log_format: str = field(default="json", metadata={"help": "json or console"})
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    demo: bool = field(
+        default=True, metadata={"help": "seed a demo number, extensions and plan into a new database"}
+    )
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+SWEEP_GRACE_S_MIN = 10
+CHOICES = {
+    "unsettled_policy": ("mark", "charge"),
+    "log_format": ("json", "console"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+POSITIVE = {
+    "ami_port": 65535,
+    "dial_timeout_s": 600,
+    "sweep_interval_s": 3600,
+    "sweep_grace_s": 86400,
+    "connections_max": 100_000,
+    "workers": 64,
+    "header_timeout_s": 300,
+    "drain_timeout_s": 600,
+}
+
+
+def _validate(s: Settings) -> None:
+    for key, allowed in CHOICES.items():
+        if getattr(s, key) not in allowed:
+            raise ConfigError(f"{key}: {getattr(s, key)!r} must be one of {', '.join(allowed)}")
+    for key, top in POSITIVE.items():
+        value = getattr(s, key)
+        if not 0 < value <= top:
+            raise ConfigError(f"{key}: {value!r} must be greater than 0 and at most {top}")
+    if s.sweep_grace_s < SWEEP_GRACE_S_MIN:
+        # the limit-reached prompt plays after the cut, so a granted call can report a few
+        # seconds past ring + grant: a shorter grace would close live calls as unrated
+        raise ConfigError(f"sweep_grace_s: {s.sweep_grace_s!r} must be at least {SWEEP_GRACE_S_MIN}")
+    parse_hostport(s.agi_bind, "agi_bind")
+    if not s.db:
+        raise ConfigError("db: must not be empty")
+
+
+def parse_hostport(text: str, key: str = "address") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{key}: {text!r} must be host:port, e.g. 127.0.0.1:4573")
+    return host.strip("[]"), int(port)
+
+
+def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
+    typ_name = typ if isinstance(typ, str) else typ.__name__
+    try:
+        if typ_name == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ_name == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if typ_name == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)  # timeouts only; never money
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} ({source}): {value!r} is not a valid {typ_name}") from None
+
+
+def env_name(key: str) -> str:
+    return f"EXTBILL_{key.upper()}"
+
+
+def load(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the TOML file, then EXTBILL_* variables, then command-line flags."""
+    env = os.environ if env is None else env
+    known = {f.name: f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        for key, value in doc.items():
+            if key not in known:
+                raise ConfigError(f"config file {config_file}: unknown key {key!r}")
+            values[key] = _coerce(key, value, known[key].type, config_file)
+    for key, f in known.items():
+        if env_name(key) in env:
+            values[key] = _coerce(key, env[env_name(key)], f.type, env_name(key))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, known[key].type, "command line")
+    try:
+        return replace(Settings(), **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (check --config, {env_name(str(exc).split(':')[0])} and flags)") from None
+
+
+def describe() -> str:
+    """The settings table for `extbill serve --help`."""
+    lines = ["settings (TOML key / environment variable, default):"]
+    for f in fields(Settings):
+        default = f.default if f.name != "ami_secret" else "(empty)"
+        lines.append(f"  {f.name:<18} {env_name(f.name):<28} {default!s:<16} {f.metadata['help']}")
+    return "\n".join(lines)
