@@ -1,5 +1,5 @@
 -- extbill schema, version 1 (PRAGMA user_version). Money: INTEGER minor units, 1 = 0.001 CNY.
--- Later versions add migrations in fastagi/store/sqlite.py; never edit a shipped version.
+-- Later versions are fastagi/store/migrations/NNNN_*.sql; never edit a shipped version.
 
 CREATE TABLE IF NOT EXISTS accounts (
     id               INTEGER PRIMARY KEY,

@@ -30,7 +30,6 @@ from fastagi.store.base import NotADatabase, StoreError
 from fastagi.store.checkpointer import Checkpointer
 from fastagi.store.writers_lock import WritersLock
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 BATCH_OPS_MAX = 64  # operations committed together at most (group commit)
 # schema.sql lives at the repository's top level; fastagi/schema.sql links to it so a
@@ -38,8 +37,22 @@ BATCH_OPS_MAX = 64  # operations committed together at most (group commit)
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 DEFAULT_DB = "extbill.db"
 
-# Later versions: {2: "ALTER TABLE ...", ...}, applied in order by _migrate.
-MIGRATIONS: dict[int, str] = {}
+# Version N > 1 is store/migrations/NNNN_<what>.sql, applied in order by _migrate; a fresh
+# database gets schema.sql (version 1) and then every migration.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _migrations() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for path in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        found[int(path.name[:4])] = path.read_text()
+    return found
+
+
+MIGRATIONS = _migrations()
+SCHEMA_VERSION = max(MIGRATIONS, default=1)
+if sorted(MIGRATIONS) != list(range(2, SCHEMA_VERSION + 1)):
+    raise RuntimeError(f"store/migrations must number 0002..{SCHEMA_VERSION:04d} without gaps")
 
 T = TypeVar("T")
 
@@ -80,15 +93,11 @@ def _migrate(conn: sqlite3.Connection) -> bool:
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
         if tables:
             raise NotADatabase("the file is an SQLite database, but not an extbill one")
-        conn.executescript(
-            "BEGIN IMMEDIATE;"
-            + SCHEMA_PATH.read_text()
-            + f"; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        )
-        return True
+        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA_PATH.read_text() + "; PRAGMA user_version = 1; COMMIT;")
+        version = 1
     for v in range(version + 1, SCHEMA_VERSION + 1):
         conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v}; COMMIT;")
-    return False
+    return fresh
 
 
 class _Lane:
