@@ -93,7 +93,9 @@ def _migrate(conn: sqlite3.Connection) -> bool:
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
         if tables:
             raise NotADatabase("the file is an SQLite database, but not an extbill one")
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA_PATH.read_text() + "; PRAGMA user_version = 1; COMMIT;")
+        conn.executescript(
+            "BEGIN IMMEDIATE;" + SCHEMA_PATH.read_text() + "; PRAGMA user_version = 1; COMMIT;"
+        )
         version = 1
     for v in range(version + 1, SCHEMA_VERSION + 1):
         conn.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[v]}; PRAGMA user_version = {v}; COMMIT;")
