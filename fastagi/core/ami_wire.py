@@ -122,7 +122,8 @@ class Framer:
                 out.append(block.lstrip(b"\r\n"))
             start = end + len(MESSAGE_END)
         self._buf = buf[start:]
-        if len(self._buf) > self.max_bytes:
+        # it may hold a whole message of max_bytes and the first 3 bytes of its terminator
+        if len(self._buf) > self.max_bytes + len(MESSAGE_END) - 1:
             raise AmiMessageTooLarge(f"AMI message over {self.max_bytes} bytes")
         return out
 

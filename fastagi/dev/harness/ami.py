@@ -69,6 +69,7 @@ class Ami:
         self._task = asyncio.create_task(self._read_loop())
         resp = await self.action("Login", Username=self.username, Secret=self.secret, Events="on")
         if resp.get("Response") != "Success":
+            await self.close()  # no half-open session left behind
             raise AmiError(f"login failed: {resp}")
 
     async def close(self) -> None:
