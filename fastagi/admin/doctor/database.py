@@ -23,21 +23,9 @@ def check_database(path: str) -> tuple[Finding, DbFacts]:
     """Opens the database read-only; never creates or migrates it."""
     facts = DbFacts()
     init = f"extbill db init --db {path}"
-    if not os.path.exists(path):
-        return Finding(
-            FAIL,
-            "database",
-            f"database: no file at {path}",
-            f"{init}   (or start extbill serve, which creates it; or pass --db / "
-            "EXTBILL_DB / db in --config)",
-        ), facts
-    if os.path.isdir(path):
-        return Finding(
-            FAIL,
-            "database",
-            f"database: {path} is a directory",
-            "pass the database file with --db (or EXTBILL_DB / db in --config)",
-        ), facts
+    missing = _not_a_file(path, init)
+    if missing is not None:
+        return missing, facts
     try:
         conn = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True, timeout=2)
     except sqlite3.Error as exc:
@@ -50,29 +38,9 @@ def check_database(path: str) -> tuple[Finding, DbFacts]:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if version == 0 and not tables:
-            return Finding(FAIL, "database", f"database: {path} is empty (no extbill schema)", init), facts
-        if version == 0 or not set(EXTBILL_TABLES) <= tables:
-            return Finding(
-                FAIL,
-                "database",
-                f"database: {path} is an SQLite database, but not an extbill one",
-                "pass extbill's database with --db (or EXTBILL_DB / db in --config)",
-            ), facts
-        if version < SCHEMA_VERSION:
-            return Finding(
-                FAIL,
-                "database",
-                f"database: {path} has schema version {version}, this extbill needs {SCHEMA_VERSION}",
-                f"{init}   (migrates it)",
-            ), facts
-        if version > SCHEMA_VERSION:
-            return Finding(
-                FAIL,
-                "database",
-                f"database: {path} has schema version {version}, newer than this extbill ({SCHEMA_VERSION})",
-                "upgrade extbill to the version that wrote this database",
-            ), facts
+        wrong = _schema_problem(path, version, tables, init)
+        if wrong is not None:
+            return wrong, facts
         rows = conn.execute("SELECT number, lang FROM numbers ORDER BY id").fetchall()
     except sqlite3.Error as exc:
         return Finding(
@@ -99,3 +67,50 @@ def check_database(path: str) -> tuple[Finding, DbFacts]:
         f"{len(rows)} number{'s' if len(rows) != 1 else ''}, languages "
         f"{', '.join(sorted(facts.langs))})",
     ), facts
+
+
+def _not_a_file(path: str, init: str) -> Finding | None:
+    if not os.path.exists(path):
+        return Finding(
+            FAIL,
+            "database",
+            f"database: no file at {path}",
+            f"{init}   (or start extbill serve, which creates it; or pass --db / "
+            "EXTBILL_DB / db in --config)",
+        )
+    if os.path.isdir(path):
+        return Finding(
+            FAIL,
+            "database",
+            f"database: {path} is a directory",
+            "pass the database file with --db (or EXTBILL_DB / db in --config)",
+        )
+    return None
+
+
+def _schema_problem(path: str, version: int, tables: set[str], init: str) -> Finding | None:
+    """An empty, foreign, older or newer database: what is wrong with it, or None."""
+    if version == 0 and not tables:
+        return Finding(FAIL, "database", f"database: {path} is empty (no extbill schema)", init)
+    if version == 0 or not set(EXTBILL_TABLES) <= tables:
+        return Finding(
+            FAIL,
+            "database",
+            f"database: {path} is an SQLite database, but not an extbill one",
+            "pass extbill's database with --db (or EXTBILL_DB / db in --config)",
+        )
+    if version < SCHEMA_VERSION:
+        return Finding(
+            FAIL,
+            "database",
+            f"database: {path} has schema version {version}, this extbill needs {SCHEMA_VERSION}",
+            f"{init}   (migrates it)",
+        )
+    if version > SCHEMA_VERSION:
+        return Finding(
+            FAIL,
+            "database",
+            f"database: {path} has schema version {version}, newer than this extbill ({SCHEMA_VERSION})",
+            "upgrade extbill to the version that wrote this database",
+        )
+    return None

@@ -79,22 +79,30 @@ def check_extensions(
             )
         )
     if shipped is not None and not missing:
-        differ = [c for c in EXTBILL_CONTEXTS if _context_body(present[c]) != _context_body(shipped.first(c))]
-        if differ:
-            out.append(
-                Finding(
-                    WARN,
-                    "extensions",
-                    f"extensions.conf: {installed_file} differs from this "
-                    f"extbill's dialplan ({', '.join('[' + c + ']' for c in differ)})",
-                    f"install -m 644 {src} {os.path.join(etc_dir, installed_file)}  "
-                    f"(keep your overrides in extensions.conf, after the #include)\n"
-                    f"then: {RELOAD_DIALPLAN}",
-                )
-            )
+        out.extend(_check_shipped(present, shipped, installed_file, src, etc_dir))
     out.extend(_check_globals(conf, etc_dir))
     out.append(_check_trunk(conf, [c for c in trunk_confs if c is not None], etc_dir))
     return out
+
+
+def _check_shipped(
+    present: dict[str, ConfSection | None], shipped: Conf, installed_file: str, src: str, etc_dir: str
+) -> list[Finding]:
+    """The installed extbill contexts against this extbill's own dialplan."""
+    differ = [c for c in EXTBILL_CONTEXTS if _context_body(present[c]) != _context_body(shipped.first(c))]
+    if differ:
+        return [
+            Finding(
+                WARN,
+                "extensions",
+                f"extensions.conf: {installed_file} differs from this "
+                f"extbill's dialplan ({', '.join('[' + c + ']' for c in differ)})",
+                f"install -m 644 {src} {os.path.join(etc_dir, installed_file)}  "
+                f"(keep your overrides in extensions.conf, after the #include)\n"
+                f"then: {RELOAD_DIALPLAN}",
+            )
+        ]
+    return []
 
 
 def _context_body(section: ConfSection | None) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from fastagi.admin.doctor.dialplan import check_extensions, shipped_dialplan
 from fastagi.admin.doctor.findings import DEFAULT_ETC, FAIL, OK, WARN, Finding, problem_findings, shipped_path
 from fastagi.admin.doctor.manager import check_manager
-from fastagi.asterisk.conf import Conf, ast_true, dialplan_globals, etc_reader, parse_conf
+from fastagi.asterisk.conf import Conf, ConfSection, ast_true, dialplan_globals, etc_reader, parse_conf
 from fastagi.runtime.config import Settings
 
 DEFAULT_DATADIR = "/usr/share/asterisk"  # Asterisk's built-in astdatadir (Debian's too)
@@ -100,6 +100,12 @@ def check_modules(conf: Conf | None, etc_dir: str) -> list[Finding]:
                 )
             )
         return out
+    return out + _check_loaded(section, etc_dir, restart, out)
+
+
+def _check_loaded(section: ConfSection, etc_dir: str, restart: str, earlier: list[Finding]) -> list[Finding]:
+    """[modules]: autoload, noload and load lines against the modules extbill uses."""
+    out: list[Finding] = []
     auto_value = section.value("autoload", first=True)
     autoload = ast_true(auto_value)
     auto_text = f"autoload = {auto_value}" if auto_value is not None else "autoload not set (so off)"
@@ -145,7 +151,7 @@ def check_modules(conf: Conf | None, etc_dir: str) -> list[Finding]:
                     f"add to {at}:\n" + "\n".join(f"load => {m}.so" for m in absent) + f"\n{restart}",
                 )
             )
-    if not any(f.check == "modules" and f.status != OK for f in out):
+    if not any(f.check == "modules" and f.status != OK for f in earlier + out):
         out.append(
             Finding(
                 OK,

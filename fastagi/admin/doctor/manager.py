@@ -11,7 +11,7 @@ from fastagi.admin.doctor.findings import (
     problem_findings,
     shipped_path,
 )
-from fastagi.asterisk.conf import Conf, ast_true, csv_values
+from fastagi.asterisk.conf import Conf, ConfSection, ast_true, csv_values
 from fastagi.runtime.config import Settings
 
 AMI_READ_NEEDED = ("system", "call")
@@ -49,53 +49,7 @@ def check_manager(conf: Conf | None, etc_dir: str, settings: Settings) -> list[F
             )
         )
         return out + _check_ami_user(conf, etc_dir, settings, src)
-    if not ast_true(general.value("enabled")):
-        out.append(
-            Finding(
-                FAIL,
-                "manager",
-                "manager.conf: [general] enabled is not yes, so the AMI is off",
-                f"set `enabled = yes` {in_general}; then: {RELOAD_MANAGER}",
-            )
-        )
-    port = general.value("port") or "5038"
-    if port.strip() != str(settings.ami_port):
-        out.append(
-            Finding(
-                FAIL,
-                "manager",
-                f"manager.conf: AMI listens on port {port}, extbill's ami_port is {settings.ami_port}",
-                f"set ami_port = {port} in extbill's config file (or EXTBILL_AMI_PORT={port})",
-            )
-        )
-    ts = general.value("timestampevents")
-    if not ast_true(ts):
-        out.append(
-            Finding(
-                FAIL,
-                "manager",
-                f"manager.conf: [general] timestampevents is "
-                f"{'not set' if ts is None else repr(ts)}; extbill rates calls by event time",
-                f"set `timestampevents = yes` {in_general}; then: {RELOAD_MANAGER}",
-            )
-        )
-    else:
-        out.append(Finding(OK, "manager", "manager.conf: [general] timestampevents = yes"))
-    cv = general.value("channelvars")
-    if "EXTBILL_ID" not in csv_values(cv):
-        now = "not set" if cv is None else f"= {cv}"
-        want = ",".join(csv_values(cv) + ["EXTBILL_ID"])
-        out.append(
-            Finding(
-                FAIL,
-                "manager",
-                f"manager.conf: [general] channelvars {now}, without "
-                "EXTBILL_ID AMI events cannot be tied to calls",
-                f"set `channelvars = {want}` {in_general}; then: {RELOAD_MANAGER}",
-            )
-        )
-    else:
-        out.append(Finding(OK, "manager", f"manager.conf: [general] channelvars = {cv}"))
+    out += _check_general(general, in_general, settings)
     return out + _check_ami_user(conf, etc_dir, settings, src)
 
 
@@ -168,4 +122,57 @@ def _check_ami_user(conf: Conf, etc_dir: str, settings: Settings, src: str) -> l
                 f"{section.value('read')}, write {section.value('write')}",
             )
         )
+    return out
+
+
+def _check_general(general: ConfSection, in_general: str, settings: Settings) -> list[Finding]:
+    """[general]: the AMI on, on extbill's port, with event timestamps and EXTBILL_ID."""
+    out: list[Finding] = []
+    if not ast_true(general.value("enabled")):
+        out.append(
+            Finding(
+                FAIL,
+                "manager",
+                "manager.conf: [general] enabled is not yes, so the AMI is off",
+                f"set `enabled = yes` {in_general}; then: {RELOAD_MANAGER}",
+            )
+        )
+    port = general.value("port") or "5038"
+    if port.strip() != str(settings.ami_port):
+        out.append(
+            Finding(
+                FAIL,
+                "manager",
+                f"manager.conf: AMI listens on port {port}, extbill's ami_port is {settings.ami_port}",
+                f"set ami_port = {port} in extbill's config file (or EXTBILL_AMI_PORT={port})",
+            )
+        )
+    ts = general.value("timestampevents")
+    if not ast_true(ts):
+        out.append(
+            Finding(
+                FAIL,
+                "manager",
+                f"manager.conf: [general] timestampevents is "
+                f"{'not set' if ts is None else repr(ts)}; extbill rates calls by event time",
+                f"set `timestampevents = yes` {in_general}; then: {RELOAD_MANAGER}",
+            )
+        )
+    else:
+        out.append(Finding(OK, "manager", "manager.conf: [general] timestampevents = yes"))
+    cv = general.value("channelvars")
+    if "EXTBILL_ID" not in csv_values(cv):
+        now = "not set" if cv is None else f"= {cv}"
+        want = ",".join(csv_values(cv) + ["EXTBILL_ID"])
+        out.append(
+            Finding(
+                FAIL,
+                "manager",
+                f"manager.conf: [general] channelvars {now}, without "
+                "EXTBILL_ID AMI events cannot be tied to calls",
+                f"set `channelvars = {want}` {in_general}; then: {RELOAD_MANAGER}",
+            )
+        )
+    else:
+        out.append(Finding(OK, "manager", f"manager.conf: [general] channelvars = {cv}"))
     return out

@@ -301,33 +301,7 @@ class FakeAmi:
                         _message([("Response", "Error"), ("ActionID", aid), ("Message", "Permission denied")])
                     )
                 elif action == "coreshowchannels":
-                    calls = list(self.live_calls())
-                    writer.write(
-                        _message(
-                            [
-                                ("Response", "Success"),
-                                ("ActionID", aid),
-                                ("EventList", "start"),
-                                ("Message", "Channels will follow"),
-                            ]
-                        )
-                    )
-                    writer.write(b"".join(c.core_show_channel(aid) for c in calls))
-                    writer.write(
-                        _message(
-                            [
-                                ("Event", "CoreShowChannelsComplete"),
-                                ("ActionID", aid),
-                                ("EventList", "Complete"),
-                                ("ListItems", str(len(calls))),
-                            ]
-                        )
-                    )
-                    # From here on events go to this connection (Asterisk sends them from Login on;
-                    # the bench only starts calls after this point).
-                    self._writer = writer
-                    self.logins += 1
-                    self.logged_in.set()
+                    self._list_channels(writer, aid)
                 elif action == "ping":
                     writer.write(
                         _message(
@@ -352,3 +326,33 @@ class FakeAmi:
             if self._writer is writer:
                 self._writer = None
             writer.close()
+
+    def _list_channels(self, writer: asyncio.StreamWriter, aid: str) -> None:
+        """CoreShowChannels: the live calls; from here on events go to this connection."""
+        calls = list(self.live_calls())
+        writer.write(
+            _message(
+                [
+                    ("Response", "Success"),
+                    ("ActionID", aid),
+                    ("EventList", "start"),
+                    ("Message", "Channels will follow"),
+                ]
+            )
+        )
+        writer.write(b"".join(c.core_show_channel(aid) for c in calls))
+        writer.write(
+            _message(
+                [
+                    ("Event", "CoreShowChannelsComplete"),
+                    ("ActionID", aid),
+                    ("EventList", "Complete"),
+                    ("ListItems", str(len(calls))),
+                ]
+            )
+        )
+        # From here on events go to this connection (Asterisk sends them from Login on;
+        # the bench only starts calls after this point).
+        self._writer = writer
+        self.logins += 1
+        self.logged_in.set()
