@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from fastagi.admin.cli import main as cli_main
-from fastagi.dev.asterisk_harness import Asterisk, free_port
+from fastagi.dev.harness import Asterisk, free_port
 
 LogLine = dict[str, Any]
 
