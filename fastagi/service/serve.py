@@ -126,6 +126,7 @@ class Service:
                 holder=f"{socket.gethostname()}:{os.getpid()}",
             )
             await self.supervisor.start()
+            routes.on_grant = self.supervisor.note_grant
             await self.ami.start()
             log.info(
                 "serve.ami_waiting",
