@@ -45,6 +45,11 @@ def _next(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
 
 
+def _next_first(month: str) -> str:
+    year, mon = _next(*check_month(month))
+    return f"{year:04d}-{mon:02d}-01"
+
+
 def month_window_ms(month: str, time_zone: str) -> tuple[int, int]:
     """[start, end) of the month in the zone, as Unix ms: local midnight of the 1st to the next 1st."""
     year, mon = check_month(month)

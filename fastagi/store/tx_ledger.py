@@ -281,7 +281,8 @@ def update_suspension(
             reason=reason,
         )
         tx_outbox.suspension(conn, row["number"], now, main.balance, row["min_balance"], row["owed"], reason)
-    _main_low_balance(conn, row, main)
+    if not row["owed"]:  # while it owes, number.suspended says it all (and money in is collected)
+        _main_low_balance(conn, row, main, notify=reason != "created")
     return now
 
 
@@ -291,7 +292,7 @@ def _default_threshold(tariff: tuple[int, ...]) -> int:
     return 10 * first_block_cost(Tariff(*tariff))
 
 
-def _main_low_balance(conn: sqlite3.Connection, row: sqlite3.Row, main: Account) -> None:
+def _main_low_balance(conn: sqlite3.Connection, row: sqlite3.Row, main: Account, *, notify: bool) -> None:
     """balance.low of a main account, once per crossing: a flag set going down, cleared going up.
 
     Called on every posted change of main, so the flag follows the balance both ways.
@@ -307,7 +308,7 @@ def _main_low_balance(conn: sqlite3.Connection, row: sqlite3.Row, main: Account)
     if below == bool(row["low_flag"]):
         return
     conn.execute("UPDATE numbers SET low_flag=? WHERE id=?", (int(below), row["id"]))
-    if below:
+    if below and notify:  # a new number starts below without a notification
         log.info("balance.low", number=row["number"], account="main", available=main.available)
         tx_outbox.balance_low(conn, row["number"], None, main.available, threshold)
 

@@ -270,12 +270,9 @@ def _check_row(conn: sqlite3.Connection, r: BulkRow) -> str | None:
     return None
 
 
-def bulk_recharge(conn: sqlite3.Connection, rows: list[BulkRow]) -> dict[str, Any]:
-    """Check every row, then apply them all in this one transaction, or none (BulkError)."""
-    if not rows:
-        raise StoreError("the file has no rows to recharge")
-    if len(rows) > BULK_ROWS_MAX:
-        raise StoreError(f"the file has {len(rows)} rows; at most {BULK_ROWS_MAX} at once")
+def check_bulk(conn: sqlite3.Connection, rows: list[BulkRow]) -> list[tuple[int, str]]:
+    """Every bad row, with its line: unknown number or extension, a reference used twice in
+    the file or already used for a different transfer."""
     errors: list[tuple[int, str]] = []
     first_line: dict[str, int] = {}
     for r in rows:
@@ -286,10 +283,19 @@ def bulk_recharge(conn: sqlite3.Connection, rows: list[BulkRow]) -> dict[str, An
         msg = _check_row(conn, r)
         if msg is not None:
             errors.append((r.line, msg))
+    return errors
+
+
+def bulk_recharge(conn: sqlite3.Connection, rows: list[BulkRow]) -> dict[str, Any]:
+    """Check every row, then apply them all in this one transaction, or none (BulkError)."""
+    if not rows:
+        raise StoreError("the file has no rows to recharge")
+    if len(rows) > BULK_ROWS_MAX:
+        raise StoreError(f"the file has {len(rows)} rows; at most {BULK_ROWS_MAX} at once")
+    errors = check_bulk(conn, rows)
     if errors:
         raise BulkError(errors)
-    applied = already = collected = 0
-    total = 0
+    applied = already = collected = total = 0
     for r in rows:
         result = recharge(conn, r.number, r.key, r.amount, r.ref)
         if result.created:
