@@ -245,8 +245,6 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
                     "ivr": doc["ivr"],
                     "ext_billing": doc["ext_billing"],
                     "min_balance": doc["min_balance"],
-                    "monthly_minimum": doc["monthly_minimum"],
-                    "owed": doc["owed"],
                     # exactly the document issue 2 specifies; spend is in `number show --json`
                     "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
                     "extensions": [
