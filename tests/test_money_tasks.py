@@ -388,3 +388,26 @@ def test_cli_refusals_exit_2_with_one_line_and_change_nothing(db: Path, tmp_path
     refused(db, "ext", "remove", NUMBER, "9", match="has no extension 9")
     refused(db, "events", "retry", "999", match="no event 999")
     refused(db, "events", "retry", "x1", match="is not an event number")
+
+
+def test_balance_low_is_written_once_per_crossing_for_an_extension_and_for_main(db: Path) -> None:
+    """Default thresholds: ten first blocks at the base tariff, 6.000 at 0.6/min."""
+    low = lambda: [p for t, p in outbox(db) if t == "balance.low"]  # noqa: E731
+    call(db, "c1", "1", 60 * 39)  # extension 1: 30.000 - 23.400 = 6.600, above 6.000
+    assert low() == []
+    call(db, "c2", "1", 60)  # 6.000: not below
+    call(db, "c3", "1", 60)  # 5.400: crossed
+    call(db, "c4", "1", 60)  # 4.800: still below, no second event
+    assert low() == [
+        {"number": NUMBER, "account": "ext", "ext": "1", "available": "5.400", "threshold": "6.000"}
+    ]
+    extbill("reclaim", NUMBER, "1", db=db)  # main: 170 + 4.8
+    extbill("number", "set", NUMBER, "--low-balance", "174", db=db)
+    call(db, "c5", "", 60)  # main 174.800 - 0.600 = 174.200: above 174
+    call(db, "c6", "", 60 * 2)  # 173.000: crossed
+    assert low()[1:] == [
+        {"number": NUMBER, "account": "main", "ext": None, "available": "173.000", "threshold": "174.000"}
+    ]
+    extbill("recharge", NUMBER, "10", db=db)  # back above: the next crossing notifies again
+    call(db, "c7", "", 60 * 20)
+    assert len(low()) == 3

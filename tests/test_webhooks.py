@@ -38,6 +38,7 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.status = 200
+        self.delay_s = 0.0  # a slow receiver answers after this
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
 
@@ -47,6 +48,7 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                time.sleep(receiver.delay_s)
                 ok = receiver.status == 200
                 if ok:
                     receiver.received.append({"headers": dict(self.headers), "body": body, "at": time.time()})
@@ -259,6 +261,28 @@ def test_an_event_given_up_is_listed_as_failed_and_retried_by_the_operator(
         proc.returncode == 2
         and proc.stderr.strip() == "extbill: error: event 1 was already delivered; nothing to retry"
     )
+
+
+def test_a_slow_receiver_does_not_hold_up_call_setup(tmp_path: Path, receiver: Receiver) -> None:
+    db = tmp_path / "w.db"
+    make_events(db)
+    receiver.delay_s = 3.0
+
+    async def body() -> None:
+        from fastagi.store import tx_calls  # noqa: PLC0415
+
+        store = await SqliteStore.open(str(db), create=False)
+        try:
+            await asyncio.sleep(0.3)  # the outbox's POSTs are now waiting on the receiver
+            for i in range(20):
+                t0 = time.monotonic()
+                await store.run(tx_calls.route, f"c{i}", A, "", 1, "13800000000", None, None)
+                assert time.monotonic() - t0 < 0.5
+        finally:
+            await store.close()
+        assert not any(r["state"] == "delivered" for r in outbox_rows(db))
+
+    run_outbox(db, receiver.url, body, FAST)
 
 
 class Serve:
