@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -22,8 +21,8 @@ from fastagi.core.rating import PlanError, Tariff
 from fastagi.runtime.config import ConfigError
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.store import tx_admin
-from fastagi.store.base import StoreError
-from fastagi.store.sqlite import SqliteStore, db_path
+from fastagi.store.base import Store, StoreError
+from fastagi.store.factory import db_target, open_store
 
 EXIT_REFUSED = 2
 
@@ -105,12 +104,12 @@ def _print_json(doc: Any) -> None:
 # ---- subcommand bodies: each gets (store, args) and returns the exit status ----------------
 
 
-async def cmd_db_init(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_db_init(store: Store, a: argparse.Namespace) -> int:
     print(f"database {store.path} {'created' if store.created else 'is up to date'} (schema version 1)")
     return 0
 
 
-async def cmd_plan_add(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_plan_add(store: Store, a: argparse.Namespace) -> int:
     t = Tariff(
         per_minute=a.per_minute,
         initial_s=a.initial,
@@ -127,7 +126,7 @@ async def cmd_plan_add(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_plan_rate(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_plan_rate(store: Store, a: argparse.Namespace) -> int:
     await store.run(tx_admin.set_plan_rate, a.name, a.prefix, a.per_minute)
     print(
         f"plan {a.name}: callers starting {a.prefix or '(default)'} pay {format_amount(a.per_minute)} per minute"
@@ -135,7 +134,7 @@ async def cmd_plan_rate(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_plan_list(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_plan_list(store: Store, a: argparse.Namespace) -> int:
     plans = _money_fields(await store.read(tx_admin.list_plans))
     if a.json:
         _print_json(plans)
@@ -149,7 +148,7 @@ async def cmd_plan_list(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_number_add(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_number_add(store: Store, a: argparse.Namespace) -> int:
     await store.run(
         tx_admin.add_number, a.number, a.name, a.plan, a.min_balance, a.lang, a.default_dest, a.digit_timeout
     )
@@ -164,7 +163,7 @@ async def cmd_number_add(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_number_set(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_number_set(store: Store, a: argparse.Namespace) -> int:
     await store.run(
         tx_admin.set_number,
         a.number,
@@ -203,7 +202,7 @@ def _status(doc: dict[str, Any]) -> str:
     return doc["status"]
 
 
-async def cmd_number_show(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_number_show(store: Store, a: argparse.Namespace) -> int:
     raw = await store.read(tx_admin.balance, a.number)
     doc = _money_fields(raw)
     if a.json:
@@ -234,7 +233,7 @@ def _print_accounts(doc: dict[str, Any]) -> None:
         )
 
 
-async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_balance(store: Store, a: argparse.Namespace) -> int:
     doc = await store.read(tx_admin.balance, a.number)
     if a.json:
         _print_json(
@@ -262,13 +261,13 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_ext_add(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_ext_add(store: Store, a: argparse.Namespace) -> int:
     await store.run(tx_admin.add_extension, a.number, a.key, a.name, a.dest, a.plan)
     print(f"extension {a.key} ({a.name}) of {a.number} added, routes to {a.dest}")
     return 0
 
 
-async def cmd_ext_set(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_ext_set(store: Store, a: argparse.Namespace) -> int:
     await store.run(
         tx_admin.set_extension,
         a.number,
@@ -282,7 +281,7 @@ async def cmd_ext_set(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_recharge(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_recharge(store: Store, a: argparse.Namespace) -> int:
     if a.csv is not None:
         if a.number is not None or a.ref is not None:
             raise UsageError(
@@ -308,7 +307,7 @@ async def cmd_recharge(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_transfer(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_transfer(store: Store, a: argparse.Namespace) -> int:
     result = await store.run(tx_admin.move, a.number, a.key, a.amount, a.ref)
     if result.created:
         print(f"moved {format_amount(a.amount)} from the main account of {a.number} to extension {a.key}")
@@ -317,7 +316,7 @@ async def cmd_transfer(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_statement(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_statement(store: Store, a: argparse.Namespace) -> int:
     rows = _money_fields(await store.read(tx_admin.statement, a.number, a.key))
     if a.json:
         _print_json(rows)
@@ -455,13 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "own_store", False):  # serve, bench, sandbox, doctor open what they need
         return await args.fn(args)
-    create = args.fn is cmd_db_init
-    path = db_path(args.db)
-    parent = os.path.dirname(os.path.abspath(path))
-    if create and not os.path.isdir(parent):
-        # refuse here: a failed aiosqlite connect leaves its worker thread printing a traceback
-        raise StoreError(f"cannot create database {path}: directory {parent} does not exist")
-    store = await SqliteStore.open(path, create=create)
+    store = await open_store(db_target(args.db), create=args.fn is cmd_db_init)
     try:
         return await args.fn(store, args)
     finally:

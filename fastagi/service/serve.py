@@ -26,7 +26,8 @@ from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
 from fastagi.service.supervisor import Supervisor
 from fastagi.service.workers import Workers
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.base import Store
+from fastagi.store.factory import open_store, redact
 
 log = structlog.get_logger("extbill.serve")
 
@@ -59,7 +60,7 @@ class Service:
         self.worker = worker  # 0: the first process; others only answer FastAGI
         self.sock = sock  # a worker's listening socket, shared with the first
         self.workers: Workers | None = None
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.agi: AgiServer | None = None
         self.ami: AmiClient | None = None
         self.correlator = Correlator()
@@ -74,9 +75,9 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         shared = s.workers > 1
-        self.store = await SqliteStore.open(s.db, checkpoints=self.worker == 0, shared=shared)
+        self.store = await open_store(s.db, checkpoints=self.worker == 0, shared=shared)
         if self.store.created:
-            log.info("db.created", path=s.db)
+            log.info("db.created", path=redact(s.db))
             if s.demo:
                 await self.store.run(seed)
                 log.info(
@@ -105,7 +106,7 @@ class Service:
             log.info("serve.worker_listening", agi=f"{host}:{self.agi.port}")
             self._tune_gc()
             return
-        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db, workers=s.workers)
+        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=redact(s.db), workers=s.workers)
         if shared:
             assert self.sock is not None
             self.workers = Workers(s, s.workers - 1)

@@ -29,6 +29,11 @@ class NotADatabase(StoreError):
     pass
 
 
+class Contended(StoreError):
+    """An account changed between its read and its write (another transaction, PostgreSQL's
+    READ COMMITTED): the PostgreSQL store runs the operation again; SQLite never raises it."""
+
+
 @dataclass(frozen=True, slots=True)
 class TransferResult:
     transfer_id: str

@@ -57,9 +57,9 @@ def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
         raise Conflict(f"plan {name!r} already exists")
     return conn.execute(
         "INSERT INTO plans (name, per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s) "
-        "VALUES (?,?,?,?,?,?,?)",
+        "VALUES (?,?,?,?,?,?,?) RETURNING id",
         (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee, t.grace_s, t.max_call_s),
-    ).lastrowid
+    ).fetchall()[0][0]
 
 
 def plan_id(conn: sqlite3.Connection, name: str) -> int:
@@ -158,9 +158,10 @@ def add_number(
     account_id = new_account(conn, AccountKind.MAIN)
     nid = conn.execute(
         "INSERT INTO numbers (number, name, lang, ivr, ext_billing, min_balance, default_dest, "
-        "digit_timeout_s, plan_id, account_id, suspended, created_at) VALUES (?,?,?,1,0,?,?,?,?,?,0,?)",
+        "digit_timeout_s, plan_id, account_id, suspended, created_at) VALUES (?,?,?,1,0,?,?,?,?,?,0,?) "
+        "RETURNING id",
         (number, name, lang, min_balance, default_dest, digit_timeout_s, pid, account_id, now_iso()),
-    ).lastrowid
+    ).fetchall()[0][0]
     update_suspension(conn, load_account(conn, account_id), reason="created", number_id=nid)
 
 

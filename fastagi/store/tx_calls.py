@@ -141,6 +141,12 @@ def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, s
     return cur.rowcount
 
 
+# Settling paths (AMI, hangup handler, sweeper, reconcile; on PostgreSQL several serve
+# processes) may race for one call: on PostgreSQL the first locks the row and the others wait,
+# then read the state it committed (SQLite's one writer at a time needs no lock).
+_CALL_FOR_UPDATE_SQL = "SELECT * FROM calls WHERE billing_id=? /*pg FOR UPDATE*/"
+
+
 def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
     return SettleResult(
         row["billing_id"],
@@ -157,7 +163,7 @@ def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = No
 
 def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     """Rate and post an ended call, or void an unanswered one: exactly once by billing id."""
-    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (f.billing_id,)).fetchone()
+    row = conn.execute(_CALL_FOR_UPDATE_SQL, (f.billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {f.billing_id}")
     if row["state"] != "reserved":
@@ -227,7 +233,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
 
 def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str) -> SettleResult:
     """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
-    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    row = conn.execute(_CALL_FOR_UPDATE_SQL, (billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {billing_id}")
     if row["state"] != "reserved":

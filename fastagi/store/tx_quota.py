@@ -71,7 +71,7 @@ def renew(conn: sqlite3.Connection, billing_id: str, seq: int, quota_s: int) -> 
     account cannot pay one more block becomes final. The reservation and the new totals are
     written in this one transaction; the caller moves Asterisk's cut-off only after it commits.
     """
-    row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+    row = conn.execute(_CALL_SQL + " /*pg FOR UPDATE OF c*/", (billing_id,)).fetchone()  # see tx_calls
     if row is None:
         raise NotFound(f"no call {billing_id}")
     if row["state"] != "reserved":
