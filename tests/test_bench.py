@@ -440,3 +440,16 @@ def test_asterisk_reference_without_an_asterisk_root_fails_before_the_run(tmp_pa
     assert proc.returncode == 2
     assert "--asterisk: cannot run the real-Asterisk reference" in proc.stderr
     assert "seeded" not in proc.stderr and "setups_per_s" not in proc.stdout  # nothing ran
+
+
+def test_renewal_run_renews_live_calls_and_keeps_the_books(tmp_path: Path) -> None:
+    """The benchmark's renewal run: a real serve on one-second chunks renews every held call
+    about once a second through the fake AMI peer's Setvar, and afterwards every chunk is
+    resolved once and each call costs exactly its talk time."""
+    from fastagi.dev.bench import renewals
+
+    figures = renewals.run(tmp_path, calls=20, seconds=3.0)
+    assert figures["renew_books_ok"] is True
+    assert figures["renewals"] >= 20  # each of the 20 calls renewed at least once in 3 s
+    assert figures["renew_chunks"] >= 20 + figures["renewals"]  # first chunks + one per renewal
+    assert figures["serve_cpu_ms_per_renewal"] > 0
