@@ -47,6 +47,7 @@ FINAL_LAST_CHECK_MS = 300  # too close to the cut to move it: the call ends as g
 WATCHED_CALLS_MAX = 100_000  # answered calls supervised at once; beyond, a call keeps its grant
 GRANTS_KEPT_MAX = 100_000  # grants noted at setup, waiting for the answer
 RESUME_CALLS_MAX = 20_000  # calls taken back from the store after a (re)connect
+HEAP_SLACK = 1024  # stale timer entries tolerated before the heap is rebuilt
 STEPS_IN_FLIGHT_MAX = 64  # renewals / warnings being carried out at once
 RETRY_MS_MAX = 1_000  # a renewal that could not be made (store or AMI down) is tried again after this
 RETRY_MS_MIN = 50
@@ -203,6 +204,12 @@ class Supervisor:
     # -- the timers -------------------------------------------------------------------
     def _schedule(self, w: _Watch, at_ms: int) -> None:
         w.wake_ms = at_ms
+        if len(self._heap) > 2 * len(self._watches) + HEAP_SLACK:
+            # Ended calls leave their entries behind (skipped when they come up): drop them
+            # now and then, so the heap stays proportional to the calls being supervised.
+            live = [(x.wake_ms, b) for b, x in self._watches.items() if not x.busy and x is not w]
+            self._heap = [(at, next(self._ticket), b) for at, b in live]
+            heapq.heapify(self._heap)
         heapq.heappush(self._heap, (at_ms, next(self._ticket), w.billing_id))
         if self._heap[0][2] == w.billing_id:
             self._wakeup.set()  # earlier than what the loop sleeps for

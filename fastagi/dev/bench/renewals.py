@@ -76,7 +76,9 @@ async def _wait_supervised(port: int, epoch: int) -> None:
     raise BenchError("renewals: serve never granted a one-second chunk (no supervisor lease)")
 
 
-async def measure(workdir: Path, *, calls: int = 200, seconds: float = 6.0) -> dict[str, Any]:
+async def measure(
+    workdir: Path, *, calls: int = 200, seconds: float = 6.0, workers: int = 1
+) -> dict[str, Any]:
     db = str(workdir / "renewals.db")
     await _seed(db)
     live: dict[str, CallChannels] = {}
@@ -84,7 +86,9 @@ async def measure(workdir: Path, *, calls: int = 200, seconds: float = 6.0) -> d
     await ami.start()
     port = free_port()
     ami_args = ("--ami-host", "127.0.0.1", "--ami-port", str(ami.port), "--ami-user", "bench")
-    cmd = serve_command(db, port, workers=1, ami=(*ami_args, "--ami-secret", "bench")) + list(QUOTA_ARGS)
+    cmd = serve_command(db, port, workers=workers, ami=(*ami_args, "--ami-secret", "bench")) + list(
+        QUOTA_ARGS
+    )
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -167,5 +171,5 @@ def _books(db: str, talk_s: int) -> dict[str, Any]:
     return {"renew_chunks": chunks, "renew_books_ok": True, "renew_talk_capped_s": talk_s - billed}
 
 
-def run(workdir: Path, *, calls: int = 200, seconds: float = 6.0) -> dict[str, Any]:
-    return asyncio.run(measure(workdir, calls=calls, seconds=seconds))
+def run(workdir: Path, *, calls: int = 200, seconds: float = 6.0, workers: int = 1) -> dict[str, Any]:
+    return asyncio.run(measure(workdir, calls=calls, seconds=seconds, workers=workers))
