@@ -314,7 +314,13 @@ class Supervisor:
         return self._next_wake(w, now_ms())
 
     async def _move_cutoff(self, w: _Watch) -> bool:
-        """Set the callee's hangup time to the new granted end; False when the call is gone."""
+        """Move the call's end to the new granted end; False when the call is gone.
+
+        The caller's EXTBILL_LIMIT_MS first: the dialplan's hangup handler caps the talk it
+        reports at that limit, so it must never be behind the real cut-off (ahead is harmless:
+        the talk measured is never longer than Asterisk allowed). Then the callee's
+        TIMEOUT(absolute), which is the cut-off itself.
+        """
         remaining_ms = w.end_ms - now_ms()
         if remaining_ms <= 0:
             return False
@@ -323,27 +329,20 @@ class Supervisor:
                 "supervisor.no_callee", note="cannot move the cut-off; the call ends at its first grant"
             )
             return False
-        setvar = {"Action": "Setvar", "Channel": w.callee, "Variable": "TIMEOUT(absolute)"}
-        try:
-            reply = await self.ami.send_action({**setvar, "Value": f"{remaining_ms / 1000:.3f}"})
-        except Exception as exc:  # noqa: BLE001  (AMI down or slow: the old cut-off stands)
-            log.warning("supervisor.cutoff_not_moved", error=repr(exc), note="the call ends at its old end")
-            return True
-        if not _success(reply):
-            log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
-            return False
+        limit = {"Variable": "EXTBILL_LIMIT_MS", "Value": str((w.granted_s or 0) * 1000)}
+        timeout = {"Variable": "TIMEOUT(absolute)", "Value": f"{remaining_ms / 1000:.3f}"}
+        for channel, change in ((w.channel or w.billing_id, limit), (w.callee, timeout)):
+            try:
+                reply = await self.ami.send_action({"Action": "Setvar", "Channel": channel, **change})
+            except Exception as exc:  # noqa: BLE001  (AMI down or slow: the old cut-off stands)
+                log.warning(
+                    "supervisor.cutoff_not_moved", error=repr(exc), note="the call ends at its old end"
+                )
+                return True
+            if not _success(reply):
+                log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
+                return False
         self.cutoff_moves += 1
-        # The caller's channel keeps the limit the dialplan checks after Dial (limit-reached
-        # prompt) and its hangup handler caps the talk with: tell it the new total.
-        with contextlib.suppress(Exception):
-            await self.ami.send_action(
-                {
-                    "Action": "Setvar",
-                    "Channel": w.channel or w.billing_id,
-                    "Variable": "EXTBILL_LIMIT_MS",
-                    "Value": str((w.granted_s or 0) * 1000),
-                }
-            )
         return True
 
     async def _warn(self, w: _Watch) -> None:
