@@ -75,6 +75,7 @@ class PgStore:
         self._pool = pool
         self._threads = ThreadPoolExecutor(max_workers=POOL_MAX, thread_name_prefix="extbill-pg")
         self._in_flight: set[asyncio.Future[Any]] = set()
+        self.reruns = 0  # writes run again after losing a race (a figure for tests and bench)
 
     @classmethod
     async def open(cls, url: str, *, create: bool = True, **_sqlite_only: Any) -> PgStore:
@@ -127,6 +128,7 @@ class PgStore:
                     return _in_transaction(raw, fn, args, write)
             except Exception as exc:
                 if write and _lost_race(exc) and attempt < WRITE_ATTEMPTS_MAX:
+                    self.reruns += 1
                     time.sleep(random.uniform(0, RETRY_PAUSE_S_MAX * attempt))
                     continue
                 if isinstance(exc, psycopg.OperationalError):
