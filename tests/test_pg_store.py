@@ -203,3 +203,18 @@ def _facts(bid: str, second: bool) -> CallFacts:
         bid, True, 61_000 if second else 59_000, "2026-01-01T00:00:01Z", "2026-01-01T00:01:01Z",
         "ANSWER", "16", "hangup" if second else "ami",
     )  # fmt: skip
+
+
+def test_doctor_reads_a_postgresql_database_without_changing_it(pg_server: Any) -> None:
+    """doctor --db postgresql://...: an empty database is named as such (and left empty), an
+    initialised one is recognised by its schema version."""
+    db = pg_server.new_database()
+    doctor = [sys.executable, "-m", "fastagi.admin.cli", "doctor", "--db", db, "--timeout", "0.5"]
+    first = subprocess.run(doctor, capture_output=True, text=True, timeout=60)
+    assert "has no extbill schema" in first.stdout and "extbill db init" in first.stdout
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None
+    assert _cli(db, "db", "init").returncode == 0
+    second = subprocess.run(doctor, capture_output=True, text=True, timeout=60)
+    assert f"on PostgreSQL (schema version {SCHEMA_VERSION}" not in second.stdout  # no number yet: a warning
+    assert "with no 400 numbers yet" in second.stdout

@@ -19,7 +19,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    db: str = field(default="extbill.db", metadata={"help": "SQLite database file"})
+    db: str = field(default="extbill.db", metadata={"help": "SQLite database file, or a postgresql:// URL"})
     agi_bind: str = field(default="127.0.0.1:4573", metadata={"help": "FastAGI listen address host:port"})
     ami_host: str = field(default="127.0.0.1", metadata={"help": "Asterisk AMI host"})
     ami_port: int = field(default=5038, metadata={"help": "Asterisk AMI port"})
