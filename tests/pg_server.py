@@ -20,12 +20,14 @@ START_TIMEOUT_S = 60
 
 
 def bindir() -> Path | None:
+    """The server's binaries: pg_config --bindir, else Debian's newest /usr/lib/postgresql/N/bin."""
+    found = []
     pg_config = shutil.which("pg_config")
-    if pg_config is None:
-        return None
-    out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
-    path = Path(out)
-    return path if (path / "initdb").exists() and (path / "pg_ctl").exists() else None
+    if pg_config is not None:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout
+        found.append(Path(out.strip()))
+    found += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True)
+    return next((p for p in found if (p / "initdb").exists() and (p / "pg_ctl").exists()), None)
 
 
 class PgServer:
