@@ -16,7 +16,7 @@ from typing import Any
 from fastagi.core.money import format_amount
 from fastagi.runtime.clock import now_iso
 from fastagi.store import tx_admin, tx_web
-from fastagi.store.base import StoreError
+from fastagi.store.base import NotFound, StoreError
 
 AUDIT_ROWS_MAX = 200  # one page of the audit log
 
@@ -46,7 +46,9 @@ def _state(conn: sqlite3.Connection, number: str, ext: str | None) -> dict[str, 
             "ext_billing": doc["ext_billing"],
             "min_balance": format_amount(doc["min_balance"]),
         }
-    e = next(e for e in doc["extensions"] if e["key"] == ext)
+    e = next((e for e in doc["extensions"] if e["key"] == ext), None)
+    if e is None:  # (no bare next(): a StopIteration cannot cross the store's future)
+        raise NotFound(f"number {number} has no extension {ext}")
     low = conn.execute(
         "SELECT e.low_balance FROM extensions e JOIN numbers n ON n.id = e.number_id "
         "WHERE n.number=? AND e.key=?",

@@ -101,7 +101,8 @@ def page(fn: Page, *, post: bool = False) -> Callable[[Request], Awaitable[Respo
             status = status_of(exc)
             if status == 404 or not post:
                 return render(request, "error.html", session, status, message=str(exc))
-            return back(request, request.headers.get("referer") or "/", "error", str(exc))
+            # back to the page the form is on: the action's path less its last part
+            return back(request, request.url.path.rsplit("/", 1)[0] or "/", "error", str(exc))
 
     return run
 

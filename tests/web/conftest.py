@@ -136,3 +136,31 @@ def csrf_of(html: str) -> str:
 
 def form_token_of(html: str) -> str:
     return re.search(r'name="form_token" value="([^"]+)"', html).group(1)
+
+
+def place_call(srv: Server, bid: str, ext: str, caller: str, start: str, talk_s: int | None) -> None:
+    """A call routed by call control's own transaction at `start`, then settled (talk_s None:
+    still in progress; 0: unanswered) through the same store operation the server uses."""
+    from unittest import mock
+
+    from fastagi.core.clock import iso_from_ms, ms_from_iso
+    from fastagi.store import tx_calls
+    from fastagi.store.base import CallFacts
+
+    with mock.patch.object(tx_calls, "now_iso", lambda: start):
+        d = srv.run(tx_calls.route, bid, DEMO_NUMBER, ext, 1, caller, f"PJSIP/t-{bid}", bid)
+    assert d.action == "dial", d
+    if talk_s is None:
+        return
+    t0 = ms_from_iso(start) + 5000
+    facts = CallFacts(
+        billing_id=bid,
+        answered=talk_s > 0,
+        talk_ms=talk_s * 1000,
+        answer_at=iso_from_ms(t0) if talk_s else None,
+        end_at=iso_from_ms(t0 + talk_s * 1000),
+        disposition="ANSWER" if talk_s else "NOANSWER",
+        cause="16",
+        settled_by="hangup",
+    )
+    srv.run(tx_calls.settle, facts)
