@@ -91,6 +91,7 @@ async def _body(request: Request, allowed: tuple[str, ...], required: tuple[str,
 
 async def _money(request: Request, access: Access, kind: str) -> Response:
     number = request.path_params["number"]
+    access.check_number(number)  # out of scope: 404 before any word about the request
     idem = params.idempotency_key(request.headers.get("idempotency-key"))
     if kind == "recharge":
         body = await _body(request, ("amount", "ext"), ("amount",))

@@ -269,6 +269,7 @@ async def ext_export(request: Request, session: auth.Session, access: Access) ->
 
 async def recharge(request: Request, session: auth.Session, access: Access) -> Response:
     number = request.path_params["number"]
+    access.check_number(number)  # out of scope: 404 before any word about the input
     form = await request.form()
     ext = str(form.get("ext") or "") or None
     amount = parse_amount(str(form.get("amount") or ""))
@@ -278,6 +279,7 @@ async def recharge(request: Request, session: auth.Session, access: Access) -> R
 
 async def transfer(request: Request, session: auth.Session, access: Access) -> Response:
     number = request.path_params["number"]
+    access.check_number(number)
     form = await request.form()
     amount = parse_amount(str(form.get("amount") or ""))
     op = access.transfer_op(number, str(form.get("ext") or ""), amount, _ref(form))
@@ -287,6 +289,7 @@ async def transfer(request: Request, session: auth.Session, access: Access) -> R
 
 async def settings(request: Request, session: auth.Session, access: Access) -> Response:
     number = request.path_params["number"]
+    access.check_number(number)
     form = await request.form()
     changes: dict[str, Any] = {}
     if "ivr" in form:
@@ -301,6 +304,7 @@ async def settings(request: Request, session: auth.Session, access: Access) -> R
 
 async def low_balance(request: Request, session: auth.Session, access: Access) -> Response:
     number, key = request.path_params["number"], request.path_params["key"]
+    access.check_ext(number, key)
     form = await request.form()
     low = parse_amount(str(form.get("low_balance") or ""), allow_zero=True)
     fresh, _ = await _once(request, session, access.set_low_balance_op(number, key, low, _ref(form)))

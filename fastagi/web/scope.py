@@ -39,12 +39,12 @@ class Access:
 
     # ---- the checks ---------------------------------------------------------------------
 
-    def _number(self, number: str) -> None:
+    def check_number(self, number: str) -> None:
         """The whole number (its page, main account, money, settings): operator, hq, API key."""
         if self.p.role == "branch" or (self.p.number is not None and number != self.p.number):
             raise NotFound(f"unknown number {number}")
 
-    def _ext(self, number: str, ext: str) -> None:
+    def check_ext(self, number: str, ext: str) -> None:
         if self.p.number is not None and number != self.p.number:
             raise NotFound(f"unknown number {number}")
         if self.p.role == "branch" and ext != self.p.ext:
@@ -52,9 +52,9 @@ class Access:
 
     def _either(self, number: str, ext: str | None) -> None:
         if ext is None:
-            self._number(number)
+            self.check_number(number)
         else:
-            self._ext(number, ext)
+            self.check_ext(number, ext)
 
     # ---- reads --------------------------------------------------------------------------
 
@@ -65,11 +65,11 @@ class Access:
         return [n for n in found if self.p.number is None or n["number"] == self.p.number]
 
     async def balance(self, number: str) -> dict[str, Any]:
-        self._number(number)
+        self.check_number(number)
         return await self.reads.read(tx_admin.balance, number)
 
     async def extension(self, number: str, ext: str) -> dict[str, Any]:
-        self._ext(number, ext)
+        self.check_ext(number, ext)
         return await self.reads.read(tx_web_reads.extension_info, number, ext)
 
     async def calls(self, number: str, ext: str | None, **filters: Any) -> tuple[list[dict[str, Any]], Any]:
@@ -92,32 +92,32 @@ class Access:
         return await self.reads.read(tx_web_reads.statement_page, number, ext, before, limit)
 
     async def daily_spend(self, number: str, ext: str, since_day: str) -> dict[str, int]:
-        self._ext(number, ext)
+        self.check_ext(number, ext)
         return await self.reads.read(tx_web_reads.daily_spend, number, ext, since_day)
 
     async def in_progress(self, number: str) -> list[dict[str, Any]]:
-        self._number(number)
+        self.check_number(number)
         return await self.reads.read(tx_web_reads.in_progress, number, None)
 
     async def audit(self, number: str, before_id: int | None) -> list[dict[str, Any]]:
-        self._number(number)
+        self.check_number(number)
         return await self.reads.read(tx_web_actions.audit_page, number, before_id)
 
     # ---- money and settings (the CLI's operations, audited) ------------------------------
 
     def recharge_op(self, number: str, ext: str | None, amount: int, ref: str) -> tuple[Any, ...]:
         """(fn, args) for store.run: checked now, run by the caller (maybe with a token)."""
-        self._number(number)
+        self.check_number(number)
         return (tx_web_actions.recharge, self.p.actor, number, ext, amount, ref)
 
     def transfer_op(self, number: str, ext: str, amount: int, ref: str) -> tuple[Any, ...]:
-        self._number(number)
+        self.check_number(number)
         return (tx_web_actions.transfer, self.p.actor, number, ext, amount, ref)
 
     def set_number_op(self, number: str, ref: str | None, **changes: Any) -> tuple[Any, ...]:
-        self._number(number)
+        self.check_number(number)
         return (tx_web_actions.set_number, self.p.actor, number, ref, changes)
 
     def set_low_balance_op(self, number: str, ext: str, low: int, ref: str | None) -> tuple[Any, ...]:
-        self._ext(number, ext)
+        self.check_ext(number, ext)
         return (tx_web_actions.set_low_balance, self.p.actor, number, ext, low, ref)
