@@ -7,6 +7,7 @@ person: it gets argon2id, slow on purpose, run off the event loop by the caller.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 
@@ -19,8 +20,13 @@ TOKEN_BYTES = 32
 API_TOKEN_PREFIX = "ebk_"
 
 _hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile (argon2-cffi's default)
-# Verified when the login is unknown, so a wrong login costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash("extbill: no such user")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the login is unknown, so a wrong login costs as long as a wrong password
+    (made on first use: every CLI command imports this module)."""
+    return _hasher.hash("extbill: no such user")
 
 
 class PasswordRuleError(ValueError):
@@ -41,7 +47,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(pw_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(pw_hash or _DUMMY_HASH, password) and pw_hash is not None
+        return _hasher.verify(pw_hash or _dummy_hash(), password) and pw_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

@@ -84,7 +84,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(tmp: Path) -> Iterator[Server]:
+def serve(tmp: Path, bind_host: str = "127.0.0.1") -> Iterator[Server]:
+    """bind_host: the address the app believes it is bound to (/metrics is open on loopback only)."""
     db = tmp / "web.db"
     port = _free_port()
     srv = Server(f"http://127.0.0.1:{port}", db, Clock())
@@ -97,7 +98,7 @@ def serve(tmp: Path) -> Iterator[Server]:
         store = await SqliteStore.open(str(db))
         await store.run(_seed, hashes, srv.tokens)
         srv.loop, srv.store = asyncio.get_running_loop(), store
-        app = create_app(store, clock=srv.clock)
+        app = create_app(store, clock=srv.clock, bind_host=bind_host)
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
         box["server"] = server
