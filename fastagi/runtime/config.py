@@ -33,6 +33,16 @@ class Settings:
             "'charge' charges the whole grant"
         },
     )
+    quota_s: int = field(
+        default=300,
+        metadata={
+            "help": "talk time one grant holds (a chunk), s: calls share an account's money and "
+            "are renewed mid-call while AMI is up"
+        },
+    )
+    renew_before_s: int = field(
+        default=30, metadata={"help": "a call asks for its next chunk this long before its granted end, s"}
+    )
     sweep_interval_s: int = field(
         default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"}
     )
@@ -77,6 +87,8 @@ CHOICES = {
 POSITIVE = {
     "ami_port": 65535,
     "dial_timeout_s": 600,
+    "quota_s": 86400,
+    "renew_before_s": 3600,
     "sweep_interval_s": 3600,
     "sweep_grace_s": 86400,
     "connections_max": 100_000,
