@@ -65,6 +65,25 @@ def _record(number: str, r: sqlite3.Row) -> dict[str, Any]:
     }
 
 
+# Two fixed statements (no SQL is built from input): a later page starts below the previous
+# page's last (start_at, billing_id) as a row value, which SQLite seeks to in the
+# calls_by_number index; an "IS NULL OR" there would make every page scan from the top.
+_CALLS_WHERE = (
+    "FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
+    "WHERE c.number_id = :n AND (:ext IS NULL OR c.extension_id = :ext) "
+    "AND (:since IS NULL OR c.start_at >= :since) AND (:until IS NULL OR c.start_at < :until) "
+    "AND (:state IS NULL OR c.state = :state) "
+)
+_CALLS_ORDER = "ORDER BY c.start_at DESC, c.billing_id DESC LIMIT :limit"
+_CALLS_FIRST_SQL = "SELECT c.*, e.key AS ext_key " + _CALLS_WHERE + _CALLS_ORDER
+_CALLS_AFTER_SQL = (
+    "SELECT c.*, e.key AS ext_key "
+    + _CALLS_WHERE
+    + "AND (c.start_at, c.billing_id) < (:a_start, :a_id) "
+    + _CALLS_ORDER
+)
+
+
 def calls_page(
     conn: sqlite3.Connection,
     number: str,
@@ -82,12 +101,7 @@ def calls_page(
     number_id, _, ext_id, _ = _ids(conn, number, ext)
     after_start, after_id = after if after is not None else (None, None)
     rows = conn.execute(
-        "SELECT c.*, e.key AS ext_key FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
-        "WHERE c.number_id = :n AND (:ext IS NULL OR c.extension_id = :ext) "
-        "AND (:since IS NULL OR c.start_at >= :since) AND (:until IS NULL OR c.start_at < :until) "
-        "AND (:state IS NULL OR c.state = :state) "
-        "AND (:a_start IS NULL OR c.start_at < :a_start OR (c.start_at = :a_start AND c.billing_id < :a_id)) "
-        "ORDER BY c.start_at DESC, c.billing_id DESC LIMIT :limit",
+        _CALLS_AFTER_SQL if after is not None else _CALLS_FIRST_SQL,
         {
             "n": number_id,
             "ext": ext_id,

@@ -7,6 +7,7 @@ apostrophe. Rows stream a store page at a time, so a year of calls never sits in
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -42,6 +43,15 @@ def neutralise(value: Any) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+def _page_bytes(page: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    for r in page:
+        r["cost"] = None if r["cost"] is None else format_amount(r["cost"])
+        w.writerow([neutralise(r[f]) for f in FIELDS])
+    return buf.getvalue().encode()
+
+
 def _line(values: list[str]) -> str:
     buf = io.StringIO()
     csv.writer(buf).writerow(values)
@@ -53,12 +63,9 @@ async def rows(access: Access, number: str, ext: str, filters: dict[str, Any]) -
     after, sent = None, 0
     while sent < EXPORT_ROWS_MAX:
         page, after = await access.calls(number, ext, **filters, after=after, limit=PAGE_ROWS_MAX)
-        chunk = []
-        for r in page:
-            r = {**r, "cost": None if r["cost"] is None else format_amount(r["cost"])}
-            chunk.append(_line([neutralise(r[f]) for f in FIELDS]))
         sent += len(page)
-        yield "".join(chunk).encode()
+        # formatted on a worker thread: call control shares this event loop
+        yield await asyncio.to_thread(_page_bytes, page)
         if after is None:
             return
     yield _line([f"# stopped after {EXPORT_ROWS_MAX} rows; narrow the dates"]).encode()

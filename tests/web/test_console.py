@@ -164,3 +164,31 @@ def test_mobile_width_meta_and_wrapping_forms(server: Server) -> None:
     c = sign_in(server, "hq")
     assert 'name="viewport" content="width=device-width' in c.get(f"/n/{N}").text
     assert "@media (max-width: 600px)" in c.get("/static/console.css").text
+
+
+def test_export_covers_every_page_of_the_filter(server: Server) -> None:
+    """An export longer than one store page holds every filtered call once, not one page of them."""
+    from unittest import mock
+
+    from fastagi.core.clock import iso_from_ms, ms_from_iso
+    from fastagi.store import tx_calls
+    from fastagi.store.base import CallFacts
+    from fastagi.store.tx_web_reads import PAGE_ROWS_MAX
+
+    count = PAGE_ROWS_MAX + 17
+    starts = [iso_from_ms(ms_from_iso("2025-03-01T00:00:00.000Z") + i * 60_000) for i in range(count)]
+
+    def many(conn: object) -> None:
+        for i, start in enumerate(starts):
+            with mock.patch.object(tx_calls, "now_iso", lambda start=start: start):
+                assert tx_calls.route(conn, f"p-{i}", N, "3", 1, "139", None, None).action == "dial"
+            end = iso_from_ms(ms_from_iso(start) + 1000)
+            tx_calls.settle(conn, CallFacts(f"p-{i}", False, 0, None, end, "NOANSWER", "19", "hangup"))
+
+    server.run(many)
+    c = sign_in(server, "hq")
+    q = {"since": "2025-03-01", "until": "2025-03-31", "state": "unanswered"}
+    r = c.get(f"/n/{N}/e/3/calls.csv", params=q)
+    ids = [row["id"] for row in csv.DictReader(io.StringIO(r.content.decode("utf-8-sig")))]
+    assert ids == [f"p-{i}" for i in reversed(range(count))]
+    assert len(re.findall(r'data-call="p-', c.get(f"/n/{N}/e/3", params=q).text)) == 50
