@@ -148,7 +148,9 @@ async def login_page(request: Request) -> Response:
 
 
 def _safe_next(target: str) -> str:
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    """Only a path of this site: never "//host" or "/\\host" (browsers read both as another host)."""
+    ok = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return target if ok and target.isprintable() else "/"
 
 
 async def login_submit(request: Request) -> Response:

@@ -11,7 +11,7 @@ import pytest
 from conftest import OTHER_NUMBER, Server
 
 from fastagi.admin.demo import DEMO_NUMBER
-from fastagi.store import tx_web
+from fastagi.store import tx_web, tx_web_actions
 
 API = "/api/v1/numbers"
 
@@ -70,6 +70,9 @@ def test_recharge_idempotency_rules(server: Server) -> None:
     assert other.status_code == 422
     assert other.json() == {"error": "Idempotency-Key 'pay-001' was already used for a different request"}
     assert ext_available(c, "2") == after
+    audit = server.run(tx_web_actions.audit_page, DEMO_NUMBER, None)
+    mine = [a for a in audit if a["idem_key"] == "api:1:pay-001"]
+    assert len(mine) == 1 and mine[0]["who"] == "apikey:pay" and mine[0]["action"] == "recharge 7.500"
 
 
 def test_transfer_and_its_refusal_in_cli_words(server: Server) -> None:

@@ -247,3 +247,11 @@ def test_no_sql_built_from_strings() -> None:
         text = (root / "store" / name).read_text()
         assert not re.search(r'execute\(\s*f"', text), name
         assert ".format(" not in text and "%s" not in text, name
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example", "https://evil.example/"])
+def test_sign_in_never_redirects_off_site(server: Server, target: str) -> None:
+    c = server.client()
+    token = csrf_of(c.get("/login").text)
+    r = c.post("/login", data={"login": "op", "password": PASSWORD, "csrf": token, "next": target})
+    assert r.status_code == 303 and r.headers["location"] == "/"
