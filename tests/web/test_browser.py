@@ -152,3 +152,11 @@ def test_mobile_width_is_usable(browser: Browser, server: Server) -> None:
     box = page.locator("#recharge-form").bounding_box()
     assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_calls_in_progress_refresh_by_themselves(browser: Browser, server: Server) -> None:
+    """A call granted while the number page is open appears without a reload."""
+    page = signed_in(browser, server, "hq")
+    expect(page.locator("#live")).not_to_contain_text("13500000009")
+    place_call(server, "b-live", "1", "13500000009", "2026-11-30T12:00:00.000Z", None)
+    expect(page.locator("#live")).to_contain_text("13500000009", timeout=15_000)
