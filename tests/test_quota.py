@@ -367,6 +367,7 @@ async def _supervised(path: Path, ext_money: int, quota_s: int = 2) -> tuple[Sql
     store = await _store(path, ext_money)
     ami = FakeAmi()
     sup = Supervisor(store, ami, quota_s=quota_s, renew_before_s=1, holder="test")
+    await sup.start()
     bid = "1767225600.20"
     await _route(store, bid, quota_s=quota_s)
     sup.on_answered(bid, now_ms(), "callee-1")

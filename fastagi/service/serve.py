@@ -22,6 +22,7 @@ from fastagi.asterisk.ami_client import AmiClient, AmiLimits
 from fastagi.asterisk.call_routes import CallRoutes
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
+from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
 from fastagi.service.supervisor import Supervisor
 from fastagi.service.workers import Workers
@@ -65,6 +66,7 @@ class Service:
         self.settlement: Settlement | None = None
         self.supervisor: Supervisor | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.money_tasks: MoneyTasks | None = None  # month closes and webhooks (first process)
         self._stop = asyncio.Event()
         self._facts_slots = asyncio.Semaphore(AMI_FACTS_IN_FLIGHT_MAX)
         self._fact_tasks: set[asyncio.Task[None]] = set()
@@ -127,6 +129,7 @@ class Service:
                 holder=f"{socket.gethostname()}:{os.getpid()}",
             )
             await self.supervisor.start()
+            routes.on_grant = self.supervisor.note_grant
             await self.ami.start()
             log.info(
                 "serve.ami_waiting",
@@ -142,11 +145,16 @@ class Service:
                 "settled by the dialplan's hangup handler and the sweeper only",
             )
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
+<<<<<<< HEAD
         if s.http_bind:  # the console, the JSON API and /metrics, on this loop and store
             from fastagi.web.server import HttpServer  # noqa: PLC0415  (only when asked for)
 
             self.http = HttpServer(self)
             await self.http.start()
+=======
+        self.money_tasks = MoneyTasks(self.store, s)
+        self.money_tasks.start()
+>>>>>>> main
         self._tune_gc()
 
     @staticmethod
@@ -235,6 +243,8 @@ class Service:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.money_tasks is not None:
+            await self.money_tasks.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.ami is not None:
