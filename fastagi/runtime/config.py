@@ -66,11 +66,10 @@ class Settings:
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
-<<<<<<< HEAD
     http_bind: str = field(
         default="",
         metadata={"help": "console, JSON API and /metrics listen address host:port; empty: off"},
-=======
+    )
     webhook_url: str = field(
         default="",
         metadata={
@@ -82,7 +81,6 @@ class Settings:
     )
     webhook_retry_s: int = field(
         default=10, metadata={"help": "first retry of a failed webhook after this, s; doubling up to an hour"}
->>>>>>> main
     )
     demo: bool = field(
         default=True, metadata={"help": "seed a demo number, extensions and plan into a new database"}

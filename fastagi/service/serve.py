@@ -145,16 +145,13 @@ class Service:
                 "settled by the dialplan's hangup handler and the sweeper only",
             )
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
-<<<<<<< HEAD
+        self.money_tasks = MoneyTasks(self.store, s)
+        self.money_tasks.start()
         if s.http_bind:  # the console, the JSON API and /metrics, on this loop and store
             from fastagi.web.server import HttpServer  # noqa: PLC0415  (only when asked for)
 
             self.http = HttpServer(self)
             await self.http.start()
-=======
-        self.money_tasks = MoneyTasks(self.store, s)
-        self.money_tasks.start()
->>>>>>> main
         self._tune_gc()
 
     @staticmethod
