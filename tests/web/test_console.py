@@ -171,7 +171,7 @@ def test_export_covers_every_page_of_the_filter(server: Server) -> None:
     from unittest import mock
 
     from fastagi.core.clock import iso_from_ms, ms_from_iso
-    from fastagi.store import tx_calls
+    from fastagi.store import tx_admin, tx_calls
     from fastagi.store.base import CallFacts
     from fastagi.store.tx_web_reads import PAGE_ROWS_MAX
 
@@ -179,9 +179,11 @@ def test_export_covers_every_page_of_the_filter(server: Server) -> None:
     starts = [iso_from_ms(ms_from_iso("2025-03-01T00:00:00.000Z") + i * 60_000) for i in range(count)]
 
     def many(conn: object) -> None:
+        tx_admin.recharge(conn, N, "3", 100_000, "page-test")  # a grant holds what it can pay
         for i, start in enumerate(starts):
             with mock.patch.object(tx_calls, "now_iso", lambda start=start: start):
-                assert tx_calls.route(conn, f"p-{i}", N, "3", 1, "139", None, None).action == "dial"
+                d = tx_calls.route(conn, f"p-{i}", N, "3", 1, "139", None, None)
+                assert d.action == "dial", (i, d)
             end = iso_from_ms(ms_from_iso(start) + 1000)
             tx_calls.settle(conn, CallFacts(f"p-{i}", False, 0, None, end, "NOANSWER", "19", "hangup"))
 
