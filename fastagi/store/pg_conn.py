@@ -5,7 +5,8 @@ The transaction functions are written once, for both engines: `?` placeholders,
 `executemany`, and rows indexable by position and by column name (sqlite3.Row). This
 adapter gives a psycopg connection that face; each SQL string is translated once (cached):
 
-- `?` outside string literals becomes psycopg's `%s` (and a literal `%` becomes `%%`);
+- `?` outside string literals becomes psycopg's `%s`, `:name` becomes `%(name)s` (and a
+  literal `%` becomes `%%`);
 - a comment `/*pg TEXT*/` becomes TEXT: SQL only PostgreSQL needs, invisible to SQLite
   (the row locks `FOR UPDATE` that SQLite's one writer at a time makes unnecessary);
 - the few functions named differently in the two dialects are swapped (PG_DIALECT).
@@ -34,6 +35,7 @@ PG_DIALECT = (
 )
 
 _PG_ONLY = re.compile(r"/\*pg (.*?)\*/", re.DOTALL)
+_NAME_START = re.compile(r"[A-Za-z_]").match
 
 
 @functools.lru_cache(maxsize=TRANSLATED_SQL_MAX)
@@ -44,15 +46,25 @@ def to_pg(sql: str) -> str:
         sql = sql.replace(sqlite_text, pg_text)
     out = []
     quoted = False
-    for ch in sql:
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
         if ch == "'":
             quoted = not quoted
-        if ch == "?" and not quoted:
+        if quoted:
+            out.append("%%" if ch == "%" else ch)
+        elif ch == "?":
             out.append("%s")
-        elif ch == "%":
-            out.append("%%")
+        elif ch == ":" and i + 1 < n and _NAME_START(sql[i + 1]) and (i == 0 or sql[i - 1] != ":"):
+            j = i + 1  # a named parameter (:name, with a dict of params); `::type` is a cast
+            while j < n and (sql[j].isalnum() or sql[j] == "_"):
+                j += 1
+            out.append(f"%({sql[i + 1 : j]})s")
+            i = j
+            continue
         else:
-            out.append(ch)
+            out.append("%%" if ch == "%" else ch)
+        i += 1
     return "".join(out)
 
 
