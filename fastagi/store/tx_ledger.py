@@ -79,26 +79,37 @@ def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
 # PostgreSQL (READ COMMITTED) another transaction may have changed the row since this one
 # read it, and an increment loses no update. The guard re-checks the no-overdraw rule on
 # the row as it is now (PostgreSQL re-evaluates it after waiting for the row's lock), and
-# RETURNING gives the account as written, for what follows (suspension, balance.low).
-# On SQLite (one writer at a time) the read is always current and the guard always holds.
+# RETURNING gives the account as written, for what follows (suspension, balance.low). Both
+# are PostgreSQL's only (/*pg*/): on SQLite (one writer at a time) the read is current, the
+# account computed from it is the account written, and the schema's CHECK is the second check.
 _APPLY_SQL = (
-    "UPDATE accounts SET debits_pending = debits_pending + ?, debits_posted = debits_posted + ?, "
-    "credits_pending = credits_pending + ?, credits_posted = credits_posted + ? WHERE id = ? "
-    "AND (kind NOT IN ('main', 'ext') OR debits_pending + debits_posted + ? <= credits_posted + ?) "
-    f"RETURNING {', '.join(ACCOUNT_COLS)}"
+    "UPDATE accounts SET debits_pending = debits_pending + :dp, debits_posted = debits_posted + :dpo, "
+    "credits_pending = credits_pending + :cp, credits_posted = credits_posted + :cpo WHERE id = :id "
+    "/*pg AND (kind NOT IN ('main', 'ext') OR debits_pending + debits_posted + :dp + :dpo <= "
+    f"credits_posted + :cpo) RETURNING {', '.join(ACCOUNT_COLS)}*/"
 )
 
 
 def _apply(conn: sqlite3.Connection, old: Account, new: Account) -> Account:
     """Write new - old to the account's row; the account as written (Contended: it cannot pay)."""
-    dp, dpo = new.debits_pending - old.debits_pending, new.debits_posted - old.debits_posted
-    cpo = new.credits_posted - old.credits_posted
-    rows = conn.execute(
-        _APPLY_SQL, (dp, dpo, new.credits_pending - old.credits_pending, cpo, old.id, dp + dpo, cpo)
-    ).fetchall()
-    if not rows:
+    cur = conn.execute(
+        _APPLY_SQL,
+        {
+            "dp": new.debits_pending - old.debits_pending,
+            "dpo": new.debits_posted - old.debits_posted,
+            "cp": new.credits_pending - old.credits_pending,
+            "cpo": new.credits_posted - old.credits_posted,
+            "id": old.id,
+        },
+    )
+    if cur.description is None:  # SQLite: no guard nor RETURNING needed (see above)
+        if cur.rowcount != 1:
+            raise NotFound(f"account {old.id} does not exist")
+        return new
+    row = cur.fetchone()
+    if row is None:
         raise Contended(f"account {old.id} changed since it was read")
-    return account_at(rows[0], 0)  # type: ignore[return-value]
+    return account_at(row, 0)  # type: ignore[return-value]
 
 
 def lock_order(account: Account) -> tuple[bool, int]:
