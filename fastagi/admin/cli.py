@@ -333,7 +333,7 @@ async def cmd_statement(store: Store, a: argparse.Namespace) -> int:
 
 def _sub(subs: Any, name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
     p = subs.add_parser(name, help=help, description=help)
-    p.add_argument("--db", help="SQLite file (default: $EXTBILL_DB or ./extbill.db)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: $EXTBILL_DB or ./extbill.db)")
     p.set_defaults(fn=fn)
     return p
 

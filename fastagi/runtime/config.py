@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from fastagi.core.peers import PeerAllowlist, PeerListError
+
 
 class ConfigError(ValueError):
     """A setting with a bad value; the message names the key and its source."""
@@ -21,6 +23,13 @@ class ConfigError(ValueError):
 class Settings:
     db: str = field(default="extbill.db", metadata={"help": "SQLite database file, or a postgresql:// URL"})
     agi_bind: str = field(default="127.0.0.1:4573", metadata={"help": "FastAGI listen address host:port"})
+    agi_allow: str = field(
+        default="",
+        metadata={
+            "help": "who may connect to FastAGI: Asterisk servers' addresses or networks, comma "
+            "separated (empty: loopback only); others are refused unread"
+        },
+    )
     ami_host: str = field(default="127.0.0.1", metadata={"help": "Asterisk AMI host"})
     ami_port: int = field(default=5038, metadata={"help": "Asterisk AMI port"})
     ami_user: str = field(default="extbill", metadata={"help": "AMI user (manager.conf section)"})
@@ -125,6 +134,10 @@ def _validate(s: Settings) -> None:
         # seconds past ring + grant: a shorter grace would close live calls as unrated
         raise ConfigError(f"sweep_grace_s: {s.sweep_grace_s!r} must be at least {SWEEP_GRACE_S_MIN}")
     parse_hostport(s.agi_bind, "agi_bind")
+    try:
+        PeerAllowlist.parse(s.agi_allow)
+    except PeerListError as exc:
+        raise ConfigError(f"agi_allow: {exc}") from None
     if s.http_bind:
         parse_hostport(s.http_bind, "http_bind")
     if not s.db:

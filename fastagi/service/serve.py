@@ -21,6 +21,7 @@ from fastagi.asterisk.agi_server import AgiServer, ServerLimits
 from fastagi.asterisk.ami_client import AmiClient, AmiLimits
 from fastagi.asterisk.call_routes import CallRoutes
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
+from fastagi.core.peers import PeerAllowlist
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
 from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
@@ -101,7 +102,8 @@ class Service:
         )
         if shared and self.sock is None:
             self.sock = listening_socket(host, port, limits.backlog)
-        self.agi = AgiServer(routes.routes(), host, port, limits=limits, sock=self.sock)
+        allow = PeerAllowlist.parse(s.agi_allow)  # validated with the settings
+        self.agi = AgiServer(routes.routes(), host, port, limits=limits, sock=self.sock, allow=allow)
         await self.agi.start()
         if self.worker:
             log.info("serve.worker_listening", agi=f"{host}:{self.agi.port}")

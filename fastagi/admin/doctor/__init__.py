@@ -43,7 +43,7 @@ from fastagi.admin.doctor.findings import (
     render,
 )
 from fastagi.admin.doctor.manager import check_manager
-from fastagi.admin.doctor.network import PROBE_NUMBER, check_ami, check_fastagi, connect_host
+from fastagi.admin.doctor.network import PROBE_NUMBER, check_agi_allow, check_ami, check_fastagi, connect_host
 from fastagi.asterisk.conf import dialplan_globals, etc_reader, parse_conf
 from fastagi.runtime.config import Settings, parse_hostport
 
@@ -112,4 +112,5 @@ async def run_checks(
         )
     *agi_findings, ami_finding = await asyncio.gather(*agi_checks, check_ami(settings, timeout_s=timeout_s))
     files = check_asterisk_files(settings, etc_dir, facts.langs) if etc_dir else []
-    return [db_finding, *agi_findings, ami_finding, *files]
+    allow = check_agi_allow(bind_host, settings.agi_allow)
+    return [db_finding, *agi_findings, *([allow] if allow else []), ami_finding, *files]
