@@ -218,3 +218,46 @@ def test_doctor_reads_a_postgresql_database_without_changing_it(pg_server: Any) 
     second = subprocess.run(doctor, capture_output=True, text=True, timeout=60)
     assert f"on PostgreSQL (schema version {SCHEMA_VERSION}" not in second.stdout  # no number yet: a warning
     assert "with no 400 numbers yet" in second.stdout
+
+
+# ---- extbill db copy -------------------------------------------------------------------------
+
+
+def test_db_copy_moves_a_ledger_and_refuses_what_it_must(pg_server: Any, tmp_path: Path) -> None:
+    """An SQLite ledger with settled and open calls arrives whole (same balances, statements and
+    calls; new ids continue after the copied ones); a non-empty target and a source whose
+    counters disagree with its transfers are refused, leaving the target unchanged."""
+    source = str(tmp_path / "ledger.db")
+
+    async def build() -> None:
+        store = await _hot_extension(source, 9_000)
+        try:
+            for i in range(3):
+                await store.run(tx_calls.route, f"c{i}", NUMBER, "1", 1, "13800000000", "PJSIP/x", f"c{i}")
+            await store.run(tx_calls.settle, _facts("c0", False))
+        finally:
+            await store.close()
+
+    asyncio.run(build())
+    target = pg_server.new_database()
+    done = _cli(target, "db", "copy", source, target)
+    assert done.returncode == 0 and "ledger checked" in done.stdout, done.stderr
+    for args in (
+        ("balance", NUMBER, "--json"),
+        ("statement", NUMBER, "1", "--json"),
+        ("calls", NUMBER, "--json"),
+    ):
+        assert json.loads(_cli(source, *args).stdout) == json.loads(_cli(target, *args).stdout), args
+    assert _cli(target, "ext", "add", NUMBER, "2", "--name", "new", "--dest", "PJSIP/202").returncode == 0
+    again = _cli(target, "db", "copy", source, target)
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+    import sqlite3  # noqa: PLC0415
+
+    with sqlite3.connect(source) as conn:  # counters no longer what the transfers add up to
+        conn.execute("UPDATE accounts SET credits_posted = credits_posted + 1 WHERE id = 3")
+    fresh = pg_server.new_database()
+    broken = _cli(fresh, "db", "copy", source, fresh)
+    assert broken.returncode == 2 and "ledger check failed: account 3" in broken.stderr
+    with psycopg.connect(fresh) as conn:
+        assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == 0

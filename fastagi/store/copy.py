@@ -1,0 +1,165 @@
+"""`extbill db copy SQLITE_FILE postgresql://...`: move a ledger from SQLite to PostgreSQL.
+
+One PostgreSQL transaction: the schema is created if missing, a target holding anything
+of its own is refused, every table is streamed over (COPY), identity counters are moved
+past the copied ids, and the ledger's invariants are checked on the copy before it
+commits (docs/rules.md: no overdraw, double entry, counters = their transfers). A failed
+check leaves the target as it was. The source is only read (serve should be stopped, or it
+keeps writing to a file that is no longer the ledger).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+
+from fastagi.store.base import StoreError
+from fastagi.store.factory import redact
+from fastagi.store.pg import migrate
+from fastagi.store.sqlite import SCHEMA_VERSION
+
+COPY_BATCH_ROWS = 5000  # rows read from SQLite at a time
+
+# Every table, parents before children (foreign keys), with its identity column if any.
+TABLES: tuple[tuple[str, str | None], ...] = (
+    ("accounts", "id"),
+    ("plans", "id"),
+    ("plan_rates", None),
+    ("numbers", "id"),
+    ("extensions", "id"),
+    ("transfers", "seq"),
+    ("suspension_events", "id"),
+    ("calls", None),
+    ("supervisor_lease", None),
+    ("period_closes", None),
+    ("outbox", "id"),
+    ("users", "id"),
+    ("web_sessions", None),
+    ("form_tokens", None),
+    ("api_keys", "id"),
+    ("api_requests", None),
+    ("audit_log", "id"),
+)
+ORDER = {"transfers": "seq"}  # a resolution's reservation (pending_id) comes before it
+
+
+class CopyError(StoreError):
+    pass
+
+
+def copy_sqlite_to_pg(source: str, target: str) -> dict[str, int]:
+    """Copy every row; the rows copied per table. Raises CopyError (nothing written)."""
+    src = _open_source(source)
+    try:
+        tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        with psycopg.connect(target, autocommit=True) as pg:
+            migrate(pg, create=True, shown=redact(target))
+            with pg.transaction():
+                _refuse_non_empty(pg, target)
+                pg.execute("DELETE FROM accounts")  # the house accounts: the source has its own
+                counts = {t: _copy_table(src, pg, t) for t, _ in TABLES if t in tables}
+                for table, column in TABLES:
+                    if column and table in tables:
+                        pg.execute(
+                            f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), "
+                            f"coalesce((SELECT max({column}) FROM {table}), 0) + 1, false)"
+                        )
+                check_ledger(pg)
+                _check_counts(pg, counts)
+    except psycopg.Error as exc:
+        raise CopyError(f"copy to {redact(target)} failed, nothing written: {_first(exc)}") from None
+    finally:
+        src.close()
+    return counts
+
+
+def _open_source(source: str) -> sqlite3.Connection:
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        version = src.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise CopyError(f"cannot read {source}: {exc}") from None
+    if version != SCHEMA_VERSION:
+        src.close()
+        raise CopyError(
+            f"{source} has schema version {version}, this extbill copies version {SCHEMA_VERSION} "
+            f"(migrate it first: extbill db init --db {source})"
+        )
+    return src
+
+
+def _refuse_non_empty(pg: psycopg.Connection[Any], target: str) -> None:
+    for table in ("transfers", "plans", "numbers", "calls"):
+        if pg.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+            raise CopyError(
+                f"{redact(target)} is not empty (its {table} table has rows); copy into a new database"
+            )
+    if pg.execute("SELECT count(*) FROM accounts WHERE id > 2").fetchone()[0]:
+        raise CopyError(f"{redact(target)} is not empty (it has accounts); copy into a new database")
+
+
+def _copy_table(src: sqlite3.Connection, pg: psycopg.Connection[Any], table: str) -> int:
+    cur = src.execute(f"SELECT * FROM {table} ORDER BY {ORDER.get(table, 'rowid')}")
+    cols = ", ".join(d[0] for d in cur.description)
+    n = 0
+    with pg.cursor().copy(f"COPY {table} ({cols}) FROM STDIN") as out:
+        while rows := cur.fetchmany(COPY_BATCH_ROWS):
+            for row in rows:
+                out.write_row(row)
+            n += len(rows)
+    return n
+
+
+def _check_counts(pg: psycopg.Connection[Any], counts: dict[str, int]) -> None:
+    for table, n in counts.items():
+        have = pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        if have != n:
+            raise CopyError(f"copy check failed: {table} has {have} rows, the source {n}")
+
+
+def check_ledger(conn: Any) -> None:
+    """The ledger's invariants on a DB-API connection (either engine); CopyError if broken.
+
+    Totals balance (double entry); no customer account is overdrawn; every account's four
+    counters equal what its transfers add up to; every reservation is resolved at most once.
+    """
+    accounts = {r[0]: r for r in conn.execute(
+        "SELECT id, kind, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
+    ).fetchall()}  # fmt: skip
+    want: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    pending: dict[str, tuple[int, int, int]] = {}
+    resolutions: dict[str, int] = defaultdict(int)
+    for tid, kind, debit, credit, amount, pid in conn.execute(
+        "SELECT id, kind, debit_account_id, credit_account_id, amount, pending_id FROM transfers ORDER BY seq"
+    ).fetchall():
+        if kind in ("posted", "post"):
+            want[debit][1] += amount
+            want[credit][3] += amount
+        if kind == "pending":
+            want[debit][0] += amount
+            want[credit][2] += amount
+            pending[tid] = (debit, credit, amount)
+        elif kind in ("post", "void", "expire"):
+            resolutions[pid] += 1
+            p_debit, p_credit, p_amount = pending[pid]
+            want[p_debit][0] -= p_amount
+            want[p_credit][2] -= p_amount
+    twice = [pid for pid, n in resolutions.items() if n > 1]
+    if twice:
+        raise CopyError(f"ledger check failed: reservation {twice[0]} resolved {resolutions[twice[0]]} times")
+    for aid, (_, kind, dp, dpo, cp, cpo) in accounts.items():
+        if [dp, dpo, cp, cpo] != want[aid]:
+            raise CopyError(
+                f"ledger check failed: account {aid} counters {[dp, dpo, cp, cpo]} != its transfers {want[aid]}"
+            )
+        if kind in ("main", "ext") and dp + dpo > cpo:
+            raise CopyError(f"ledger check failed: account {aid} is overdrawn")
+    if sum(r[5] - r[3] for r in accounts.values()) != 0 or sum(r[4] - r[2] for r in accounts.values()) != 0:
+        raise CopyError("ledger check failed: the accounts' totals do not balance")
+
+
+def _first(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
