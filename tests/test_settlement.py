@@ -604,6 +604,31 @@ async def test_reconcile_closes_gone_calls_and_leaves_live_ones(db: str, policy:
 
 
 @aio
+async def test_two_asterisks_on_one_database_reconcile_only_their_own_calls(db: str) -> None:
+    """Two serves, each reading its own Asterisk's AMI (systemnames pbx-a and pbx-b), share one
+    database: a reconcile on pbx-a's AMI, which cannot see pbx-b's live calls, closes only
+    pbx-a's gone call; pbx-b's serve, gone for good, has its call closed by pbx-a's sweeper
+    once that call is past its grant (the takeover)."""
+    store = await open_seeded(db)
+    try:
+        for name in ("pbx-a-1767225600.1", "pbx-b-1767225600.1"):
+            d = await store.run(tx_calls.route, name, NUMBER, "1", 1, CALLER, "PJSIP/t", name)
+            assert d.action == "dial"
+        calls = {c["billing_id"]: c for c in await store.read(tx_calls.open_calls)}
+        start_ms = max(c["start_ms"] for c in calls.values())
+        a = Settlement(store, system_name="pbx-a")
+        assert await a.reconcile(set(), start_ms + 10_000) == 1  # pbx-a's AMI lists no live call
+        assert (await call_row(store, "pbx-a-1767225600.1"))["settled_by"] == "reconcile"
+        assert (await call_row(store, "pbx-b-1767225600.1"))["state"] == "reserved"
+        grant_s = calls["pbx-b-1767225600.1"]["granted_s"]
+        assert await a.sweep(start_ms + 1_000) == 0
+        assert await a.sweep(start_ms + (a.dial_timeout_s + grant_s + a.sweep_grace_s + 1) * 1000) == 1
+        assert (await call_row(store, "pbx-b-1767225600.1"))["settled_by"] == "sweeper"
+    finally:
+        await store.close()
+
+
+@aio
 async def test_sweeper_closes_only_reservations_older_than_ring_grant_and_grace(db: str) -> None:
     """HQ sees a forgotten reservation closed (not silently dropped) only once its ring time, granted time and grace have all passed."""
     store = await open_seeded(db)

@@ -40,6 +40,18 @@ DIAL_ENDS_PER_CALL_MAX = 32
 BILLING_ID_CHARS_MAX = 150  # AST_MAX_UNIQUEID
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
 UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
+_SYSTEM_RE = re.compile(r"(.+)-[0-9]+\.[0-9]+")
+
+
+def system_of(billing_id: str) -> str:
+    """The Asterisk a call lives on: its Uniqueid's systemname prefix (asterisk.conf), "" for none.
+
+    Several Asterisk servers sharing one database each set their own systemname: their call
+    ids then never collide, and each serve reconciles only its own Asterisk's calls."""
+    m = _SYSTEM_RE.fullmatch(billing_id)
+    return m.group(1) if m else ""
+
+
 CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
 
 ANSWER = "ANSWER"

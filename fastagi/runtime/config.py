@@ -7,6 +7,7 @@ refused at start with an error naming the key and where it came from.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -34,6 +35,13 @@ class Settings:
     ami_port: int = field(default=5038, metadata={"help": "Asterisk AMI port"})
     ami_user: str = field(default="extbill", metadata={"help": "AMI user (manager.conf section)"})
     ami_secret: str = field(default="", metadata={"help": "AMI secret; empty disables the AMI consumer"})
+    asterisk_system_name: str = field(
+        default="",
+        metadata={
+            "help": "systemname (asterisk.conf) of the Asterisk whose AMI this serve reads; set one per "
+            "Asterisk when several share a PostgreSQL database: reconcile then closes only its calls"
+        },
+    )
     dial_timeout_s: int = field(default=30, metadata={"help": "how long a branch phone may ring, s"})
     unsettled_policy: str = field(
         default="mark",
@@ -142,6 +150,10 @@ def _validate(s: Settings) -> None:
         parse_hostport(s.http_bind, "http_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", s.asterisk_system_name):
+        raise ConfigError(
+            f"asterisk_system_name: {s.asterisk_system_name!r} must be up to 64 letters, digits, _, - or ."
+        )
     _validate_webhook(s)
 
 

@@ -92,6 +92,7 @@ class Service:
             unsettled_policy=s.unsettled_policy,
             dial_timeout_s=s.dial_timeout_s,
             sweep_grace_s=s.sweep_grace_s,
+            system_name=s.asterisk_system_name,
         )
         routes = CallRoutes(self.store, self.settlement, dial_timeout_s=s.dial_timeout_s, quota_s=s.quota_s)
         host, port = parse_hostport(s.agi_bind, "agi_bind")

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import structlog
 
-from fastagi.core.ami import CallAnswered, CallEnd
+from fastagi.core.ami import CallAnswered, CallEnd, system_of
 from fastagi.core.clock import iso_from_ms, ms_from_iso
 from fastagi.core.money import format_amount
 from fastagi.runtime import clock
@@ -50,8 +50,12 @@ class Settlement:
         unsettled_policy: str = "mark",
         dial_timeout_s: int = 30,
         sweep_grace_s: int = 120,
+        system_name: str = "",
     ) -> None:
         self.store = store
+        # The systemname of the Asterisk whose AMI this process reads: reconcile closes only
+        # that Asterisk's calls (others may be live on another Asterisk, another serve's).
+        self.system_name = system_name
         self.unsettled_policy = unsettled_policy
         self.dial_timeout_s = dial_timeout_s
         self.sweep_grace_s = sweep_grace_s
@@ -229,11 +233,17 @@ class Settlement:
         return result
 
     async def reconcile(self, live_ids: set[str], now_ms: int | None = None) -> int:
-        """After an AMI (re)connect: close the reservations whose channels are gone."""
+        """After an AMI (re)connect: close this Asterisk's reservations whose channels are gone.
+
+        Another Asterisk's calls (another systemname) are not in this AMI's list, live or not:
+        they are left to their own serve, or to any serve's sweeper once past their grant
+        (the takeover of a serve that is gone for good)."""
         now_ms = clock.now_ms() if now_ms is None else now_ms
         closed = 0
         for call in await self.store.read(tx_calls.open_calls):
             if call["billing_id"] in live_ids or now_ms - call["start_ms"] < RECONCILE_MIN_AGE_MS:
+                continue
+            if system_of(call["billing_id"]) != self.system_name:
                 continue
             result = await self.expire(call["billing_id"], "reconcile")
             closed += bool(result and result.settled_now)
@@ -241,7 +251,10 @@ class Settlement:
         return closed
 
     async def sweep(self, now_ms: int | None = None) -> int:
-        """Close reservations older than ring time + grant + grace: never silently dropped."""
+        """Close reservations older than ring time + grant + grace: never silently dropped.
+
+        Whichever Asterisk they live on: no call outlives its grant, so past it one is over
+        even if the serve that granted it is gone."""
         now_ms = clock.now_ms() if now_ms is None else now_ms
         closed = 0
         for call in await self.store.read(tx_calls.open_calls):
