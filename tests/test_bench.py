@@ -16,8 +16,8 @@ from pathlib import Path
 from fastagi.core.ami import CallEnd, Correlator
 from fastagi.dev.bench.ami_peer import CallChannels
 from fastagi.dev.bench.check import check_ledger
-from fastagi.dev.bench.cli import REQUIRED_KEYS
 from fastagi.dev.bench.mix import CallMix
+from fastagi.dev.bench.report import REQUIRED_KEYS
 from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import tx_calls
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
@@ -81,6 +81,9 @@ def test_short_run_reports_every_figure_and_a_consistent_ledger(tmp_path: Path) 
     assert details["counts"]["prompted"] > 0  # the arrears calls were refused
     assert details["talk_time_matches"] and details["revenue_matches_costs"]
     assert "setups_per_s" in proc.stdout  # the table
+    # serve ran as it runs in production (info logs, its own sweeper), and the table says so
+    assert doc["settings"]["serve_log_level"] == "info" and doc["settings"]["serve_sweep_interval_s"] == 30
+    assert "log level info, the sweeper every 30 s (serve's defaults)" in proc.stdout
 
 
 def test_fake_ami_events_give_the_correlator_the_simulated_talk_time() -> None:
