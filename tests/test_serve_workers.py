@@ -1,4 +1,5 @@
-"""`extbill serve --workers 2`: two real processes on one port and one SQLite file."""
+"""`extbill serve --workers 2`: real processes on one port and one SQLite file; serve's own
+sweep loop and AMI consumer while a worker process holds calls."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +25,9 @@ START_TIMEOUT_S = 20.0
 class Serve:
     """The real serve with --workers 2; its JSON log lines are read from a file."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(
+        self, tmp: Path, workers: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
         self.db = tmp / "w.db"
         self.log_path = tmp / "serve.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
@@ -38,18 +42,20 @@ class Serve:
                 "--agi-bind",
                 "127.0.0.1:0",
                 "--workers",
-                "2",
+                str(workers),
                 "--log-format",
                 "json",
                 "--log-level",
                 "info",
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
-            env={**os.environ, "EXTBILL_AMI_SECRET": ""},
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("EXTBILL_")}, **(env or {})},
         )
         self.port = int(self.wait_for("serve.listening")["agi"].rsplit(":", 1)[1])
-        self.wait_for("serve.worker_listening")
+        if workers > 1:
+            self.wait_for("serve.worker_listening")
 
     def lines(self) -> list[dict[str, Any]]:
         out = []
@@ -153,3 +159,108 @@ def test_sigterm_stops_every_process_and_a_dead_worker_is_started_again(serve: S
     assert serve.stop() == 0
     assert not _alive(second)
     assert any(ln.get("event") == "serve.stopped" and ln.get("worker") == 1 for ln in serve.lines())
+
+
+def _db_rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(db, timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def _backdate(db: Path, billing_id: str, hours: int = 24) -> None:
+    """A reservation gone stale: its call began a day ago (Asterisk crashed, no hangup came)."""
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        conn.execute(
+            "UPDATE calls SET start_ms = start_ms - ? WHERE billing_id = ?", (hours * 3_600_000, billing_id)
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _db_check(db: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fastagi", "db", "check", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _short_plan(db: Path) -> None:
+    """Grants of at most a minute (0.6 CNY): main can hold dozens of calls at once."""
+    for args in (
+        ("plan", "add", "short", "--per-minute", "0.6", "--max-call", "60"),
+        ("number", "set", DEMO_NUMBER, "--plan", "short"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastagi", *args, "--db", str(db)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+
+def _grant(serve: Serve, ids: list[str]) -> dict[str, int]:
+    """No-key calls (charged to main) with these uniqueids; which process granted each."""
+
+    async def run() -> list[dict[str, str]]:
+        results = await asyncio.gather(
+            *(agi_call("127.0.0.1", serve.port, "route", [DEMO_NUMBER, "", "1"], uniqueid=i) for i in ids)
+        )
+        return [r.variables for r in results]
+
+    assert [v["EXTBILL_RESULT"] for v in asyncio.run(run())] == ["dial"] * len(ids)
+    serve.wait_for("call.decision", count=len(ids))
+    return {ln["uniqueid"]: ln.get("worker", 0) for ln in serve.lines() if ln.get("event") == "call.decision"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serves_sweep_loop_charges_a_stale_reservation_whoever_granted_it(
+    tmp_path: Path, workers: int
+) -> None:
+    """unsettled_policy=charge: a reservation nobody settled is charged its whole grant by
+    serve's own periodic sweep (the first process's, for calls any process granted); calls
+    still within their grant are left alone; the ledger checks out afterwards."""
+    serve = Serve(
+        tmp_path,
+        workers,
+        ("--unsettled-policy", "charge", "--sweep-interval-s", "1"),
+        {"EXTBILL_AMI_SECRET": ""},
+    )
+    try:
+        _short_plan(serve.db)
+        ids = [f"1732650300.{i}" for i in range(1, 21)]
+        by = _grant(serve, ids)
+        # two stale calls from each process that granted any (20 parallel calls: both did)
+        stale = sorted(i for w in set(by.values()) for i in [i for i in ids if by[i] == w][:2])
+        assert len(stale) == 2 * workers, by
+        for billing_id in stale:
+            _backdate(serve.db, billing_id)
+        closed = [serve.wait_for("call.unsettled_closed", count=n) for n in range(1, len(stale) + 1)]
+        assert sorted(c["billing_id"] for c in closed) == stale
+        assert all(
+            c["policy"] == "charge" and c["state"] == "rated" and c.get("worker", 0) == 0 for c in closed
+        )
+        serve.wait_for("sweeper.closed")
+        rows = {r["billing_id"]: r for r in _db_rows(serve.db, "SELECT * FROM calls")}
+        for billing_id in stale:
+            r = rows[billing_id]
+            assert (r["state"], r["settled_by"], r["cost"], r["talk_s"]) == (
+                "rated",
+                "sweeper",
+                r["reserved"],
+                r["granted_s"],
+            )
+            assert r["cost"] > 0
+        live = [i for i in ids if i not in stale]
+        assert all(rows[i]["state"] == "reserved" for i in live)
+        check = _db_check(serve.db)
+        assert check.returncode == 0 and f"{len(live)} in progress" in check.stdout, check.stdout
+    finally:
+        assert serve.stop() == 0
