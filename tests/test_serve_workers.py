@@ -170,13 +170,11 @@ def _db_rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
         conn.close()
 
 
-def _backdate(db: Path, billing_id: str, hours: int = 24) -> None:
-    """A reservation gone stale: its call began a day ago (Asterisk crashed, no hangup came)."""
+def _backdate(db: Path, billing_id: str, ms: int = 86_400_000) -> None:
+    """A call that began `ms` earlier (by default a day: a reservation gone stale)."""
     conn = sqlite3.connect(db, timeout=10)
     try:
-        conn.execute(
-            "UPDATE calls SET start_ms = start_ms - ? WHERE billing_id = ?", (hours * 3_600_000, billing_id)
-        )
+        conn.execute("UPDATE calls SET start_ms = start_ms - ? WHERE billing_id = ?", (ms, billing_id))
         conn.commit()
     finally:
         conn.close()
@@ -268,3 +266,144 @@ def test_serves_sweep_loop_charges_a_stale_reservation_whoever_granted_it(
         assert check.returncode == 0 and f"{len(live)} in progress" in check.stdout, check.stdout
     finally:
         assert serve.stop() == 0
+
+
+class AmiThread:
+    """The fake Asterisk AMI (the benchmark's) on its own event loop and thread, so the
+    test can wait on serve's log lines meanwhile."""
+
+    def __init__(self) -> None:
+        import threading  # noqa: PLC0415
+
+        from fastagi.dev.bench.ami_peer import FakeAmi  # noqa: PLC0415
+
+        self.live: list[Any] = []  # CallChannels listed by CoreShowChannels
+        self.loop = asyncio.new_event_loop()
+        self.ami = FakeAmi("extbill", "s3cret", lambda: list(self.live))
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.call(self.ami.start())
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def send(self, data: bytes) -> None:
+        async def go() -> None:
+            assert self.ami.send(data), "serve is not logged in"
+            await self.ami.drain()
+
+        self.call(go())
+
+    def disconnect(self) -> None:
+        self.loop.call_soon_threadsafe(self.ami.disconnect)
+
+    def close(self) -> None:
+        self.call(self.ami.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def test_two_processes_with_ami_settle_reconcile_and_survive_a_worker_restart(tmp_path: Path) -> None:
+    """With AMI on and a worker process holding calls: AMI events settle a call the worker
+    granted; a worker killed mid-call is started again and its call is still settled once
+    (the hangup handler's request, answered by either process); after an AMI reconnect the
+    reconcile closes the worker's call whose channel is gone and keeps the live one."""
+    from fastagi.dev.bench.ami_peer import CallChannels  # noqa: PLC0415
+
+    ami = AmiThread()
+    serve = Serve(
+        tmp_path,
+        2,
+        ("--ami-port", str(ami.ami.port), "--ami-user", "extbill"),
+        {"EXTBILL_AMI_SECRET": "s3cret"},
+    )
+    try:
+        serve.wait_for("ami.connected")
+        _short_plan(serve.db)
+        ids: list[str] = []
+        for batch in range(10):  # until the worker has granted three calls
+            ids += [f"1732650400.{batch * 10 + i}" for i in range(1, 11)]
+            by = _grant(serve, ids[-10:])
+            held = [i for i in ids if by[i] == 1]
+            if len(held) >= 3:
+                break
+        a, b, c = held[:3]
+        d = next(i for i in ids if i not in (a, b, c))
+
+        # 1. AMI settles the worker's call A: 30 s of talk
+        now = int(time.time() * 1000)
+        ch = CallChannels(a, int(a.split(".")[1]))
+        ami.send(
+            ch.answered_events(now + 1000) + ch.ended_events(now + 31_000) + ch.caller_hangup(now + 31_005)
+        )
+        settled = serve.wait_for("call.settled")
+        assert (settled["billing_id"], settled["settled_by"], settled["talk_s"]) == (a, "ami", 30)
+
+        # 2. the worker dies holding call B; it is started again, and B's hangup report settles it
+        os.kill(serve.worker_pid(), signal.SIGKILL)
+        serve.wait_for("serve.worker_died")
+        serve.wait_for("serve.worker_listening", count=2)
+
+        async def hangup() -> None:
+            await agi_call(
+                "127.0.0.1",
+                serve.port,
+                "hangup",
+                [b, "ANSWER", "16", f"{now / 1000 + 2:.3f}", f"{now / 1000 + 14:.3f}"],
+                uniqueid=b,
+            )
+
+        asyncio.run(hangup())
+        settled = serve.wait_for("call.settled", count=2)
+        assert (settled["billing_id"], settled["settled_by"], settled["talk_s"]) == (b, "hangup", 12)
+
+        # 3. AMI drops; meanwhile C's channel is gone, D's is live: the reconnect's reconcile
+        # closes C (policy mark: unrated), leaves D reserved
+        for billing_id in (c, d):  # older than a reconcile's minimum age, well within their grant
+            _backdate(serve.db, billing_id, ms=10_000)
+        ami.live[:] = [CallChannels(d, int(d.split(".")[1]))]
+        ami.disconnect()
+        serve.wait_for("ami.connected", count=2)
+        reconciled = serve.wait_for("settle.reconciled", count=2)
+        assert reconciled["live"] == 1 and reconciled["closed"] >= 1
+        rows = {r["billing_id"]: r for r in _db_rows(serve.db, "SELECT * FROM calls")}
+        assert (rows[a]["state"], rows[a]["settled_by"]) == ("rated", "ami")
+        assert (rows[b]["state"], rows[b]["settled_by"], rows[b]["talk_s"]) == ("rated", "hangup", 12)
+        assert (rows[c]["state"], rows[c]["settled_by"]) == ("unrated", "reconcile")
+        assert rows[d]["state"] == "reserved"
+        check = _db_check(serve.db)
+        assert check.returncode == 0, check.stdout
+    finally:
+        assert serve.stop() == 0
+        ami.close()
+
+
+def test_a_worker_dying_again_and_again_is_given_up_and_serve_goes_on(serve: Serve) -> None:
+    """Killed WORKER_RESTARTS_MAX + 1 times within the window: logged as given up, not
+    started again; the first process still answers calls and still stops cleanly."""
+    from fastagi.service.workers import WORKER_RESTARTS_MAX  # noqa: PLC0415
+
+    for n in range(1, WORKER_RESTARTS_MAX + 2):
+        serve.wait_for("serve.worker_started", count=n)
+        os.kill(serve.worker_pid(), signal.SIGKILL)
+        serve.wait_for(
+            "serve.worker_died" if n <= WORKER_RESTARTS_MAX else "serve.worker_given_up",
+            count=n if n <= WORKER_RESTARTS_MAX else 1,
+        )
+    given_up = serve.wait_for("serve.worker_given_up")
+    assert given_up["worker"] == 1 and given_up["restarts"] == WORKER_RESTARTS_MAX
+    started = sum(1 for ln in serve.lines() if ln.get("event") == "serve.worker_started")
+    assert started == WORKER_RESTARTS_MAX + 1
+
+    async def calls() -> list[str]:
+        results = await asyncio.gather(
+            *(
+                agi_call("127.0.0.1", serve.port, "lookup", [DEMO_NUMBER], uniqueid=f"1732650500.{i}")
+                for i in range(10)
+            )
+        )
+        return [r.variables["EXTBILL_RESULT"] for r in results]
+
+    assert asyncio.run(calls()) == ["collect"] * 10
+    assert sum(1 for ln in serve.lines() if ln.get("event") == "serve.worker_started") == started
+    assert serve.stop() == 0
