@@ -115,3 +115,18 @@ def test_a_range_error_names_the_layer_it_came_from(
     key = text.split(" ", 1)[0]
     assert text.startswith(f"{key} ({toml if source == 'extbill.toml' else source}): "), text
     assert "check --config" not in text  # the layer is known: no list of places to look
+
+
+def test_webhook_settings_are_checked() -> None:
+    from fastagi.runtime.config import ConfigError, load
+
+    s = load(env={"EXTBILL_WEBHOOK_URL": "https://hq.example/hooks", "EXTBILL_WEBHOOK_SECRET": "x" * 16})
+    assert (s.webhook_url, s.webhook_retry_s) == ("https://hq.example/hooks", 10)
+    with pytest.raises(
+        ConfigError, match=r"webhook_secret \(EXTBILL_WEBHOOK_SECRET\): must be at least 16 characters"
+    ):
+        load(env={"EXTBILL_WEBHOOK_URL": "https://hq.example/hooks", "EXTBILL_WEBHOOK_SECRET": "short"})
+    with pytest.raises(ConfigError, match=r"webhook_url \(EXTBILL_WEBHOOK_URL\): 'ftp://x' must be an http"):
+        load(env={"EXTBILL_WEBHOOK_URL": "ftp://x", "EXTBILL_WEBHOOK_SECRET": "x" * 16})
+    with pytest.raises(ConfigError, match="webhook_retry_s"):
+        load(env={"EXTBILL_WEBHOOK_RETRY_S": "0"})

@@ -35,6 +35,8 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.add_argument("--ami-user")
     p.add_argument("--ami-secret")
     p.add_argument("--dial-timeout-s", type=int)
+    p.add_argument("--quota-s", type=int, help="talk time one grant holds, s (default 300)")
+    p.add_argument("--renew-before-s", type=int, help="renew this long before a grant ends, s (default 30)")
     p.add_argument("--unsettled-policy", choices=("mark", "charge"))
     p.add_argument("--sweep-interval-s", type=int)
     p.add_argument("--sweep-grace-s", type=int)

@@ -12,6 +12,7 @@ half-delivered answer leaves it empty, and the dialplan fails closed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -21,6 +22,7 @@ from fastagi.core.calls import Decision
 from fastagi.core.clock import iso_from_ms
 from fastagi.core.money import format_amount
 from fastagi.core.numbers import KEY_DIGITS_MAX
+from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.runtime.clock import now_ms
 from fastagi.service.settlement import Settlement
 from fastagi.store import tx_calls
@@ -89,10 +91,21 @@ async def _answer(ch: AgiChannel, variables: list[tuple[str, str]]) -> None:
 
 
 class CallRoutes:
-    def __init__(self, store: Store, settlement: Settlement, *, dial_timeout_s: int = 30) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settlement: Settlement,
+        *,
+        dial_timeout_s: int = 30,
+        quota_s: int = QUOTA_S_DEFAULT,
+    ) -> None:
         self.store = store
         self.settlement = settlement
         self.dial_timeout_s = dial_timeout_s
+        self.quota_s = quota_s
+        # told of each supervised grant (the supervisor, when it runs in this process)
+        self.on_grant: Callable[[str, int, bool, str | None, str], None] | None = None
+        self._unsupervised = False  # inside an episode of grants nobody can renew (logged once)
 
     def routes(self) -> dict[str, Any]:
         return {"lookup": self.lookup, "route": self.route, "hangup": self.hangup}
@@ -156,7 +169,12 @@ class CallRoutes:
             caller,
             req.channel,
             req.headers.get("agi_linkedid"),
+            self.quota_s,
         )
+        if d.action == "dial":
+            self._note_supervision(d.supervised)
+            if d.supervised and self.on_grant is not None:
+                self.on_grant(req.uniqueid, d.granted_s, d.final, req.channel, d.lang)
         log.info(
             "call.decision",
             action=d.action,
@@ -165,6 +183,7 @@ class CallRoutes:
             charged=d.charged,
             dest=d.dest,
             granted_s=d.granted_s,
+            final=d.final if d.action == "dial" else None,
             reserved=format_amount(d.reserve),
             limit_ms=d.limit_ms or None,
         )
@@ -176,6 +195,17 @@ class CallRoutes:
             await _answer(
                 ch, [("EXTBILL_PROMPT", d.prompt or "service-unavailable"), ("EXTBILL_RESULT", "prompt")]
             )
+
+    def _note_supervision(self, supervised: bool) -> None:
+        if not supervised and not self._unsupervised:
+            log.warning(
+                "call.unsupervised_grants",
+                note="no supervisor holds the lease (AMI down?): calls get all their account can pay, "
+                "final, cut by Dial's L()",
+            )
+        elif supervised and self._unsupervised:
+            log.info("call.supervised_grants", note="calls get chunks again, renewed mid-call")
+        self._unsupervised = not supervised
 
     async def _deliver_dial(self, ch: AgiChannel, d: Decision) -> None:
         billing_id = ch.request.uniqueid

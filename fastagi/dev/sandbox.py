@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastagi.admin.demo import DEMO_NUMBER, seed
-from fastagi.dev.asterisk_harness import BRANCH_CONTEXT, PROJECT, Asterisk, default_root, root_problem
+from fastagi.dev.harness import BRANCH_CONTEXT, PROJECT, Asterisk, default_root, root_problem
 from fastagi.runtime.config import Settings
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.store import tx_calls

@@ -33,6 +33,16 @@ class Settings:
             "'charge' charges the whole grant"
         },
     )
+    quota_s: int = field(
+        default=300,
+        metadata={
+            "help": "talk time one grant holds (a chunk), s: calls share an account's money and "
+            "are renewed mid-call while AMI is up"
+        },
+    )
+    renew_before_s: int = field(
+        default=30, metadata={"help": "a call asks for its next chunk this long before its granted end, s"}
+    )
     sweep_interval_s: int = field(
         default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"}
     )
@@ -56,6 +66,18 @@ class Settings:
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    webhook_url: str = field(
+        default="",
+        metadata={
+            "help": "where serve POSTs signed notifications (http:// or https://); empty: kept in the outbox"
+        },
+    )
+    webhook_secret: str = field(
+        default="", metadata={"help": "HMAC-SHA256 key of the webhooks' X-Extbill-Signature header"}
+    )
+    webhook_retry_s: int = field(
+        default=10, metadata={"help": "first retry of a failed webhook after this, s; doubling up to an hour"}
+    )
     demo: bool = field(
         default=True, metadata={"help": "seed a demo number, extensions and plan into a new database"}
     )
@@ -73,13 +95,17 @@ CHOICES = {
 POSITIVE = {
     "ami_port": 65535,
     "dial_timeout_s": 600,
+    "quota_s": 86400,
+    "renew_before_s": 3600,
     "sweep_interval_s": 3600,
     "sweep_grace_s": 86400,
     "connections_max": 100_000,
     "workers": 64,
     "header_timeout_s": 300,
     "drain_timeout_s": 600,
+    "webhook_retry_s": 3600,
 }
+WEBHOOK_SECRET_CHARS_MIN = 16  # a shorter shared secret is too easy to guess
 
 
 def _validate(s: Settings) -> None:
@@ -97,6 +123,18 @@ def _validate(s: Settings) -> None:
     parse_hostport(s.agi_bind, "agi_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
+    _validate_webhook(s)
+
+
+def _validate_webhook(s: Settings) -> None:
+    if not s.webhook_url:
+        return
+    if not s.webhook_url.startswith(("http://", "https://")) or any(c.isspace() for c in s.webhook_url):
+        raise ConfigError(f"webhook_url: {s.webhook_url!r} must be an http:// or https:// URL")
+    if len(s.webhook_secret) < WEBHOOK_SECRET_CHARS_MIN:
+        raise ConfigError(
+            f"webhook_secret: must be at least {WEBHOOK_SECRET_CHARS_MIN} characters when webhook_url is set"
+        )
 
 
 def parse_hostport(text: str, key: str = "address") -> tuple[str, int]:
@@ -181,6 +219,6 @@ def describe() -> str:
     """The settings table for `extbill serve --help`."""
     lines = ["settings (TOML key / environment variable, default):"]
     for f in fields(Settings):
-        default = f.default if f.name != "ami_secret" else "(empty)"
+        default = f.default if not f.name.endswith("_secret") else "(empty)"
         lines.append(f"  {f.name:<18} {env_name(f.name):<28} {default!s:<16} {f.metadata['help']}")
     return "\n".join(lines)
