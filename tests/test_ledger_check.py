@@ -19,21 +19,32 @@ import pytest
 from fastagi.dev.bench.check import check_ledger
 from fastagi.dev.bench.mix import CallMix
 from fastagi.dev.bench.seed import DataSet, seed_file
-from fastagi.store import tx_calls
+from fastagi.store import tx_calls, tx_quota
 from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
-# the calls made below: (answered, talk ms); their talk time rounds to 61 + 125 s
-CALLS = ((True, 61_000), (False, 0), (True, 125_000))
-EXPECT = {"granted": 3, "answered": 2, "unanswered": 1, "talk_s_total": 186}
+# the calls made below: (answered, talk ms, mid-call renewals); talk time 61 + 125 + 150 s
+CALLS = ((True, 61_000, 0), (False, 0, 0), (True, 125_000, 0), (True, 150_000, 2))
+EXPECT = {"granted": 4, "answered": 3, "unanswered": 1, "talk_s_total": 336}
+RENEWAL_QUOTA_S = 60
 
 
 def _call(
-    conn: sqlite3.Connection, billing_id: str, number: str, key: str, answered: bool, talk_ms: int
+    conn: sqlite3.Connection,
+    billing_id: str,
+    number: str,
+    key: str,
+    answered: bool,
+    talk_ms: int,
+    renewals: int = 0,
 ) -> None:
+    """A call granted, renewed mid-call `renewals` times (a reservation per chunk), settled."""
     _in_read(conn, tx_calls.lookup, (number,))
-    d = _in_transaction(conn, tx_calls.route, (billing_id, number, key, 1, "13800138000", None, None))
+    route = (billing_id, number, key, 1, "13800138000", None, None, RENEWAL_QUOTA_S, renewals > 0)
+    d = _in_transaction(conn, tx_calls.route, route)
     assert d.action == "dial", d
+    for seq in range(1, renewals + 1):
+        assert _in_transaction(conn, tx_quota.renew, (billing_id, seq, RENEWAL_QUOTA_S)).extended
     _in_transaction(
         conn,
         tx_calls.settle,
@@ -61,8 +72,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     key = CallMix(ds).funded[0]
     conn = sqlite3.connect(path, isolation_level=None)
     _configure(conn)
-    for i, (answered, talk_ms) in enumerate(CALLS):
-        _call(conn, f"1732650000.{i + 1}", ds.number(0), key, answered, talk_ms)
+    for i, (answered, talk_ms, renewals) in enumerate(CALLS):
+        _call(conn, f"1732650000.{i + 1}", ds.number(0), key, answered, talk_ms, renewals)
     conn.close()
     return path
 
@@ -103,11 +114,13 @@ def _ext_account(db: Path) -> int:
 
 
 def test_a_consistent_run_passes_both_checks(db: Path) -> None:
+    """Including a call whose cost was posted across three chunks (two mid-call renewals)."""
     r = check_ledger(str(db), EXPECT)
     assert r["ledger_consistent"] and r["settled_exactly_once"] and r["billed_as_simulated"], r
+    assert r["ledger"]["reservations"] == r["ledger"]["resolutions"] == len(CALLS) + 2
     proc = _db_check(db)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ledger consistent" in proc.stdout and "3 calls (0 in progress)" in proc.stdout
+    assert "ledger consistent" in proc.stdout and "4 calls (0 in progress)" in proc.stdout
 
 
 def test_talk_time_mismatch_fails_the_run(db: Path) -> None:
@@ -115,21 +128,21 @@ def test_talk_time_mismatch_fails_the_run(db: Path) -> None:
     _tamper(db, "UPDATE calls SET talk_s = talk_s + 1 WHERE billing_id = '1732650000.1'")
     r = check_ledger(str(db), EXPECT)
     assert r["talk_time_matches"] is False and r["billed_as_simulated"] is False
-    assert "talk time rated 187 s, simulated 186 s" in r["discrepancies"]
+    assert "talk time rated 337 s, simulated 336 s" in r["discrepancies"]
 
 
 def test_wrong_call_count_fails_the_run(db: Path) -> None:
     """One call more granted than recorded; and a call row with no reservation at all."""
-    r = check_ledger(str(db), {**EXPECT, "granted": 4})
+    r = check_ledger(str(db), {**EXPECT, "granted": 5})
     assert r["settled_exactly_once"] is False
-    assert "3 calls recorded, 4 granted" in r["discrepancies"]
+    assert "4 calls recorded, 5 granted" in r["discrepancies"]
     _tamper(
         db,
         "INSERT INTO calls (billing_id, number_id, account_id, caller, dest, charged, start_ms, tariff, "
         "granted_s, reserved, state, start_at, cost) SELECT '1732650000.9', number_id, account_id, caller, "
         "dest, charged, start_ms, tariff, granted_s, 0, 'unanswered', start_at, 0 FROM calls LIMIT 1",
     )
-    r = check_ledger(str(db), {**EXPECT, "granted": 4, "unanswered": 2})
+    r = check_ledger(str(db), {**EXPECT, "granted": 5, "unanswered": 2})
     assert r["settled_exactly_once"] is False and r["ledger_consistent"] is False
     assert "call 1732650000.9 (unanswered) has no reservation" in r["discrepancies"]
     proc = _db_check(db)
