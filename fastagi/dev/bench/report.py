@@ -10,6 +10,8 @@ from typing import Any
 
 from fastagi.runtime.config import Settings
 
+DISCREPANCIES_SHOWN_MAX = 10  # in the table; the JSON has them all
+
 # figure: (target, how a value meets it) - issue 6's targets
 TARGETS: dict[str, tuple[float, str]] = {
     "setups_per_s": (1500, ">="),
@@ -217,6 +219,8 @@ def print_table(doc: dict[str, Any]) -> None:
         print("serve logged: " + ", ".join(f"{k} x{v}" for k, v in sorted(events.items())))
     for e in d["errors"][:5]:
         print(f"  error: {e}")
+    for line in d["discrepancies"][:DISCREPANCIES_SHOWN_MAX]:  # why a check above FAILED
+        print(f"  discrepancy: {line}")
 
 
 def _serve_defaults(st: dict[str, Any]) -> bool:
