@@ -442,12 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
         cli_doctor,  # noqa: PLC0415  (they build on this module's helpers)
         cli_money,  # noqa: PLC0415  (they build on this module's helpers)
         cli_serve,  # noqa: PLC0415  (they build on this module's helpers)
+        cli_users,  # noqa: PLC0415  (they build on this module's helpers)
     )
 
     cli_calls.add_parser(subs, _sub)
     cli_money.add_parsers(subs, _sub)
     cli_serve.add_parsers(subs, _sub)
     cli_doctor.add_parsers(subs, _sub)
+    cli_users.add_parsers(subs, _sub)
     # Development commands (sandbox, bench) live in fastagi/dev/, which product code never
     # imports: they register themselves through this entry-point group (pyproject.toml).
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):

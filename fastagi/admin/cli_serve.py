@@ -30,6 +30,7 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.set_defaults(own_store=True, fast_loop=True)
     p.add_argument("--config", help="TOML file with any of the settings below")
     p.add_argument("--agi-bind", help="FastAGI listen address host:port (default 127.0.0.1:4573)")
+    p.add_argument("--http-bind", help="console, JSON API and /metrics host:port (default: off)")
     p.add_argument("--ami-host")
     p.add_argument("--ami-port", type=int)
     p.add_argument("--ami-user")

@@ -66,6 +66,10 @@ class Settings:
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    http_bind: str = field(
+        default="",
+        metadata={"help": "console, JSON API and /metrics listen address host:port; empty: off"},
+    )
     webhook_url: str = field(
         default="",
         metadata={
@@ -121,6 +125,8 @@ def _validate(s: Settings) -> None:
         # seconds past ring + grant: a shorter grace would close live calls as unrated
         raise ConfigError(f"sweep_grace_s: {s.sweep_grace_s!r} must be at least {SWEEP_GRACE_S_MIN}")
     parse_hostport(s.agi_bind, "agi_bind")
+    if s.http_bind:
+        parse_hostport(s.http_bind, "http_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
     _validate_webhook(s)
