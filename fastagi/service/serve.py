@@ -16,7 +16,6 @@ from typing import Any
 
 import structlog
 
-from fastagi.admin.demo import DEMO_NUMBER, seed
 from fastagi.asterisk.agi_server import AgiServer, ServerLimits
 from fastagi.asterisk.ami_client import AmiClient, AmiLimits
 from fastagi.asterisk.call_routes import CallRoutes
@@ -24,6 +23,7 @@ from fastagi.core.ami import Correlator
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
 from fastagi.service.settlement import Settlement
 from fastagi.service.workers import Workers
+from fastagi.store.demo import DEMO_NUMBER, seed
 from fastagi.store.sqlite import SqliteStore
 
 log = structlog.get_logger("extbill.serve")
