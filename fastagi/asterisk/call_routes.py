@@ -21,10 +21,11 @@ from fastagi.core.calls import Decision
 from fastagi.core.clock import iso_from_ms
 from fastagi.core.money import format_amount
 from fastagi.core.numbers import KEY_DIGITS_MAX
+from fastagi.core.records import CallFacts
 from fastagi.runtime.clock import now_ms
 from fastagi.service.settlement import Settlement
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts, Store
+from fastagi.store.base import Store
 
 log = structlog.get_logger("extbill.call")
 

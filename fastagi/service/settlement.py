@@ -17,9 +17,10 @@ import structlog
 from fastagi.core.ami import CallAnswered, CallEnd
 from fastagi.core.clock import iso_from_ms, ms_from_iso
 from fastagi.core.money import format_amount
+from fastagi.core.records import CallFacts, SettleResult
 from fastagi.runtime import clock
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts, NotFound, SettleResult, Store
+from fastagi.store.base import NotFound, Store
 
 log = structlog.get_logger("extbill.settle")
 

@@ -18,8 +18,9 @@ from fastagi.core.calls import Decision, decide_lookup, decide_route
 from fastagi.core.clock import ms_from_iso
 from fastagi.core.ledger import TransferKind
 from fastagi.core.rating import Tariff, billed_seconds, cost
+from fastagi.core.records import CallFacts, SettleResult
 from fastagi.runtime.clock import now_iso
-from fastagi.store.base import CallFacts, NotFound, SettleResult
+from fastagi.store.base import NotFound
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve, resolve
 

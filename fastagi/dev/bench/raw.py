@@ -12,10 +12,10 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from fastagi.core.records import CallFacts
 from fastagi.dev.bench.mix import CallMix
 from fastagi.service.settlement import iso_from_ms
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
 CALLS_MAX = 1_000_000
