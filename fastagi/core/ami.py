@@ -31,13 +31,14 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
+from fastagi.core.ids import is_billing_id
+
 VARIABLE = "EXTBILL_ID"
 CALLS_TRACKED_MAX = 100_000  # live calls; the oldest is evicted beyond this
 ENDED_IDS_MAX = 100_000  # ids already ended, kept so late/duplicate events emit nothing
 MALFORMED_KEPT_MAX = 100  # recent Malformed reasons kept for the I/O shell to log
 TIMELINE_PER_CALL_MAX = 256  # bridge/hangup signals kept per call (a call has a handful)
 DIAL_ENDS_PER_CALL_MAX = 32
-BILLING_ID_CHARS_MAX = 150  # AST_MAX_UNIQUEID
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
 UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
 CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
@@ -201,7 +202,7 @@ def _billing_id(v: str) -> str | None:
     v = v.strip()
     if not v:
         return None
-    if len(v) > BILLING_ID_CHARS_MAX or not v.isprintable() or " " in v:
+    if not is_billing_id(v):
         raise _Bad("bad_billing_id")
     return v
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from fastagi.core.ledger import Account
 from fastagi.core.numbers import digits_to_collect, is_suspended
 from fastagi.core.rating import Tariff, cost, seconds_max, tariff_for_caller
+from fastagi.core.vocab import Action, Charged
 
 INVALID_TRIES_MAX = 3  # BRIEF: after three wrong keys the caller goes to the default destination
 WARNING_BEFORE_END_MS = 60_000  # the balance warning plays about a minute before the cut
@@ -60,14 +61,14 @@ class ExtView:
 class Decision:
     """What the dialplan does next; `reason` goes into the decision's log line."""
 
-    action: str  # collect | prompt | retry | dial
+    action: Action
     reason: str
     lang: str = "zh"
     prompt: str | None = None  # sound name under sounds/<lang>/extbill/
     digit_timeout_s: int = 5
     max_digits: int = 1
     dest: str | None = None
-    charged: str | None = None  # "main" or "ext"
+    charged: Charged | None = None
     ext_key: str | None = None
     extension_id: int | None = None
     account_id: int | None = None
@@ -166,7 +167,7 @@ def _grant(
     plan: PlanView | None,
     caller: str,
     *,
-    charged: str,
+    charged: Charged,
     reason: str,
 ) -> Decision:
     lang = number.lang

@@ -37,14 +37,24 @@ class NumberSettings:
     ext_billing: bool
 
 
+def is_number(text: str) -> bool:
+    """A 400 number: 400 and 7 ASCII digits."""
+    return isinstance(text, str) and _NUMBER_RE.fullmatch(text) is not None
+
+
+def is_key(text: str) -> bool:
+    """An extension key: 1 to KEY_DIGITS_MAX ASCII digits."""
+    return isinstance(text, str) and _KEY_RE.fullmatch(text) is not None
+
+
 def check_number(number: str) -> str:
-    if not isinstance(number, str) or not _NUMBER_RE.fullmatch(number):
+    if not is_number(number):
         raise NumberRuleError(f"{number!r} is not a 400 number (400 followed by 7 digits)")
     return number
 
 
 def check_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+    if not is_key(key):
         raise NumberRuleError(f"extension key {key!r} must be 1 to {KEY_DIGITS_MAX} digits")
     return key
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fastagi.core.vocab import CallState, SettledBy
+
 
 @dataclass(frozen=True, slots=True)
 class CallFacts:
@@ -21,17 +23,17 @@ class CallFacts:
     end_at: str  # ISO 8601
     disposition: str  # ANSWER, BUSY, NOANSWER, CANCEL, ...
     cause: str | None
-    settled_by: str  # ami | hangup | reconcile | sweeper
+    settled_by: SettledBy
 
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
     billing_id: str
     settled_now: bool  # False: another path settled it first
-    state: str  # rated | unanswered | unrated
+    state: CallState  # rated | unanswered | unrated (reserved: not settled yet)
     talk_s: int | None
     cost: int | None
-    settled_by: str | None
+    settled_by: SettledBy | None
     low_balance: dict[str, Any] | None = None  # set when an extension just crossed its threshold
     answer_at: str | None = None  # the stored answer and end times (ISO 8601), for comparisons
     end_at: str | None = None
