@@ -30,6 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastagi.core.ids import is_billing_id
 
@@ -47,9 +48,10 @@ ANSWER = "ANSWER"
 _RELEVANT = frozenset({"dialbegin", "dialend", "bridgeenter", "bridgeleave", "hangup"})
 _ENTER, _LEAVE, _HANGUP = 0, 1, 2  # timeline ranks: at one instant, enter first
 _RANKS = {"bridgeenter": _ENTER, "bridgeleave": _LEAVE, "hangup": _HANGUP}
+_Item = TypeVar("_Item")  # one entry of a per-call bucket (a dial end, a timeline signal)
 
 
-class AmiEvent(dict):
+class AmiEvent(dict[str, str | list[str]]):
     """An AMI event whose keys are already lowercase (values as sent: str, or a list of str
     for a repeated header).
 
@@ -395,7 +397,7 @@ class Correlator:
         self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
         return call
 
-    def _add(self, bucket: set, item: tuple, limit: int) -> None:
+    def _add(self, bucket: set[_Item], item: _Item, limit: int) -> None:
         if item not in bucket and len(bucket) >= limit:
             self.counters.signals_dropped += 1
             return

@@ -37,7 +37,7 @@ def facts_from_ami(end: CallEnd) -> CallFacts:
         billing_id=end.billing_id,
         answered=answered,
         talk_ms=end.talk_ms if answered else 0,
-        answer_at=iso_from_ms(end.answered_us // 1000) if answered else None,
+        answer_at=iso_from_ms(end.answered_us // 1000) if end.answered_us is not None else None,
         end_at=iso_from_ms(end.ended_us // 1000),
         disposition=end.dial_status or ("ANSWER" if answered else "NOANSWER"),
         cause=None if end.hangup_cause is None else str(end.hangup_cause),

@@ -52,11 +52,13 @@ def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
         raise StoreError("plan name must be 1 to 64 characters")
     if conn.execute("SELECT 1 FROM plans WHERE name=?", (name,)).fetchone():
         raise Conflict(f"plan {name!r} already exists")
-    return conn.execute(
+    new_id = conn.execute(
         "INSERT INTO plans (name, per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s) "
         "VALUES (?,?,?,?,?,?,?)",
         (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee, t.grace_s, t.max_call_s),
     ).lastrowid
+    assert new_id is not None  # set by every INSERT
+    return new_id
 
 
 def plan_id(conn: sqlite3.Connection, name: str) -> int:
