@@ -13,6 +13,8 @@ a function or under `if TYPE_CHECKING:`, since each is a dependency someone has 
 from __future__ import annotations
 
 import ast
+import fnmatch
+import re
 import sys
 from pathlib import Path
 
@@ -211,3 +213,23 @@ def test_a_right_import_passes(
     monkeypatch.setattr(f"{__name__}.PACKAGE_DIR", tmp_path / "fastagi")
     _write(tmp_path, "fastagi/dev/bench/cli.py", "")
     assert violations_of(_write(tmp_path, f"fastagi/{rel}", source)) == []
+
+
+def test_the_architecture_page_lists_every_module() -> None:
+    """docs/architecture.md's folder table names exactly the modules each layer folder has."""
+    page = (PACKAGE_DIR.parent / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `(\w+)/` \| (.+?) \|", page, re.MULTILINE)
+    assert {folder for folder, _ in rows} == set(LAYER_RANK) - {"web"}
+    problems = []
+    for folder, cell in rows:
+        listed = [name.rstrip("/") for name in re.findall(r"`([\w*/]+)`", cell)]
+        present = {
+            p.stem if p.is_file() else p.name
+            for p in (PACKAGE_DIR / folder).iterdir()
+            if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+        }
+        missing = sorted(m for m in present if not any(fnmatch.fnmatch(m, pat) for pat in listed))
+        gone = sorted(pat for pat in listed if not fnmatch.filter(present, pat))
+        problems += [f"{folder}/{m} is not in the table" for m in missing]
+        problems += [f"{folder}/{g} is in the table but not in the tree" for g in gone]
+    assert not problems, "docs/architecture.md does not match fastagi/:\n  " + "\n  ".join(problems)

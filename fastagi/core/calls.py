@@ -1,6 +1,6 @@
 """The call policy: number -> key -> suspension/arrears -> grant. Pure: snapshots in, a decision out.
 
-Every rule of BRIEF.md that decides what a caller hears lives here, and only here.
+Every rule that decides what a caller hears (docs/rules.md rules 3-5, 7) lives here, and only here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fastagi.core.numbers import digits_to_collect, is_suspended
 from fastagi.core.rating import Tariff, cost, seconds_max, tariff_for_caller
 from fastagi.core.vocab import Action, Charged
 
-INVALID_TRIES_MAX = 3  # BRIEF: after three wrong keys the caller goes to the default destination
+INVALID_TRIES_MAX = 3  # docs/rules.md rule 3: after three wrong keys, the default destination
 WARNING_BEFORE_END_MS = 60_000  # the balance warning plays about a minute before the cut
 
 
@@ -121,7 +121,7 @@ def decide_route(
     if keyed and ext is None:
         if try_no < INVALID_TRIES_MAX:
             return Decision(action="retry", reason="invalid-key", lang=lang)
-        keyed = False  # out of tries: treated as no key (BRIEF rule 3)
+        keyed = False  # out of tries: treated as no key (docs/rules.md rule 3)
     if not keyed:
         if not number.default_dest:
             return _prompt("service-unavailable", "no-default-destination", lang)

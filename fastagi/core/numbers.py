@@ -1,4 +1,4 @@
-"""The rules of BRIEF.md for 400 numbers and their IVR extensions, pure.
+"""The rules for 400 numbers and their IVR extensions (docs/rules.md rules 1-5), pure.
 
 The store asks these functions before it writes; each refusal is a NumberRuleError
 whose text is what the user reads.
@@ -28,7 +28,7 @@ _DEST_RE = re.compile(
 
 
 class NumberRuleError(ValueError):
-    """A number or extension change that BRIEF.md's rules refuse."""
+    """A number or extension change that docs/rules.md's rules refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,7 @@ def check_new_key(key: str, existing: Iterable[str]) -> str:
 
 
 def check_settings(current: NumberSettings, ivr: bool | None, ext_billing: bool | None) -> NumberSettings:
-    """Apply an IVR / extension-billing change, refusing a silent mix (BRIEF rule 2)."""
+    """Apply an IVR / extension-billing change, refusing a silent mix (docs/rules.md rule 2)."""
     new_ivr = current.ivr if ivr is None else ivr
     new_billing = current.ext_billing if ext_billing is None else ext_billing
     if new_billing and not new_ivr:
@@ -118,7 +118,7 @@ def check_settings(current: NumberSettings, ivr: bool | None, ext_billing: bool 
 
 
 def is_suspended(main_balance: int, min_balance: int) -> bool:
-    """BRIEF rule 5: a number is suspended while its main balance is below its minimum."""
+    """docs/rules.md rule 5: a number is suspended while its main balance is below its minimum."""
     return main_balance < min_balance
 
 

@@ -97,7 +97,7 @@ def tariff_of(values: tuple[int, ...]) -> Tariff:
 
     Safe to share: a Tariff is immutable and depends on nothing but these values.
     Call setup loads a plan several times per call; validating it each time was a
-    measurable share of the benchmark's setup cost (issue 6).
+    measurable share of the benchmark's setup cost (docs/rules.md rule 21).
     """
     return Tariff(*values)
 
@@ -398,7 +398,7 @@ def route_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[Number
 
 
 def low_balance_threshold_of(tariff: Tariff | None, configured: int | None) -> int:
-    """Default: ten first billing blocks at the plan's base tariff (issue 4); no prefix rates."""
+    """Default: ten first billing blocks at the plan's base tariff (docs/rules.md rule 13); no prefix rates."""
     if configured is not None:
         return configured
     return 10 * first_block_cost(tariff) if tariff else 0
