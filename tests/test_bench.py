@@ -19,7 +19,7 @@ from fastagi.dev.bench.check import check_ledger
 from fastagi.dev.bench.cli import REQUIRED_KEYS
 from fastagi.dev.bench.mix import CallMix
 from fastagi.dev.bench.seed import DataSet, seed_file
-from fastagi.store import tx_calls
+from fastagi.store import tariff_snapshots, tx_calls
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
 
@@ -220,9 +220,9 @@ def test_stored_tariff_snapshot_is_unchanged_by_the_fast_path() -> None:
         Tariff(per_minute=0, initial_s=1, increment_s=1, connect_fee=0, grace_s=0, max_call_s=1)
     ]
     for t in tariffs:
-        text = tx_calls.tariff_json(t)
+        text = tariff_snapshots.tariff_json(t)
         assert text == json.dumps(asdict(t))
-        assert tx_calls.tariff_from_json(text) == t
+        assert tariff_snapshots.tariff_from_json(text) == t
 
 
 # -- the load generator's fast paths: the same bytes and values as the plain versions ---------

@@ -20,6 +20,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from fastagi.admin import cli, cli_doctor, doctor
+from fastagi.admin.doctor import files as file_checks
+from fastagi.asterisk import conf as astconf
 from fastagi.runtime import config
 from fastagi.runtime.config import Settings
 from fastagi.service.serve import Service
@@ -257,8 +259,8 @@ def test_modules_noload_and_autoload_no(etc: Path) -> None:
 def test_required_and_recommended_modules_are_dialplan_modules_conf() -> None:
     """The modules.conf shipped in dialplan/ loads exactly the modules doctor requires or
     recommends, and no module is both required and recommended."""
-    conf = doctor.parse_conf("modules.conf", doctor.etc_reader(str(PROJECT / "dialplan")))
-    shipped = {doctor._module(v) for v in conf.first("modules").values("load")}
+    conf = astconf.parse_conf("modules.conf", astconf.etc_reader(str(PROJECT / "dialplan")))
+    shipped = {file_checks._module(v) for v in conf.first("modules").values("load")}
     assert shipped == set(doctor.REQUIRED_MODULES) | set(doctor.RECOMMENDED_MODULES)
     assert not set(doctor.REQUIRED_MODULES) & set(doctor.RECOMMENDED_MODULES)
 
@@ -291,9 +293,9 @@ def test_unreadable_manager_conf() -> None:
     suggests giving the user the asterisk group."""
 
     def read(pattern: str):  # manager.conf is often 0640 asterisk:asterisk
-        raise doctor.ConfUnreadable(f"/etc/asterisk/{pattern} (Permission denied)")
+        raise astconf.ConfUnreadable(f"/etc/asterisk/{pattern} (Permission denied)")
 
-    conf = doctor.parse_conf("manager.conf", read)
+    conf = astconf.parse_conf("manager.conf", read)
     [f] = doctor.check_manager(conf, "/etc/asterisk", SETTINGS)
     assert f.status == doctor.FAIL and "cannot read /etc/asterisk/manager.conf" in f.message
     assert "asterisk group" in f.fix
@@ -302,7 +304,7 @@ def test_unreadable_manager_conf() -> None:
 # ---- the parser: pyst2 plus what it lacks ----------------------------------------------------
 
 
-def reader(files_: dict[str, str]) -> doctor.Reader:
+def reader(files_: dict[str, str]) -> astconf.Reader:
     def read(pattern: str):
         import fnmatch
 
@@ -330,7 +332,7 @@ def test_parser_handles_what_asterisk_files_use() -> None:
     """doctor reads Asterisk config files the way Asterisk does, with block comments, templates,
     `(+)` additions, escaped semicolons, `same =>` lines, `#include` globs and `#tryinclude`, later
     globals overriding earlier ones, and only a nonsense line reported as a non-fatal problem."""
-    conf = doctor.parse_conf(
+    conf = astconf.parse_conf(
         "extensions.conf",
         reader(
             {
@@ -355,7 +357,7 @@ def test_parser_handles_what_asterisk_files_use() -> None:
         ("same", "n,Return()"),
     ]
     assert conf.first("ctx").items[-1][2] == "ext.d/b.conf:2"
-    assert doctor.dialplan_globals(conf) == {"A": "2", "B": "3"}
+    assert astconf.dialplan_globals(conf) == {"A": "2", "B": "3"}
     assert [p.fatal for p in conf.problems] == [False]  # only the nonsense line
     assert conf.includes[0][2] == ["ext.d/a.conf", "ext.d/b.conf"]
 
@@ -363,13 +365,13 @@ def test_parser_handles_what_asterisk_files_use() -> None:
 def test_include_loops_and_missing_globs_are_fatal() -> None:
     """An include loop or an `#include` glob that matches no file is reported as a fatal problem,
     and a config file that does not exist reads as absent."""
-    conf = doctor.parse_conf(
+    conf = astconf.parse_conf(
         "a.conf", reader({"a.conf": '#include "b.conf"\n', "b.conf": "#include a.conf\n"})
     )
     assert [p.fatal for p in conf.problems] == [True]
-    conf = doctor.parse_conf("a.conf", reader({"a.conf": "#include <none/*.conf>\n[x]\ny=1\n"}))
+    conf = astconf.parse_conf("a.conf", reader({"a.conf": "#include <none/*.conf>\n[x]\ny=1\n"}))
     assert conf.problems[0].fatal and conf.problems[0].target == "none/*.conf"
-    assert doctor.parse_conf("absent.conf", reader({})) is None
+    assert astconf.parse_conf("absent.conf", reader({})) is None
 
 
 STOCK_ETC = (
@@ -382,15 +384,15 @@ def test_debian_stock_files_parse_as_asterisk_reads_them() -> None:
     """Debian's stock Asterisk config files parse without fatal problems, with manager.conf's
     `manager.d/*.conf` include, its enabled [general], the default astdatadir and [globals] all read
     as Asterisk reads them."""
-    read = doctor.etc_reader(str(STOCK_ETC))
+    read = astconf.etc_reader(str(STOCK_ETC))
     for name in ("extensions.conf", "manager.conf", "modules.conf", "asterisk.conf", "pjsip.conf"):
-        conf = doctor.parse_conf(name, read)
+        conf = astconf.parse_conf(name, read)
         assert conf is not None and not [p for p in conf.problems if p.fatal], name
-    manager = doctor.parse_conf("manager.conf", read)
+    manager = astconf.parse_conf("manager.conf", read)
     assert manager.includes and manager.includes[0][1] == "manager.d/*.conf"
-    assert doctor.ast_true(manager.first("general").value("enabled"))
-    assert doctor.astdatadir(doctor.parse_conf("asterisk.conf", read)) == "/usr/share/asterisk"  # (!)
-    assert doctor.parse_conf("extensions.conf", read).first("globals") is not None
+    assert astconf.ast_true(manager.first("general").value("enabled"))
+    assert doctor.astdatadir(astconf.parse_conf("asterisk.conf", read)) == "/usr/share/asterisk"  # (!)
+    assert astconf.parse_conf("extensions.conf", read).first("globals") is not None
 
 
 # ---- the database --------------------------------------------------------------------------

@@ -23,6 +23,8 @@ FIELDS = (
     "end",
     "talk_s",
     "billed_s",
+    "granted_s",
+    "renewals",
     "cost",
     "disposition",
     "cause",
@@ -54,11 +56,16 @@ async def cmd_calls(store: Any, a: argparse.Namespace) -> int:
         w.writeheader()
         w.writerows(records)
     else:
-        print(f"{'start':<25}{'ext':<6}{'caller':<16}{'talk':>6}{'billed':>7}{'cost':>11}  state")
+        # granted: the total talk time granted over all chunks (renewed mid-call N times)
+        print(
+            f"{'start':<25}{'ext':<6}{'caller':<16}{'talk':>6}{'billed':>7}{'granted':>8}{'renew':>6}"
+            f"{'cost':>11}  state"
+        )
         for r in records:
             print(
                 f"{r['start']:<25}{(r['ext'] or 'main'):<6}{r['caller'][:15]:<16}{r['talk_s'] if r['talk_s'] is not None else '-':>6}"
-                f"{r['billed_s'] if r['billed_s'] is not None else '-':>7}{r['cost'] or '-':>11}  {r['state']}"
+                f"{r['billed_s'] if r['billed_s'] is not None else '-':>7}{r['granted_s']:>8}{r['renewals']:>6}"
+                f"{r['cost'] or '-':>11}  {r['state']}"
                 f"{' ' + r['disposition'] if r['disposition'] else ''}"
             )
     return 0

@@ -36,6 +36,12 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.add_argument("--ami-user")
     p.add_argument("--ami-secret")
     p.add_argument("--dial-timeout-s", type=int)
+    p.add_argument("--quota-s", type=int, help=f"talk time one grant holds, s (default {config.QUOTA_S})")
+    p.add_argument(
+        "--renew-before-s",
+        type=int,
+        help=f"renew this long before a grant ends, s (default {config.RENEW_BEFORE_S})",
+    )
     p.add_argument("--unsettled-policy", choices=[p.value for p in UnsettledPolicy])
     p.add_argument("--sweep-interval-s", type=int)
     p.add_argument("--sweep-grace-s", type=int)

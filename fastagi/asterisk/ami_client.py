@@ -25,12 +25,12 @@ from typing import Any
 import structlog
 from panoramisk.message import Message
 
+from fastagi.core import ami_wire
 from fastagi.core.ami import AmiEvent, live_ids_from_core_show_channels
 
 log = structlog.get_logger("extbill.ami")
 
-BANNER_PREFIX = b"Asterisk Call Manager/"
-MESSAGE_END = b"\r\n\r\n"
+MESSAGE_END = ami_wire.MESSAGE_END
 
 Event = Mapping[str, "str | list[str]"]
 OnEvent = Callable[[Event], "None | Awaitable[None]"]
@@ -55,7 +55,7 @@ class AmiLimits:
     """Reconnect delay cap."""
     event_queue_max: int = 10_000
     """Events waiting for on_event; beyond it new events are dropped and counted."""
-    message_bytes_max: int = 256 * 1024
+    message_bytes_max: int = ami_wire.MESSAGE_BYTES_MAX
     """One AMI message (headers up to the blank line); a longer one drops the connection."""
 
 
@@ -93,33 +93,23 @@ def _parse_event(text: str) -> AmiEvent | None:
     """
     if not text.startswith("Event: "):
         return None
-    lines = text.split("\r\n")
-    ev = AmiEvent()
-    skipped = 0
-    for line in lines:
-        # from_line: a header is split at the first ": "; the value is kept as is.
-        k, sep, v = line.partition(": ")
-        if sep:
-            ev[k.lower()] = v
-        else:
-            skipped += 1  # from_line ignores such a line too
-    if len(ev) + skipped != len(lines):
+    # from_line splits a header as the wire module does: at the first ": ", value as is.
+    headers = ami_wire.pairs(text)
+    ev = AmiEvent([(k.lower(), v) for k, v in headers])
+    if len(ev) != len(headers):
         # A repeated header (ChanVariable with several channelvars) overwrote an
         # earlier one: from_line makes a list of it; redo it by its exact rules.
-        ev = _parse_event_exact(lines)
+        ev = _parse_event_exact(headers)
     if "result" in ev or "content" in ev:
         return None
     return ev
 
 
-def _parse_event_exact(lines: list[str]) -> AmiEvent:
+def _parse_event_exact(pairs: list[tuple[str, str]]) -> AmiEvent:
     # As from_line: a key repeated with the same spelling collects a list; keys that
     # differ only in case then collapse in its case-insensitive dict, the last one winning.
     headers: dict[str, Any] = {}
-    for line in lines:
-        k, sep, v = line.partition(": ")
-        if not sep:
-            continue
+    for k, v in pairs:
         if k in headers:
             old = headers[k]
             if isinstance(old, list):
@@ -237,16 +227,15 @@ class _Session:
 
 
 def _serialize(fields: Mapping[str, str | list[str]], action_id: str) -> bytes:
-    lines = []
-    for key, value in fields.items():
-        if key.lower() == "actionid":
-            continue  # ours pairs the reply
-        for v in value if isinstance(value, list) else [value]:
-            if any(c in str(key) + str(v) for c in "\r\n"):
-                raise ValueError(f"CR/LF in AMI header {key!r}")  # header injection
-            lines.append(f"{key}: {v}\r\n")
-    lines.append(f"ActionID: {action_id}\r\n\r\n")
-    return "".join(lines).encode("utf-8")
+    # ours pairs the reply, so any ActionID in fields is dropped; the wire module refuses
+    # CR/LF (header injection) with AmiHeaderInjection, a ValueError.
+    headers = [
+        (k, x)
+        for k, v in fields.items()
+        if k.lower() != "actionid"
+        for x in (v if isinstance(v, list) else [v])
+    ]
+    return ami_wire.serialize([*headers, ("ActionID", action_id)])
 
 
 _MARKER = object()  # queue item kind: a live-ids snapshot for on_connected
@@ -378,7 +367,7 @@ class AmiClient:
         try:
             async with asyncio.timeout(lim.connect_timeout_s):
                 banner = await reader.readline()
-            if not banner.startswith(BANNER_PREFIX):
+            if not ami_wire.banner_ok(banner):
                 self._fail(log.error, "ami.not_ami", banner=banner[:80])
                 return False
             tasks.append(asyncio.create_task(session.read_loop()))

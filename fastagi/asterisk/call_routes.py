@@ -22,6 +22,7 @@ from fastagi.core.clock import iso_from_ms
 from fastagi.core.ids import is_billing_id
 from fastagi.core.money import format_amount
 from fastagi.core.numbers import KEY_DIGITS_MAX, is_key, is_number
+from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.records import CallFacts
 from fastagi.core.vocab import SettledBy
 from fastagi.runtime.clock import now_ms
@@ -91,10 +92,19 @@ async def _answer(ch: AgiChannel, variables: list[tuple[str, str]]) -> None:
 
 
 class CallRoutes:
-    def __init__(self, store: Store, settlement: Settlement, *, dial_timeout_s: int = DIAL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settlement: Settlement,
+        *,
+        dial_timeout_s: int = DIAL_TIMEOUT_S,
+        quota_s: int = QUOTA_S_DEFAULT,
+    ) -> None:
         self.store = store
         self.settlement = settlement
         self.dial_timeout_s = dial_timeout_s
+        self.quota_s = quota_s
+        self._unsupervised = False  # inside an episode of grants nobody can renew (logged once)
 
     def routes(self) -> dict[str, Any]:
         return {"lookup": self.lookup, "route": self.route, "hangup": self.hangup}
@@ -158,7 +168,10 @@ class CallRoutes:
             caller,
             req.channel,
             req.headers.get("agi_linkedid"),
+            self.quota_s,
         )
+        if d.action == "dial":
+            self._note_supervision(d.supervised)
         log.info(
             "call.decision",
             action=d.action,
@@ -167,6 +180,7 @@ class CallRoutes:
             charged=d.charged,
             dest=d.dest,
             granted_s=d.granted_s,
+            final=d.final if d.action == "dial" else None,
             reserved=format_amount(d.reserve),
             limit_ms=d.limit_ms or None,
         )
@@ -178,6 +192,17 @@ class CallRoutes:
             await _answer(
                 ch, [("EXTBILL_PROMPT", d.prompt or "service-unavailable"), ("EXTBILL_RESULT", "prompt")]
             )
+
+    def _note_supervision(self, supervised: bool) -> None:
+        if not supervised and not self._unsupervised:
+            log.warning(
+                "call.unsupervised_grants",
+                note="no supervisor holds the lease (AMI down?): calls get all their account can pay, "
+                "final, cut by Dial's L()",
+            )
+        elif supervised and self._unsupervised:
+            log.info("call.supervised_grants", note="calls get chunks again, renewed mid-call")
+        self._unsupervised = not supervised
 
     async def _deliver_dial(self, ch: AgiChannel, d: Decision) -> None:
         billing_id = ch.request.uniqueid

@@ -69,6 +69,9 @@ class CallAnswered:
 
     billing_id: str
     answered_us: int
+    # The callee channel's Uniqueid (DialEnd's DestUniqueid, else the first other channel
+    # to enter a bridge): the channel whose hangup time mid-call renewals move.
+    callee: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class _Call:
     dial_ends: set[tuple[int, str, str]] = field(default_factory=set)  # (ts, dialer, status)
     timeline: set[tuple[int, int, str, str]] = field(default_factory=set)  # (ts, rank, uid, bridge)
     answered_emitted: bool = False
+    callee: str | None = None  # see CallAnswered.callee
 
     def caller(self, bid: str) -> str | None:
         if self.strict:
@@ -368,16 +372,20 @@ class Correlator:
             call.first_dialer = _earliest(call.first_dialer, (ts, uid))
             if kind == "dialend":
                 self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
+                if status == ANSWER and call.callee is None:
+                    call.callee = _text(ev, "destuniqueid", required=False) or None
         else:
             self._add(call.timeline, (ts, _RANKS[kind], uid, bridge or ""), TIMELINE_PER_CALL_MAX)
 
         out: list[Fact] = []
         caller = call.caller(bid)
+        if kind == "bridgeenter" and call.callee is None and uid != caller:
+            call.callee = uid
         if not call.answered_emitted:
             answered = call.answered_us(caller)
             if answered is not None:
                 call.answered_emitted = True
-                out.append(CallAnswered(bid, answered))
+                out.append(CallAnswered(bid, answered, call.callee))
         if kind == "hangup" and uid == caller:
             del self._calls[bid]
             self._remember_ended(bid)

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from fastagi.core.ledger import Account
 from fastagi.core.numbers import digits_to_collect, is_suspended
-from fastagi.core.rating import Tariff, cost, seconds_max, tariff_for_caller
+from fastagi.core.quota import QUOTA_S_DEFAULT, first_grant, warning_before_ms
+from fastagi.core.rating import Tariff, seconds_max, tariff_for_caller
 from fastagi.core.vocab import Action, Charged
 
 INVALID_TRIES_MAX = 3  # docs/rules.md rule 3: after three wrong keys, the default destination
-WARNING_BEFORE_END_MS = 60_000  # the balance warning plays about a minute before the cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,8 @@ class Decision:
     tariff: Tariff | None = None
     granted_s: int = 0
     reserve: int = 0
+    final: bool = True  # no renewal will follow: the grant is all the call gets
+    supervised: bool = False  # renewed (and warned) mid-call through AMI, not by Dial's L()
 
     @property
     def limit_ms(self) -> int:
@@ -82,8 +84,10 @@ class Decision:
 
     @property
     def warning_ms(self) -> int:
-        """Warn a minute before the end, or halfway through a grant of two minutes or less."""
-        return min(WARNING_BEFORE_END_MS, self.limit_ms // 2)
+        """Dial's own warning: a minute before the end, or halfway through a grant of two
+        minutes or less. 0 for a supervised call, whose cut-off moves: Dial's warning
+        would fix its end (L(x:y) installs interval hooks), so the supervisor warns it."""
+        return 0 if self.supervised else warning_before_ms(self.granted_s)
 
 
 def _prompt(name: str, reason: str, lang: str) -> Decision:
@@ -106,11 +110,20 @@ def decide_lookup(number: NumberView | None) -> Decision:
 
 
 def decide_route(
-    number: NumberView | None, digits: str, try_no: int, ext: ExtView | None, caller: str
+    number: NumberView | None,
+    digits: str,
+    try_no: int,
+    ext: ExtView | None,
+    caller: str,
+    *,
+    quota_s: int = QUOTA_S_DEFAULT,
+    renewable: bool = False,
 ) -> Decision:
     """Second request: the pressed digits decide the destination and the account charged.
 
-    `ext` is the extension whose key equals `digits`, if any.
+    `ext` is the extension whose key equals `digits`, if any. renewable: a supervisor can
+    renew the call mid-call, so it is granted one chunk of `quota_s` (docs/rules.md rule 9);
+    otherwise everything the account can pay, capped by the plan.
     """
     if number is None:
         return _prompt("not-in-service", "unknown-number", "zh")
@@ -134,6 +147,8 @@ def decide_route(
             caller,
             charged="main",
             reason="no-key" if digits == "" else "invalid-key-fallback",
+            quota_s=quota_s,
+            renewable=renewable,
         )
     assert ext is not None
     if number.ext_billing:
@@ -146,6 +161,8 @@ def decide_route(
             caller,
             charged="ext",
             reason="extension",
+            quota_s=quota_s,
+            renewable=renewable,
         )
     return _grant(
         number,
@@ -156,6 +173,8 @@ def decide_route(
         caller,
         charged="main",
         reason="extension-billing-off",
+        quota_s=quota_s,
+        renewable=renewable,
     )
 
 
@@ -169,13 +188,15 @@ def _grant(
     *,
     charged: Charged,
     reason: str,
+    quota_s: int,
+    renewable: bool,
 ) -> Decision:
     lang = number.lang
     if plan is None:
         return _prompt("service-unavailable", "no-rate-plan", lang)
     tariff = tariff_for_caller(plan.tariff, caller, plan.rates)
-    granted_s = seconds_max(account.available, tariff)
-    if granted_s == 0:
+    grant = first_grant(account.available, tariff, quota_s, renewable=renewable)
+    if grant is None:
         if charged == "ext":
             return _prompt("ext-in-arrears", "extension-in-arrears", lang)
         return _prompt("number-suspended", "main-cannot-pay", lang)
@@ -189,8 +210,10 @@ def _grant(
         extension_id=ext.extension_id if ext else None,
         account_id=account.id,
         tariff=tariff,
-        granted_s=granted_s,
-        reserve=cost(granted_s, tariff),
+        granted_s=grant.granted_s,
+        reserve=grant.reserved,
+        final=grant.final,
+        supervised=renewable,
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastagi.dev.asterisk_harness import BRANCH_CONTEXT, PROJECT, Asterisk, default_root, root_problem
+from fastagi.dev.harness import BRANCH_CONTEXT, PROJECT, Asterisk, default_root, root_problem
 from fastagi.runtime.config import Settings
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.store import tx_calls

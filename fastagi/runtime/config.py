@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from fastagi.core.quota import QUOTA_S_DEFAULT, RENEW_BEFORE_S_DEFAULT
 from fastagi.core.vocab import UnsettledPolicy
 
 # The defaults other modules share: their one home (Settings uses them, others import them).
@@ -21,6 +22,8 @@ AGI_BIND = f"{AGI_HOST}:{AGI_PORT}"
 DIAL_TIMEOUT_S = 30
 SWEEP_GRACE_S = 120
 UNSETTLED_POLICY = UnsettledPolicy.MARK
+QUOTA_S = QUOTA_S_DEFAULT  # the core decides with it too, so its home is core/quota.py
+RENEW_BEFORE_S = RENEW_BEFORE_S_DEFAULT
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,17 @@ class Settings:
             "help": "a reservation nobody settled: 'mark' releases it and marks the call unrated, "
             "'charge' charges the whole grant"
         },
+    )
+    quota_s: int = field(
+        default=QUOTA_S,
+        metadata={
+            "help": "talk time one grant holds (a chunk), s: calls share an account's money and "
+            "are renewed mid-call while AMI is up"
+        },
+    )
+    renew_before_s: int = field(
+        default=RENEW_BEFORE_S,
+        metadata={"help": "a call asks for its next chunk this long before its granted end, s"},
     )
     sweep_interval_s: int = field(
         default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"}
@@ -87,6 +101,8 @@ CHOICES = {
 POSITIVE = {
     "ami_port": 65535,
     "dial_timeout_s": 600,
+    "quota_s": 86400,
+    "renew_before_s": 3600,
     "sweep_interval_s": 3600,
     "sweep_grace_s": 86400,
     "connections_max": 100_000,

@@ -24,10 +24,11 @@ import structlog
 from fastagi.asterisk.agi_server import AgiServer, ServerLimits
 from fastagi.asterisk.ami_client import AmiClient, AmiLimits
 from fastagi.asterisk.call_routes import CallRoutes
-from fastagi.core.ami import Correlator
+from fastagi.core.ami import CallAnswered, CallEnd, Correlator
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.service.settlement import Settlement
+from fastagi.service.supervisor import Supervisor
 from fastagi.service.workers import Workers
 from fastagi.store.demo import DEMO_NUMBER, seed
 from fastagi.store.sqlite import SqliteStore
@@ -87,6 +88,7 @@ class Service:
         self.ami: AmiClient | None = None
         self.correlator = Correlator()
         self.settlement: Settlement | None = None
+        self.supervisor: Supervisor | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._facts_slots = asyncio.Semaphore(AMI_FACTS_IN_FLIGHT_MAX)
@@ -111,7 +113,7 @@ class Service:
             dial_timeout_s=s.dial_timeout_s,
             sweep_grace_s=s.sweep_grace_s,
         )
-        routes = CallRoutes(self.store, self.settlement, dial_timeout_s=s.dial_timeout_s)
+        routes = CallRoutes(self.store, self.settlement, dial_timeout_s=s.dial_timeout_s, quota_s=s.quota_s)
         host, port = parse_hostport(s.agi_bind, "agi_bind")
         limits = ServerLimits(
             header_timeout_s=s.header_timeout_s,
@@ -145,6 +147,14 @@ class Service:
                 on_connected=self._on_ami_connected,
                 limits=AmiLimits(),
             )
+            self.supervisor = Supervisor(
+                self.store,
+                self.ami,
+                quota_s=s.quota_s,
+                renew_before_s=s.renew_before_s,
+                holder=f"{socket.gethostname()}:{os.getpid()}",
+            )
+            await self.supervisor.start()
             await self.ami.start()
             log.info(
                 "serve.ami_waiting",
@@ -191,6 +201,13 @@ class Service:
             await self.settlement.on_ami_fact(fact)
         except Exception as exc:  # noqa: BLE001  (one bad fact must not stop the consumer)
             log.error("settle.ami_fact_failed", billing_id=fact.billing_id, error=repr(exc))
+            return
+        if self.supervisor is not None:
+            # after the answer time is stored: a restarted supervisor finds it there
+            if isinstance(fact, CallAnswered):
+                self.supervisor.on_answered(fact.billing_id, fact.answered_us // 1000, fact.callee)
+            elif isinstance(fact, CallEnd):
+                self.supervisor.on_ended(fact.billing_id)
 
     def _fact_done(self, task: asyncio.Task[None]) -> None:
         self._fact_tasks.discard(task)
@@ -203,6 +220,8 @@ class Service:
         for billing_id in self.correlator.tracked_ids() - live_ids:
             self.correlator.forget(billing_id)
         await self.settlement.reconcile(live_ids)
+        if self.supervisor is not None:
+            await self.supervisor.resume(live_ids)
 
     async def _sweep_loop(self) -> None:
         assert self.settlement is not None
@@ -237,6 +256,8 @@ class Service:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         if self.ami is not None:
             await self.ami.stop()
         if self._fact_tasks:

@@ -7,8 +7,6 @@ once, whichever settlement path (AMI, hangup handler, reconcile, sweeper) comes 
 
 from __future__ import annotations
 
-import functools
-import json
 import sqlite3
 from typing import Any
 
@@ -17,13 +15,16 @@ import structlog
 from fastagi.core.calls import Decision, decide_lookup, decide_route
 from fastagi.core.clock import ms_from_iso
 from fastagi.core.ledger import TransferKind
-from fastagi.core.rating import Tariff, billed_seconds, cost
+from fastagi.core.quota import QUOTA_S_DEFAULT
+from fastagi.core.rating import billed_seconds, cost
 from fastagi.core.records import CallFacts, SettleResult
 from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
 from fastagi.runtime.clock import now_iso
 from fastagi.store.base import NotFound
+from fastagi.store.tariff_snapshots import tariff_from_json, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
-from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve, resolve
+from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve
+from fastagi.store.tx_quota import lease_until_ms, resolve_chunks
 
 log = structlog.get_logger("extbill.calls")
 
@@ -44,13 +45,23 @@ def route(
     caller: str,
     channel: str | None,
     linkedid: str | None,
+    quota_s: int = QUOTA_S_DEFAULT,
+    supervised: bool | None = None,
 ) -> Decision:
-    """Decide the call and, for a Dial, reserve its money in the same transaction."""
+    """Decide the call and, for a Dial, reserve its money in the same transaction.
+
+    supervised: whether a supervisor will renew the call mid-call (one chunk now) or not
+    (everything the account can pay, final); None: whoever holds the lease decides.
+    """
     existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
     if existing is not None:
         return _repeat(existing)
     nv, ev = route_views(conn, number, digits)
-    d = decide_route(nv, digits, try_no, ev, caller)
+    start_at = now_iso()  # one clock read: the record's time, the sweeper's and the lease's
+    start_ms = ms_from_iso(start_at)
+    if supervised is None:
+        supervised = lease_until_ms(conn) > start_ms
+    d = decide_route(nv, digits, try_no, ev, caller, quota_s=quota_s, renewable=supervised)
     if d.action != "dial":
         return d
     assert nv is not None and d.account_id is not None and d.tariff is not None
@@ -63,15 +74,13 @@ def route(
         debit = nv.main
     assert debit.id == d.account_id
     pending_id = f"call:{billing_id}"
-    start_at = now_iso()  # one clock read: the record's time and the sweeper's
-    start_ms = ms_from_iso(start_at)
     # No call holds billing_id (checked above) and the call row and its reservation are
     # only ever written together, so pending_id is new.
     reserve(conn, pending_id, debit, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id)
     conn.execute(
         "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
-        "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?)",
+        "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at, grant_final) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?)",
         (
             billing_id,
             nv.number_id,
@@ -88,33 +97,10 @@ def route(
             d.reserve,
             pending_id,
             start_at,
+            int(d.final),
         ),
     )
     return d
-
-
-@functools.lru_cache(maxsize=1024)
-def tariff_json(t: Tariff) -> str:
-    """The tariff snapshot stored with a call: json.dumps(asdict(t)), without asdict's deep copy.
-
-    Memoised: a Tariff is immutable and few distinct ones (plan x prefix rate) exist.
-    """
-    return json.dumps(
-        {
-            "per_minute": t.per_minute,
-            "initial_s": t.initial_s,
-            "increment_s": t.increment_s,
-            "connect_fee": t.connect_fee,
-            "grace_s": t.grace_s,
-            "max_call_s": t.max_call_s,
-        }
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def tariff_from_json(text: str) -> Tariff:
-    """The stored snapshot back as a Tariff, parsed and validated once per distinct text."""
-    return Tariff(**json.loads(text))
 
 
 def _repeat(row: sqlite3.Row) -> Decision:
@@ -130,6 +116,8 @@ def _repeat(row: sqlite3.Row) -> Decision:
         granted_s=row["granted_s"],
         reserve=row["reserved"],
         tariff=tariff_from_json(row["tariff"]),
+        final=bool(row["grant_final"]),
+        supervised=not row["grant_final"] or row["renewals"] > 0,
     )
 
 
@@ -142,12 +130,14 @@ def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> 
     return cur.rowcount == 1
 
 
-def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str]]) -> int:
-    """mark_answered for several calls in one statement: (billing id, answer time) pairs,
-    in order (a call's first answer time wins). How many calls got an answer time."""
+def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, str | None]]) -> int:
+    """mark_answered for several calls in one statement: (billing id, answer time, callee
+    channel or None) triples, in order (a call's first answer time wins). The callee is kept
+    for a restarted supervisor. How many calls got an answer time."""
     cur = conn.executemany(
-        "UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' AND answer_at IS NULL",
-        [(at, bid) for bid, at in answers],
+        "UPDATE calls SET answer_at=?, callee=coalesce(callee, ?) WHERE billing_id=? AND state='reserved' "
+        "AND answer_at IS NULL",
+        [(at, callee, bid) for bid, at, callee in answers],
     )
     return cur.rowcount
 
@@ -200,11 +190,11 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
                 talk_s=talk_s,
                 granted_s=row["granted_s"],
             )
-        resolve(conn, row["pending_id"], TransferKind.POST, charged, "call")
+        resolve_chunks(conn, row, charged, TransferKind.POST)
         state = CallState.RATED
     else:
         talk_s, billed_s, charged = 0, 0, 0
-        resolve(conn, row["pending_id"], TransferKind.VOID, 0, "call")
+        resolve_chunks(conn, row, 0, TransferKind.VOID)
         state = CallState.UNANSWERED
     conn.execute(
         "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
@@ -246,10 +236,10 @@ def expire(
     if row["state"] != CallState.RESERVED:
         return _result(row, False)
     if policy == UnsettledPolicy.CHARGE:
-        resolve(conn, row["pending_id"], TransferKind.POST, row["reserved"], "call")
+        resolve_chunks(conn, row, row["reserved"], TransferKind.POST)
         state, talk, billed, charged = CallState.RATED, row["granted_s"], row["granted_s"], row["reserved"]
     else:
-        resolve(conn, row["pending_id"], TransferKind.EXPIRE, 0, "call")
+        resolve_chunks(conn, row, 0, TransferKind.EXPIRE)
         state, talk, billed, charged = CallState.UNRATED, None, None, 0
     now = now_iso()
     conn.execute(
@@ -372,6 +362,7 @@ def call_records(
             "talk_s": r["talk_s"],
             "billed_s": r["billed_s"],
             "granted_s": r["granted_s"],
+            "renewals": r["renewals"],
             "reserved": r["reserved"],
             "cost": r["cost"],
             "disposition": r["disposition"],

@@ -1,7 +1,7 @@
-"""The e2e tests' Asterisk harness lives in the package (fastagi/asterisk_harness.py), so
+"""The e2e tests' Asterisk harness lives in the package (fastagi/dev/harness/), so
 that `extbill sandbox` can reuse it; this module keeps the tests' old import path."""
 
-from fastagi.dev.asterisk_harness import (  # noqa: F401
+from fastagi.dev.harness import (  # noqa: F401
     ASTERISK_BIN,
     BRANCH_CONTEXT,
     CALLER_CONTEXT,

@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end tests against a real Asterisk 22 (fastagi/asterisk_harness.py).
+"""Fixtures for the end-to-end tests against a real Asterisk 22 (fastagi/dev/harness/).
 
 The Asterisk root is built by .ci/asterisk-root (EXTBILL_ASTERISK_ROOT, default
 /var/cache/extbill/asterisk-root). Without it (or without root privileges for chroot)

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from fastagi.admin.cli import main as cli_main
-from fastagi.dev.asterisk_harness import Asterisk, free_port
+from fastagi.dev.harness import Asterisk, free_port
 
 LogLine = dict[str, Any]
 
@@ -67,6 +67,7 @@ class ExtbillServer:
         sweep_interval_s: int = 1,
         sweep_grace_s: int = 10,
         log_level: str = "debug",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.asterisk = asterisk
         self.workdir = Path(workdir)
@@ -78,6 +79,7 @@ class ExtbillServer:
         self.sweep_interval_s = sweep_interval_s
         self.sweep_grace_s = sweep_grace_s
         self.log_level = log_level
+        self.extra_args = extra_args  # more `serve` flags, e.g. a short --quota-s
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
         self.logs: list[LogLine] = []
@@ -161,6 +163,7 @@ class ExtbillServer:
             str(self.sweep_interval_s),
             "--sweep-grace-s",
             str(self.sweep_grace_s),
+            *self.extra_args,
         ]
 
     def start(self, timeout: float = 20.0) -> ExtbillServer:
@@ -180,6 +183,8 @@ class ExtbillServer:
         try:
             self.wait_log_sync("serve.listening", since=mark, timeout=timeout)
             self.wait_log_sync("ami.connected", since=mark, timeout=timeout)
+            # calls set up from now on get chunks renewed mid-call (the supervisor holds the lease)
+            self.wait_log_sync("supervisor.lease_taken", since=mark, timeout=timeout)
         except BaseException:
             self.stop()
             raise

@@ -215,15 +215,22 @@ def check_books(srv: ExtbillServer, numbers: list[str], granted: list[Call]) -> 
         rows = srv.db_rows("SELECT * FROM calls WHERE billing_id=?", (bid,))
         assert len(rows) == 1, bid
         assert rows[0]["state"] in ("rated", "unanswered"), dict(rows[0])
-        pending = srv.db_rows(
-            "SELECT * FROM transfers WHERE id=? AND kind='pending'", (rows[0]["pending_id"],)
+        # One pending transfer per chunk (the first, then one per renewal), summing to the
+        # call's reserved total; each resolved exactly once; the posts sum to its cost.
+        chunks = srv.db_rows(
+            "SELECT * FROM transfers WHERE ref=? AND kind='pending' AND code='call' ORDER BY seq", (bid,)
         )
-        assert len(pending) == 1 and pending[0]["amount"] == rows[0]["reserved"]
-        resolutions = srv.db_rows("SELECT * FROM transfers WHERE pending_id=?", (rows[0]["pending_id"],))
-        assert len(resolutions) == 1, [dict(r) for r in resolutions]
+        assert [c["id"] for c in chunks][:1] == [rows[0]["pending_id"]]
+        assert len(chunks) == rows[0]["renewals"] + 1, [dict(c) for c in chunks]
+        assert sum(c["amount"] for c in chunks) == rows[0]["reserved"]
         kind = {"rated": "post", "unanswered": "void"}[rows[0]["state"]]
-        assert resolutions[0]["kind"] == kind
-        assert resolutions[0]["amount"] == rows[0]["cost"] <= rows[0]["reserved"]
+        posted = 0
+        for chunk in chunks:
+            resolutions = srv.db_rows("SELECT * FROM transfers WHERE pending_id=?", (chunk["id"],))
+            assert len(resolutions) == 1, [dict(r) for r in resolutions]
+            assert resolutions[0]["kind"] in (kind, "void"), dict(resolutions[0])
+            posted += resolutions[0]["amount"]
+        assert posted == rows[0]["cost"] <= rows[0]["reserved"]
         assert len(srv.find("call.settled", billing_id=bid)) == 1, srv.find("call.settled", billing_id=bid)
         assert srv.find("call.unsettled_closed", billing_id=bid) == []
         assert srv.find("settle.disagreement", billing_id=bid) == [], srv.find("settle.disagreement")

@@ -13,9 +13,9 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-BANNER = b"Asterisk Call Manager/9.0.0\r\n"
-MESSAGE_END = b"\r\n\r\n"
-MESSAGE_BYTES_MAX = 64 * 1024
+from fastagi.core import ami_wire
+
+BANNER = ami_wire.BANNER_PREFIX + b"9.0.0\r\n"
 CAUSE_NORMAL = "16"
 CALLEE_EPOCH = 1_732_659_999  # the callee channels' uniqueids: another "epoch" than the callers'
 
@@ -26,7 +26,7 @@ def ts(ms: int) -> str:
 
 
 def _message(fields: Iterable[tuple[str, str]]) -> bytes:
-    return ("".join(f"{k}: {v}\r\n" for k, v in fields) + "\r\n").encode()
+    return ami_wire.serialize(fields)
 
 
 def _channel_fields(prefix: str, channel: str, uniqueid: str, billing_id: str) -> list[tuple[str, str]]:
@@ -46,8 +46,8 @@ def _channel_fields(prefix: str, channel: str, uniqueid: str, billing_id: str) -
 
 def _fields_template(fields: Iterable[tuple[str, str]]) -> bytes:
     """Header lines as _message writes them (without the blank line), for bytes %-formatting."""
-    text = "".join(f"{k}: {v}\r\n" for k, v in fields)
-    return text.replace("%", "%%").replace("\x00", "%s").encode()
+    lines = ami_wire.serialize(fields)[: -len(ami_wire.EOL)]
+    return lines.replace(b"%", b"%%").replace(b"\x00", b"%s")
 
 
 # The events' bytes, %-formatted per call: the same lines _message writes from the
@@ -251,7 +251,9 @@ class FakeAmi:
         self._writer: asyncio.StreamWriter | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=MESSAGE_BYTES_MAX)
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", 0, limit=ami_wire.MESSAGE_BYTES_MAX
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -280,12 +282,7 @@ class FakeAmi:
         authed = False
         try:
             while True:
-                raw = await reader.readuntil(MESSAGE_END)
-                fields: dict[str, str] = {}
-                for line in raw.decode("utf-8", "replace").split("\r\n"):
-                    k, sep, v = line.partition(":")
-                    if sep:
-                        fields[k.strip().lower()] = v.strip()
+                fields = ami_wire.parse(await reader.readuntil(ami_wire.MESSAGE_END))
                 self.actions += 1
                 action, aid = fields.get("action", "").lower(), fields.get("actionid", "")
                 if action == "login":
@@ -304,33 +301,7 @@ class FakeAmi:
                         _message([("Response", "Error"), ("ActionID", aid), ("Message", "Permission denied")])
                     )
                 elif action == "coreshowchannels":
-                    calls = list(self.live_calls())
-                    writer.write(
-                        _message(
-                            [
-                                ("Response", "Success"),
-                                ("ActionID", aid),
-                                ("EventList", "start"),
-                                ("Message", "Channels will follow"),
-                            ]
-                        )
-                    )
-                    writer.write(b"".join(c.core_show_channel(aid) for c in calls))
-                    writer.write(
-                        _message(
-                            [
-                                ("Event", "CoreShowChannelsComplete"),
-                                ("ActionID", aid),
-                                ("EventList", "Complete"),
-                                ("ListItems", str(len(calls))),
-                            ]
-                        )
-                    )
-                    # From here on events go to this connection (Asterisk sends them from Login on;
-                    # the bench only starts calls after this point).
-                    self._writer = writer
-                    self.logins += 1
-                    self.logged_in.set()
+                    self._list_channels(writer, aid)
                 elif action == "ping":
                     writer.write(
                         _message(
@@ -355,3 +326,33 @@ class FakeAmi:
             if self._writer is writer:
                 self._writer = None
             writer.close()
+
+    def _list_channels(self, writer: asyncio.StreamWriter, aid: str) -> None:
+        """CoreShowChannels: the live calls; from here on events go to this connection."""
+        calls = list(self.live_calls())
+        writer.write(
+            _message(
+                [
+                    ("Response", "Success"),
+                    ("ActionID", aid),
+                    ("EventList", "start"),
+                    ("Message", "Channels will follow"),
+                ]
+            )
+        )
+        writer.write(b"".join(c.core_show_channel(aid) for c in calls))
+        writer.write(
+            _message(
+                [
+                    ("Event", "CoreShowChannelsComplete"),
+                    ("ActionID", aid),
+                    ("EventList", "Complete"),
+                    ("ListItems", str(len(calls))),
+                ]
+            )
+        )
+        # From here on events go to this connection (Asterisk sends them from Login on;
+        # the bench only starts calls after this point).
+        self._writer = writer
+        self.logins += 1
+        self.logged_in.set()

@@ -1,7 +1,7 @@
 """The real-Asterisk reference (`extbill bench --asterisk`): Asterisk 22's own cost per FastAGI request.
 
 The load generator stands in for Asterisk everywhere else in the benchmark. This
-measures the real one, from the e2e harness's root (fastagi/asterisk_harness.py),
+measures the real one, from the e2e harness's root (fastagi/dev/harness/),
 against a real `extbill serve` on a copy of the benchmark database: `channels` Local
 channels at once, each making `requests` FastAGI `lookup` requests one after another
 and nothing else - no audio, no Dial, no new channel per request. That is the least
@@ -22,8 +22,8 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fastagi.dev.asterisk_harness import AmiError, Asterisk, default_root, root_problem
 from fastagi.dev.bench.procs import BenchError, free_port, serve_command, stop_process, tree_cpu_s
+from fastagi.dev.harness import AmiError, Asterisk, default_root, root_problem
 
 LOOP_CONTEXT = "extbill-bench-agi-loop"
 # Variables per channel: BENCH_NUMBER, BENCH_REQUESTS, BENCH_CHANNEL (its index).

@@ -1,0 +1,176 @@
+"""Quota chunks in SQL: renew a call's grant, resolve all of its chunks once, the supervisor lease.
+
+A call's first chunk is the pending transfer 'call:<id>' written at setup; renewal N adds
+'call:<id>:r<N>' in its own transaction, idempotent by N. The calls row keeps the totals
+(granted_s, reserved = cost(granted_s)), so settlement never reads more than it must.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from fastagi.core.ledger import TransferKind
+from fastagi.core.quota import next_grant
+from fastagi.core.vocab import CallState
+from fastagi.store.base import NotFound
+from fastagi.store.tariff_snapshots import tariff_from_json
+from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, load_account, reserve, resolve
+
+LEASE_ID = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """A call's grant after a renewal attempt."""
+
+    billing_id: str
+    live: bool  # False: the call is already settled; nothing was reserved
+    extended: bool  # this attempt reserved more
+    granted_s: int  # the total grant now
+    reserved: int
+    renewals: int
+    final: bool
+    answer_at: str | None
+    callee: str | None
+    channel: str | None  # the caller's channel name (the warning is whispered to it)
+    lang: str  # the number's prompt language
+
+
+def chunk_ids(billing_id: str, pending_id: str, renewals: int) -> list[str]:
+    """The pending transfers of a call, first chunk first."""
+    return [pending_id] + [f"call:{billing_id}:r{n}" for n in range(1, renewals + 1)]
+
+
+def _renewal(row: sqlite3.Row, *, live: bool, extended: bool) -> Renewal:
+    return Renewal(
+        row["billing_id"],
+        live,
+        extended,
+        row["granted_s"],
+        row["reserved"],
+        row["renewals"],
+        bool(row["grant_final"]),
+        row["answer_at"],
+        row["callee"],
+        row["channel"],
+        row["lang"],
+    )
+
+
+_CALL_SQL = (
+    "SELECT c.billing_id, c.account_id, c.tariff, c.granted_s, c.reserved, c.renewals, c.grant_final, "
+    "c.state, c.answer_at, c.callee, c.channel, n.lang FROM calls c JOIN numbers n ON n.id = c.number_id "
+    "WHERE c.billing_id=?"
+)
+
+
+def renew(conn: sqlite3.Connection, billing_id: str, seq: int, quota_s: int) -> Renewal:
+    """Reserve the call's next chunk (renewal number `seq`) if its account can pay for it.
+
+    Idempotent by seq: asking again for a renewal already made changes nothing. A call whose
+    account cannot pay one more block becomes final. The reservation and the new totals are
+    written in this one transaction; the caller moves Asterisk's cut-off only after it commits.
+    """
+    row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no call {billing_id}")
+    if row["state"] != CallState.RESERVED:
+        return _renewal(row, live=False, extended=False)
+    if row["renewals"] != seq - 1:
+        return _renewal(row, live=True, extended=False)  # done already, or out of turn
+    account = load_account(conn, row["account_id"])
+    tariff = tariff_from_json(row["tariff"])
+    grant = next_grant(row["granted_s"], row["reserved"], account.available, tariff, quota_s)
+    if grant is None:
+        if not row["grant_final"]:
+            conn.execute("UPDATE calls SET grant_final=1 WHERE billing_id=?", (billing_id,))
+        row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+        return _renewal(row, live=True, extended=False)
+    extra = grant.reserved - row["reserved"]
+    reserve(conn, f"call:{billing_id}:r{seq}", account, REVENUE_ACCOUNT_ID, extra, "call", billing_id)
+    conn.execute(
+        "UPDATE calls SET granted_s=?, reserved=?, renewals=?, grant_final=? WHERE billing_id=?",
+        (grant.granted_s, grant.reserved, seq, int(grant.final), billing_id),
+    )
+    row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+    return _renewal(row, live=True, extended=True)
+
+
+def can_renew(conn: sqlite3.Connection, billing_id: str, quota_s: int) -> bool:
+    """Whether a renewal would reserve more now (read only: a final grant polls this for a
+    recharge without taking the write lock)."""
+    row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+    if row is None or row["state"] != CallState.RESERVED:
+        return False
+    account = load_account(conn, row["account_id"])
+    tariff = tariff_from_json(row["tariff"])
+    return next_grant(row["granted_s"], row["reserved"], account.available, tariff, quota_s) is not None
+
+
+def resolve_chunks(conn: sqlite3.Connection, row: sqlite3.Row, posted: int, kind: TransferKind) -> None:
+    """Close every chunk of a call once: post `posted` across them in order (each chunk
+    releases what it does not post), or void / expire them all."""
+    ids = chunk_ids(row["billing_id"], row["pending_id"], row["renewals"])
+    if len(ids) == 1:  # most calls: one chunk, no read of the chunks needed
+        resolve(conn, ids[0], kind, posted if kind is TransferKind.POST else 0, "call")
+        return
+    marks = ",".join("?" * len(ids))
+    amounts = dict(conn.execute(f"SELECT id, amount FROM transfers WHERE id IN ({marks})", ids).fetchall())
+    left = posted
+    for chunk in ids:
+        if chunk not in amounts:
+            raise NotFound(f"no reservation {chunk}")
+        if kind is TransferKind.POST and left > 0:
+            part = min(left, amounts[chunk])
+            left -= part
+            resolve(conn, chunk, TransferKind.POST, part, "call")
+        else:
+            resolve(conn, chunk, TransferKind.VOID if kind is TransferKind.POST else kind, 0, "call")
+    if left:
+        raise NotFound(f"call {row['billing_id']}: {left} more to post than its chunks hold")
+
+
+def mark_callee(conn: sqlite3.Connection, billing_id: str, callee: str) -> None:
+    """Remember which channel's hangup time renewals move (for a restarted supervisor)."""
+    conn.execute(
+        "UPDATE calls SET callee=? WHERE billing_id=? AND state='reserved' AND callee IS NULL",
+        (callee, billing_id),
+    )
+
+
+def call_grant(conn: sqlite3.Connection, billing_id: str) -> Renewal | None:
+    """A call's grant as stored, or None when there is no such call."""
+    row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+    if row is None:
+        return None
+    return _renewal(row, live=row["state"] == CallState.RESERVED, extended=False)
+
+
+def supervised_calls(conn: sqlite3.Connection, limit: int) -> list[Renewal]:
+    """Open calls that were answered: the ones a restarted supervisor takes over."""
+    rows = conn.execute(
+        _CALL_SQL.replace("WHERE c.billing_id=?", "WHERE c.state='reserved' AND c.answer_at IS NOT NULL")
+        + " ORDER BY c.start_at LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [_renewal(r, live=True, extended=False) for r in rows]
+
+
+def take_lease(conn: sqlite3.Connection, holder: str, until_ms: int) -> None:
+    """Hold (or extend) the supervisor lease until `until_ms`."""
+    conn.execute(
+        "INSERT INTO supervisor_lease (id, holder, until_ms) VALUES (?,?,?) "
+        "ON CONFLICT(id) DO UPDATE SET holder=excluded.holder, until_ms=excluded.until_ms",
+        (LEASE_ID, holder, until_ms),
+    )
+
+
+def drop_lease(conn: sqlite3.Connection, holder: str) -> None:
+    conn.execute("DELETE FROM supervisor_lease WHERE id=? AND holder=?", (LEASE_ID, holder))
+
+
+def lease_until_ms(conn: sqlite3.Connection) -> int:
+    """Until when some process supervises calls (0: nobody)."""
+    row = conn.execute("SELECT until_ms FROM supervisor_lease WHERE id=?", (LEASE_ID,)).fetchone()
+    return 0 if row is None else row[0]
