@@ -42,7 +42,7 @@ secret = ${EXTBILL_AMI_SECRET}
 deny = 0.0.0.0/0.0.0.0
 permit = ${EXTBILL_AMI_PERMIT}
 read = system,call
-write = reporting
+write = reporting,call,originate
 writetimeout = 1000
 CONF
 chgrp asterisk /etc/asterisk/manager.d/extbill.conf /etc/asterisk/extbill-env.conf

@@ -27,7 +27,7 @@ from fastagi.runtime.config import Settings
 from fastagi.service.serve import Service
 from fastagi.store import tx_admin
 from fastagi.store.demo import DEMO_NUMBER, seed
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECRET = "doctor-test-secret"
@@ -417,7 +417,7 @@ def test_database_ok_with_its_languages(tmp_path: Path) -> None:
     run(_make_db(db, en_number=True))
     finding, facts = doctor.check_database(str(db))
     assert finding.status == doctor.OK, finding
-    assert "schema version 1, 2 numbers, languages en, zh" in finding.message
+    assert f"schema version {SCHEMA_VERSION}, 2 numbers, languages en, zh" in finding.message
     assert facts.langs == {"zh", "en"} and facts.number == DEMO_NUMBER
 
 
@@ -456,7 +456,7 @@ def test_database_wrong_files(tmp_path: Path) -> None:
     results = {p.name: doctor.check_database(str(p))[0] for p in (other, newer, junk, empty)}
     assert all(f.status == doctor.FAIL and f.fix for f in results.values()), results
     assert "not an extbill one" in results["other.db"].message
-    assert "schema version 99, newer than this extbill (1)" in results["newer.db"].message
+    assert f"schema version 99, newer than this extbill ({SCHEMA_VERSION})" in results["newer.db"].message
     assert "empty" in results["empty.db"].message and empty.stat().st_size == 0
 
 

@@ -49,6 +49,7 @@ REQUIRED_MODULES = (
     "func_strings",
     "func_global",
     "func_callerid",
+    "func_timeout",  # mid-call renewals move TIMEOUT(absolute): without it calls end at their first chunk
     "bridge_builtin_interval_features",
     "bridge_builtin_features",
     "bridge_simple",
@@ -56,6 +57,7 @@ REQUIRED_MODULES = (
 )
 # without these some calls or features degrade (codecs, other bridges, AMI Cdr events).
 RECOMMENDED_MODULES = (
+    "app_chanspy",  # the balance warning of a final grant is whispered through ChanSpy
     "func_cdr",
     "bridge_softmix",
     "bridge_native_rtp",

@@ -7,6 +7,7 @@ from fastagi.admin.doctor.findings import (
     FAIL,
     OK,
     RELOAD_MANAGER,
+    WARN,
     Finding,
     problem_findings,
     shipped_path,
@@ -16,6 +17,7 @@ from fastagi.runtime.config import Settings
 
 AMI_READ_NEEDED = ("system", "call")
 AMI_WRITE_ANY = ("reporting", "system")  # either lets CoreShowChannels through
+AMI_WRITE_ADVISED = "reporting,call,originate"  # + Setvar (renewals) and Originate (warnings)
 
 
 def check_manager(conf: Conf | None, etc_dir: str, settings: Settings) -> list[Finding]:
@@ -65,7 +67,7 @@ def _check_ami_user(conf: Conf, etc_dir: str, settings: Settings, src: str) -> l
                 f"add to {etc_dir}/manager.conf (as in {src}):\n[{user}]\n"
                 "secret = <the same as extbill's ami_secret>\n"
                 "deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n"
-                f"read = {','.join(AMI_READ_NEEDED)}\nwrite = reporting\n"
+                f"read = {','.join(AMI_READ_NEEDED)}\nwrite = {AMI_WRITE_ADVISED}\n"
                 f"then: {RELOAD_MANAGER}",
             )
         ]
@@ -111,6 +113,26 @@ def _check_ami_user(conf: Conf, etc_dir: str, settings: Settings, src: str) -> l
                 f"manager.conf: [{user}] may not run CoreShowChannels (needs "
                 "write = reporting), so calls cut off while extbill was away are not found",
                 f"set `write = reporting` {at}; then: {RELOAD_MANAGER}",
+            )
+        )
+    if "all" not in write and "call" not in write:
+        out.append(
+            Finding(
+                FAIL,
+                "manager",
+                f"manager.conf: [{user}] may not run Setvar (needs write = call), so calls cannot be "
+                "renewed mid-call: each one ends at its first chunk (quota_s)",
+                f"set `write = {AMI_WRITE_ADVISED}` {at}; then: {RELOAD_MANAGER}",
+            )
+        )
+    if "all" not in write and "originate" not in write:
+        out.append(
+            Finding(
+                WARN,
+                "manager",
+                f"manager.conf: [{user}] may not run Originate (needs write = originate), so callers "
+                "on a final grant are cut without hearing the balance warning",
+                f"set `write = {AMI_WRITE_ADVISED}` {at}; then: {RELOAD_MANAGER}",
             )
         )
     if not out:
