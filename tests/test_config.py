@@ -69,3 +69,16 @@ def test_serve_help_lists_every_setting() -> None:
     ).stdout
     for f in config.fields(config.Settings):
         assert f.name in out and config.env_name(f.name) in out
+
+
+def test_webhook_settings_are_checked() -> None:
+    from fastagi.runtime.config import ConfigError, load
+
+    s = load(env={"EXTBILL_WEBHOOK_URL": "https://hq.example/hooks", "EXTBILL_WEBHOOK_SECRET": "x" * 16})
+    assert (s.webhook_url, s.webhook_retry_s) == ("https://hq.example/hooks", 10)
+    with pytest.raises(ConfigError, match="webhook_secret: must be at least 16 characters"):
+        load(env={"EXTBILL_WEBHOOK_URL": "https://hq.example/hooks", "EXTBILL_WEBHOOK_SECRET": "short"})
+    with pytest.raises(ConfigError, match="webhook_url: 'ftp://x' must be an http"):
+        load(env={"EXTBILL_WEBHOOK_URL": "ftp://x", "EXTBILL_WEBHOOK_SECRET": "x" * 16})
+    with pytest.raises(ConfigError, match="webhook_retry_s"):
+        load(env={"EXTBILL_WEBHOOK_RETRY_S": "0"})

@@ -51,7 +51,9 @@ CORE_STDLIB_ALLOWED = frozenset(
         "enum",
         "fractions",
         "functools",
+        "hashlib",
         "heapq",
+        "hmac",
         "itertools",
         "math",
         "numbers",
@@ -62,6 +64,9 @@ CORE_STDLIB_ALLOWED = frozenset(
         "typing",
         "unicodedata",
         "urllib.parse",
+        # the system's time zone rules: read-only data, like the code itself (a number's
+        # month runs in its own time zone)
+        "zoneinfo",
     }
 )
 

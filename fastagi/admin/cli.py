@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from fastagi.core.ledger import LedgerError
 from fastagi.core.money import AmountError, format_amount, parse_amount
 from fastagi.core.numbers import NumberRuleError
+from fastagi.core.period import PeriodError
 from fastagi.core.rating import PlanError, Tariff
 from fastagi.runtime.config import ConfigError
 from fastagi.runtime.log import configure as configure_logging
@@ -73,6 +74,9 @@ def _money_fields(d: Any) -> Any:
         "available",
         "spent",
         "min_balance",
+        "monthly_minimum",
+        "owed",
+        "low_balance",
         "amount",
         "effect",
         "per_minute",
@@ -172,26 +176,47 @@ async def cmd_number_set(store: SqliteStore, a: argparse.Namespace) -> int:
         default_dest=a.default_dest,
         digit_timeout_s=a.digit_timeout,
         name=a.name,
+        monthly_minimum=a.monthly_minimum,
+        time_zone=a.time_zone,
+        low_balance=a.low_balance,
     )
     doc = await store.read(tx_admin.balance, a.number)
+    minimum = (
+        f", monthly minimum {format_amount(doc['monthly_minimum'])} ({doc['time_zone']})"
+        if doc["monthly_minimum"]
+        else ""
+    )
     print(
         f"number {a.number}: IVR {'on' if doc['ivr'] else 'off'}, extension billing "
-        f"{'on' if doc['ext_billing'] else 'off'}, {doc['status']}"
+        f"{'on' if doc['ext_billing'] else 'off'}{minimum}, {_status(doc)}"
     )
     return 0
 
 
+def _status(doc: dict[str, Any]) -> str:
+    """'active', 'suspended', or why a number that owes is suspended (money fields as ints)."""
+    if doc["owed"]:
+        return (
+            f"suspended: owes {format_amount(doc['owed'])} of the monthly minimum of "
+            f"{', '.join(doc['owed_months'])}; the next recharge pays it first"
+        )
+    return doc["status"]
+
+
 async def cmd_number_show(store: SqliteStore, a: argparse.Namespace) -> int:
-    doc = _money_fields(await store.read(tx_admin.balance, a.number))
+    raw = await store.read(tx_admin.balance, a.number)
+    doc = _money_fields(raw)
     if a.json:
         _print_json(doc)
         return 0
-    print(f"{doc['number']}  {doc['name']}  [{doc['status']}]")
+    print(f"{doc['number']}  {doc['name']}  [{_status(raw)}]")
     print(
         f"  IVR {'on' if doc['ivr'] else 'off'}, extension billing {'on' if doc['ext_billing'] else 'off'}, "
         f"language {doc['lang']}, plan {doc['plan'] or '-'}, digit timeout {doc['digit_timeout_s']} s"
     )
     print(f"  default destination {doc['default_dest'] or '-'}, minimum balance {doc['min_balance']}")
+    monthly = doc["monthly_minimum"] if raw["monthly_minimum"] else "none"
+    print(f"  monthly minimum {monthly} (months close in {doc['time_zone']}), owed {doc['owed']}")
     _print_accounts(doc)
     return 0
 
@@ -231,7 +256,7 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
         )
         return 0
     print(
-        f"{doc['number']}  {doc['name']}  [{doc['status']}]  minimum balance {format_amount(doc['min_balance'])}"
+        f"{doc['number']}  {doc['name']}  [{_status(doc)}]  minimum balance {format_amount(doc['min_balance'])}"
     )
     _print_accounts(_money_fields(doc))
     return 0
@@ -258,13 +283,26 @@ async def cmd_ext_set(store: SqliteStore, a: argparse.Namespace) -> int:
 
 
 async def cmd_recharge(store: SqliteStore, a: argparse.Namespace) -> int:
+    if a.csv is not None:
+        if a.number is not None or a.ref is not None:
+            raise UsageError(
+                "extbill recharge: --csv FILE takes no NUMBER, AMOUNT or --ref (refs are in the file)"
+            )
+        from fastagi.admin.cli_money import cmd_recharge_csv  # noqa: PLC0415  (bulk recharge lives there)
+
+        return await cmd_recharge_csv(store, a)
+    if a.key_or_amount is None:
+        raise UsageError("extbill recharge: give NUMBER [KEY] AMOUNT, or --csv FILE")
     # `recharge NUMBER [KEY] AMOUNT`: with two positionals the second is the amount.
     key, amount_text = (a.key_or_amount, a.amount) if a.amount is not None else (None, a.key_or_amount)
     amount = parse_amount(amount_text)
     result = await store.run(tx_admin.recharge, a.number, key, amount, a.ref)
     target = f"extension {key} of {a.number}" if key else f"main account of {a.number}"
     if result.created:
-        print(f"recharged {target} with {format_amount(amount)}")
+        paid = (
+            f"; {format_amount(result.collected)} of it paid what the number owed" if result.collected else ""
+        )
+        print(f"recharged {target} with {format_amount(amount)}{paid}")
     else:
         print(f"recharge {a.ref} was already done; nothing changed")
     return 0
@@ -351,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", choices=("zh", "en"))
     p.add_argument("--default-dest")
     p.add_argument("--digit-timeout", type=_seconds)
+    p.add_argument("--monthly-minimum", type=_amount_or_zero, help="monthly minimum consumption (0: none)")
+    p.add_argument("--time-zone", help="where its months close, e.g. Asia/Shanghai (the default)")
+    p.add_argument(
+        "--low-balance", type=_amount_or_zero, help="balance.low of main below this available amount"
+    )
     p = _sub(num, "show", cmd_number_show, "show a number, its settings and its accounts")
     p.add_argument("number")
     p.add_argument("--json", action="store_true")
@@ -373,10 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-balance", type=_amount_or_zero, help="log balance.low below this available amount")
 
     p = _sub(subs, "recharge", cmd_recharge, "pay money in, to the main account or to an extension")
-    p.add_argument("number")
-    p.add_argument("key_or_amount", metavar="[KEY] AMOUNT")
+    p.add_argument("number", nargs="?")
+    p.add_argument("key_or_amount", metavar="[KEY] AMOUNT", nargs="?")
     p.add_argument("amount", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--ref", help="idempotency key: repeating it changes nothing")
+    p.add_argument("--csv", metavar="FILE", help="bulk: rows number,key,amount,ref; all applied or none")
     p = _sub(subs, "transfer", cmd_transfer, "move money from the main account to an extension")
     p.add_argument("number")
     p.add_argument("key")
@@ -393,10 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     from fastagi.admin import (
         cli_calls,  # noqa: PLC0415  (they build on this module's helpers)
         cli_doctor,  # noqa: PLC0415  (they build on this module's helpers)
+        cli_money,  # noqa: PLC0415  (they build on this module's helpers)
         cli_serve,  # noqa: PLC0415  (they build on this module's helpers)
     )
 
     cli_calls.add_parser(subs, _sub)
+    cli_money.add_parsers(subs, _sub)
     cli_serve.add_parsers(subs, _sub)
     cli_doctor.add_parsers(subs, _sub)
     # Development commands (sandbox, bench) live in fastagi/dev/, which product code never
@@ -424,7 +470,16 @@ async def _run(args: argparse.Namespace) -> int:
 
 COMMANDS_GROUP = "extbill.commands"
 
-REFUSALS = (ConfigError, UsageError, AmountError, NumberRuleError, PlanError, StoreError, LedgerError)
+REFUSALS = (
+    ConfigError,
+    UsageError,
+    AmountError,
+    NumberRuleError,
+    PlanError,
+    PeriodError,
+    StoreError,
+    LedgerError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

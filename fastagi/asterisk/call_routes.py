@@ -12,6 +12,7 @@ half-delivered answer leaves it empty, and the dialplan fails closed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -104,6 +105,8 @@ class CallRoutes:
         self.settlement = settlement
         self.dial_timeout_s = dial_timeout_s
         self.quota_s = quota_s
+        # told of each supervised grant (the supervisor, when it runs in this process)
+        self.on_grant: Callable[[str, int, bool, str | None, str], None] | None = None
         self._unsupervised = False  # inside an episode of grants nobody can renew (logged once)
 
     def routes(self) -> dict[str, Any]:
@@ -172,6 +175,8 @@ class CallRoutes:
         )
         if d.action == "dial":
             self._note_supervision(d.supervised)
+            if d.supervised and self.on_grant is not None:
+                self.on_grant(req.uniqueid, d.granted_s, d.final, req.channel, d.lang)
         log.info(
             "call.decision",
             action=d.action,

@@ -117,9 +117,15 @@ def check_settings(current: NumberSettings, ivr: bool | None, ext_billing: bool 
     return NumberSettings(ivr=new_ivr, ext_billing=new_billing)
 
 
-def is_suspended(main_balance: int, min_balance: int) -> bool:
-    """docs/rules.md rule 5: a number is suspended while its main balance is below its minimum."""
-    return main_balance < min_balance
+def is_suspended(main_balance: int, min_balance: int, owed: int = 0) -> bool:
+    """docs/rules.md rules 5 and 10: a number is suspended while its main balance is below its
+    minimum, or while it owes part of a monthly minimum charge (core/period.py)."""
+    return main_balance < min_balance or owed > 0
+
+
+# Call setup compares the main balance with the number's minimum balance only; a number that
+# owes is read with this minimum instead, so the same comparison suspends it (tx_admin.py).
+OWING_MIN_BALANCE = 2**62
 
 
 def digits_to_collect(max_key_len: int | None) -> int:

@@ -82,6 +82,18 @@ class Settings:
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    webhook_url: str = field(
+        default="",
+        metadata={
+            "help": "where serve POSTs signed notifications (http:// or https://); empty: kept in the outbox"
+        },
+    )
+    webhook_secret: str = field(
+        default="", metadata={"help": "HMAC-SHA256 key of the webhooks' X-Extbill-Signature header"}
+    )
+    webhook_retry_s: int = field(
+        default=10, metadata={"help": "first retry of a failed webhook after this, s; doubling up to an hour"}
+    )
     demo: bool = field(
         default=True, metadata={"help": "seed a demo number, extensions and plan into a new database"}
     )
@@ -109,7 +121,9 @@ POSITIVE = {
     "workers": 64,
     "header_timeout_s": 300,
     "drain_timeout_s": 600,
+    "webhook_retry_s": 3600,
 }
+WEBHOOK_SECRET_CHARS_MIN = 16  # a shorter shared secret is too easy to guess
 
 
 def _validate(s: Settings) -> None:
@@ -127,6 +141,18 @@ def _validate(s: Settings) -> None:
     parse_hostport(s.agi_bind, "agi_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
+    _validate_webhook(s)
+
+
+def _validate_webhook(s: Settings) -> None:
+    if not s.webhook_url:
+        return
+    if not s.webhook_url.startswith(("http://", "https://")) or any(c.isspace() for c in s.webhook_url):
+        raise ConfigError(f"webhook_url: {s.webhook_url!r} must be an http:// or https:// URL")
+    if len(s.webhook_secret) < WEBHOOK_SECRET_CHARS_MIN:
+        raise ConfigError(
+            f"webhook_secret: must be at least {WEBHOOK_SECRET_CHARS_MIN} characters when webhook_url is set"
+        )
 
 
 def parse_hostport(text: str, key: str = "address") -> tuple[str, int]:
@@ -205,6 +231,6 @@ def describe() -> str:
     """The settings table for `extbill serve --help`."""
     lines = ["settings (TOML key / environment variable, default):"]
     for f in fields(Settings):
-        default = f.default if f.name != "ami_secret" else "(empty)"
+        default = f.default if not f.name.endswith("_secret") else "(empty)"
         lines.append(f"  {f.name:<18} {env_name(f.name):<28} {default!s:<16} {f.metadata['help']}")
     return "\n".join(lines)

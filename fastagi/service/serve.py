@@ -27,6 +27,7 @@ from fastagi.asterisk.call_routes import CallRoutes
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
 from fastagi.runtime.log import configure as configure_logging
+from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
 from fastagi.service.supervisor import Supervisor
 from fastagi.service.workers import Workers
@@ -90,6 +91,7 @@ class Service:
         self.settlement: Settlement | None = None
         self.supervisor: Supervisor | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.money_tasks: MoneyTasks | None = None  # month closes and webhooks (first process)
         self._stop = asyncio.Event()
         self._facts_slots = asyncio.Semaphore(AMI_FACTS_IN_FLIGHT_MAX)
         self._fact_tasks: set[asyncio.Task[None]] = set()
@@ -155,6 +157,7 @@ class Service:
                 holder=f"{socket.gethostname()}:{os.getpid()}",
             )
             await self.supervisor.start()
+            routes.on_grant = self.supervisor.note_grant
             await self.ami.start()
             log.info(
                 "serve.ami_waiting",
@@ -170,6 +173,8 @@ class Service:
                 "settled by the dialplan's hangup handler and the sweeper only",
             )
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
+        self.money_tasks = MoneyTasks(self.store, s)
+        self.money_tasks.start()
         self._tune_gc()
 
     @staticmethod
@@ -256,6 +261,8 @@ class Service:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
+        if self.money_tasks is not None:
+            await self.money_tasks.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.ami is not None:

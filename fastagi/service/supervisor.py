@@ -2,23 +2,29 @@
 
 One supervisor per serve, in the process that holds AMI. While AMI is up it holds the
 supervisor lease (store/tx_quota.py), so call setup (in any process) grants one chunk
-instead of everything the account can pay. For each answered call it sleeps until
-renew_before_s before the granted end, reserves the next chunk in one transaction and,
-only after that commits, moves the callee channel's hangup time (AMI Setvar of
-TIMEOUT(absolute), funcs/func_timeout.c): Asterisk never allows a second that is not
-reserved. A final grant is warned (a prompt whispered to the caller through ChanSpy,
-without breaking the bridge) and re-checked every FINAL_RECHECK_S, so a recharge in
-time extends the call.
+instead of everything the account can pay (docs/rules.md rule 9). For each answered call
+it wakes renew_before_s before the granted end, reserves the next chunk in one
+transaction and, only after that commits, moves the callee channel's hangup time (AMI
+Setvar of TIMEOUT(absolute), funcs/func_timeout.c): Asterisk never allows a second that
+is not reserved. A final grant is warned (a prompt whispered to the caller through
+ChanSpy, without breaking the bridge) and re-checked for a recharge until just before
+its end, so a branch topped up in time keeps its caller.
 
-Faults: AMI lost mid-call -> the callee is cut at the reserved end by Asterisk itself;
-on reconnect `resume` takes the live answered calls back from the store. serve
-restarted -> the same, from the stored answer time and callee.
+One timer heap for every call (no task and no read per answered call: a call that ends
+within its first chunk, most of them, costs a heap push). Steps that are due run as
+tasks, at most STEPS_IN_FLIGHT_MAX at once.
+
+Faults: AMI lost mid-call -> nothing is reserved while it is down, and the callee is cut
+at the reserved end by Asterisk itself; serve restarted -> `resume` takes the live
+answered calls back from the store (answer time, callee) after the AMI snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,13 +41,16 @@ log = structlog.get_logger("extbill.supervisor")
 
 LEASE_TTL_S = 6.0  # setup grants chunks while the lease is this fresh
 LEASE_REFRESH_S = 2.0  # how often the holder extends it
-FINAL_RECHECK_S = 5.0  # a final grant looks for a recharge this often (a read; more often near its end)
+FINAL_RECHECK_MS = 5_000  # a final grant looks for a recharge this often (a read; more often near its end)
 FINAL_RECHECK_MS_MIN = 250
 FINAL_LAST_CHECK_MS = 300  # too close to the cut to move it: the call ends as granted
-WATCHED_CALLS_MAX = 20_000  # calls supervised at once; beyond, a call keeps its grant (cut at its end)
+WATCHED_CALLS_MAX = 100_000  # answered calls supervised at once; beyond, a call keeps its grant
+GRANTS_KEPT_MAX = 100_000  # grants noted at setup, waiting for the answer
 RESUME_CALLS_MAX = 20_000  # calls taken back from the store after a (re)connect
-STORE_RETRY_S = 1.0  # a renewal that could not be made (store or AMI down) is tried again after this
-RETRY_S_MIN = 0.05
+HEAP_SLACK = 1024  # stale timer entries tolerated before the heap is rebuilt
+STEPS_IN_FLIGHT_MAX = 64  # renewals / warnings being carried out at once
+RETRY_MS_MAX = 1_000  # a renewal that could not be made (store or AMI down) is tried again after this
+RETRY_MS_MIN = 50
 WHISPER_CONTEXT = "extbill-whisper"  # dialplan/extensions.conf: plays the warning into ChanSpy
 
 
@@ -54,10 +63,33 @@ class AmiActions(Protocol):
 
 @dataclass(slots=True)
 class _Watch:
+    """What the supervisor knows of one answered call; None fields are read from the store."""
+
     billing_id: str
     answer_ms: int
     callee: str | None
-    task: asyncio.Task[None] | None = None
+    granted_s: int | None = None
+    renewals: int = 0
+    final: bool = False
+    last_chunk_s: int = 0  # the latest chunk's length: a final one is warned at its half
+    warned_for: int = -1  # the grant (granted_s) a warning was played for
+    channel: str | None = None
+    lang: str = "zh"
+    wake_ms: int = 0  # the heap entry that is current for this call
+    busy: bool = False  # a step is running
+
+    @property
+    def end_ms(self) -> int:
+        return self.answer_ms + (self.granted_s or 0) * 1000
+
+    def take(self, g: Renewal, previous_granted_s: int | None) -> None:
+        if previous_granted_s is not None and g.granted_s > previous_granted_s:
+            self.last_chunk_s = g.granted_s - previous_granted_s
+        elif not self.last_chunk_s:
+            self.last_chunk_s = g.granted_s
+        self.granted_s, self.renewals, self.final = g.granted_s, g.renewals, g.final
+        self.channel, self.lang = g.channel, g.lang
+        self.callee = self.callee or g.callee
 
 
 class Supervisor:
@@ -76,23 +108,30 @@ class Supervisor:
         self.renew_before_s = renew_before_s
         self.holder = holder
         self._watches: dict[str, _Watch] = {}
-        self._lease_task: asyncio.Task[None] | None = None
+        self._grants: dict[str, tuple[int, bool, str | None, str]] = {}  # noted at setup
+        self._heap: list[tuple[int, int, str]] = []  # (wake ms, tie-breaker, billing id)
+        self._ticket = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(STEPS_IN_FLIGHT_MAX)
+        self._steps: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
         self._held = False
         self.renewals = 0  # chunks reserved mid-call (for the benchmark and tests)
         self.cutoff_moves = 0
 
-    # -- lease ------------------------------------------------------------------
+    # -- life -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._lease_task = asyncio.create_task(self._lease_loop(), name="supervisor-lease")
+        self._tasks = [
+            asyncio.create_task(self._lease_loop(), name="supervisor-lease"),
+            asyncio.create_task(self._timer_loop(), name="supervisor-timers"),
+        ]
 
     async def stop(self) -> None:
-        tasks = [w.task for w in self._watches.values() if w.task is not None]
-        if self._lease_task is not None:
-            tasks.append(self._lease_task)
+        tasks = self._tasks + list(self._steps)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._watches.clear()
+        self._tasks, self._watches, self._heap = [], {}, []
         with contextlib.suppress(Exception):
             await self.store.run(tx_quota.drop_lease, self.holder)
 
@@ -119,7 +158,15 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001  (the lease must outlive one failed write)
             log.error("supervisor.lease_failed", error=repr(exc))
 
-    # -- what AMI and settlement tell us ------------------------------------------
+    # -- what call setup, AMI and settlement tell us --------------------------------------
+    def note_grant(
+        self, billing_id: str, granted_s: int, final: bool, channel: str | None, lang: str
+    ) -> None:
+        """A grant this process just made: saves reading it back when the call is answered."""
+        if len(self._grants) >= GRANTS_KEPT_MAX:
+            self._grants.pop(next(iter(self._grants)))  # the oldest: it will be read instead
+        self._grants[billing_id] = (granted_s, final, channel, lang)
+
     def on_answered(self, billing_id: str, answered_ms: int, callee: str | None) -> None:
         if billing_id in self._watches:
             return
@@ -127,13 +174,16 @@ class Supervisor:
             log.warning("supervisor.full", billing_id=billing_id, limit=WATCHED_CALLS_MAX)
             return
         w = _Watch(billing_id, answered_ms, callee)
+        noted = self._grants.pop(billing_id, None)
+        if noted is not None:
+            w.granted_s, w.final, w.channel, w.lang = noted
+            w.last_chunk_s = w.granted_s
         self._watches[billing_id] = w
-        w.task = asyncio.create_task(self._watch(w), name=f"supervise-{billing_id}")
+        self._schedule(w, self._next_wake(w, now_ms()) if noted else now_ms())
 
     def on_ended(self, billing_id: str) -> None:
-        w = self._watches.pop(billing_id, None)
-        if w is not None and w.task is not None:
-            w.task.cancel()
+        self._grants.pop(billing_id, None)
+        self._watches.pop(billing_id, None)  # its heap entry is skipped when it comes up
 
     async def resume(self, live_ids: set[str]) -> int:
         """After an AMI (re)connect or a restart: supervise the live answered calls again."""
@@ -151,128 +201,154 @@ class Supervisor:
     def watched(self) -> set[str]:
         return set(self._watches)
 
-    # -- one call -----------------------------------------------------------------
-    async def _watch(self, w: _Watch) -> None:
+    # -- the timers -------------------------------------------------------------------
+    def _schedule(self, w: _Watch, at_ms: int) -> None:
+        w.wake_ms = at_ms
+        if len(self._heap) > 2 * len(self._watches) + HEAP_SLACK:
+            # Ended calls leave their entries behind (skipped when they come up): drop them
+            # now and then, so the heap stays proportional to the calls being supervised.
+            live = [(x.wake_ms, b) for b, x in self._watches.items() if not x.busy and x is not w]
+            self._heap = [(at, next(self._ticket), b) for at, b in live]
+            heapq.heapify(self._heap)
+        heapq.heappush(self._heap, (at_ms, next(self._ticket), w.billing_id))
+        if self._heap[0][2] == w.billing_id:
+            self._wakeup.set()  # earlier than what the loop sleeps for
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._wakeup.clear()
+            delay_s = None
+            now = now_ms()
+            while self._heap:
+                at, _, bid = self._heap[0]
+                if at > now:
+                    delay_s = (at - now) / 1000
+                    break
+                heapq.heappop(self._heap)
+                w = self._watches.get(bid)
+                if w is None or w.wake_ms != at or w.busy:
+                    continue  # ended, rescheduled, or a step of it is running
+                w.busy = True
+                await self._slots.acquire()
+                task = asyncio.create_task(self._step(w))
+                self._steps.add(task)
+                task.add_done_callback(self._step_done)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), delay_s)
+
+    def _step_done(self, task: asyncio.Task[None]) -> None:
+        self._steps.discard(task)
+        self._slots.release()
+
+    def _next_wake(self, w: _Watch, now: int) -> int:
+        """When this call next needs us: its renewal, its warning, or a recharge check."""
+        assert w.granted_s is not None
+        if not w.final:
+            return renew_at_ms(w.answer_ms, w.granted_s, self.renew_before_s)
+        end = w.end_ms
+        warn_at = end - warning_before_ms(w.last_chunk_s)
+        step = min(FINAL_RECHECK_MS, max((end - now) // 3, FINAL_RECHECK_MS_MIN))
+        wake = min(now + step, end - FINAL_LAST_CHECK_MS)
+        return min(wake, warn_at) if w.warned_for != w.granted_s else wake
+
+    # -- one step of one call ---------------------------------------------------------
+    async def _step(self, w: _Watch) -> None:
         structlog.contextvars.bind_contextvars(billing_id=w.billing_id)
         try:
-            await self._supervise(w)
-        except asyncio.CancelledError:
-            raise
+            wake = await self._act(w)
         except Exception as exc:  # noqa: BLE001  (one call's fault must not stop the others)
             log.error("supervisor.call_failed", error=repr(exc), note="the call ends at its reserved end")
+            wake = None
         finally:
-            if self._watches.get(w.billing_id) is w:
-                del self._watches[w.billing_id]
+            w.busy = False
+            structlog.contextvars.unbind_contextvars("billing_id")
+        if self._watches.get(w.billing_id) is not w:
+            return  # ended meanwhile
+        if wake is None:
+            del self._watches[w.billing_id]
+        else:
+            self._schedule(w, wake)
 
-    async def _supervise(self, w: _Watch) -> None:
-        grant = await self.store.read(tx_quota.call_grant, w.billing_id)
-        last_chunk_s = grant.granted_s if grant is not None else 0
-        warned_at_granted = -1  # the grant a warning was played for
-        while grant is not None and grant.live:
-            end_ms = w.answer_ms + grant.granted_s * 1000
-            now = now_ms()
-            if now >= end_ms:
-                return  # Asterisk has cut the call at its reserved end; settlement closes it
-            if not grant.final:
-                await _sleep_until(renew_at_ms(w.answer_ms, grant.granted_s, self.renew_before_s))
-            else:
-                warn_at = end_ms - warning_before_ms(last_chunk_s)
-                if warned_at_granted != grant.granted_s and now >= warn_at:
-                    await self._warn(grant)
-                    warned_at_granted = grant.granted_s
-                    continue
-                # Look for a recharge every FINAL_RECHECK_S, more often as the end nears, and
-                # not in the last FINAL_LAST_CHECK_MS (the cut-off could not move in time).
-                remaining = end_ms - now
-                if remaining <= FINAL_LAST_CHECK_MS:
-                    return
-                step = min(int(FINAL_RECHECK_S * 1000), max(remaining // 3, FINAL_RECHECK_MS_MIN))
-                wake = min(now + step, end_ms - FINAL_LAST_CHECK_MS)
-                if warned_at_granted != grant.granted_s:
-                    wake = min(wake, warn_at)
-                await _sleep_until(wake)
-                if now_ms() >= warn_at and warned_at_granted != grant.granted_s:
-                    continue  # warn first
-                if not await self.store.read(tx_quota.can_renew, w.billing_id, self.quota_s):
-                    continue  # nothing new to pay with: no write
-            renewed = await self._renew(w, grant, end_ms)
-            if renewed is None:
-                continue  # store or AMI trouble: try again shortly, the old cut-off stands
-            if renewed.extended:
-                last_chunk_s = renewed.granted_s - grant.granted_s
-                if not await self._move_cutoff(w, renewed):
-                    return
-            grant = renewed
+    async def _act(self, w: _Watch) -> int | None:
+        """Do what is due; the next wake-up, or None when the call needs us no more."""
+        if w.granted_s is None:
+            grant = await self.store.read(tx_quota.call_grant, w.billing_id)
+            if grant is None or not grant.live:
+                return None
+            w.take(grant, None)
+        assert w.granted_s is not None  # taken above
+        now = now_ms()
+        end = w.end_ms
+        if now >= end - (FINAL_LAST_CHECK_MS if w.final else 0):
+            return None  # Asterisk cuts the call at its reserved end; settlement closes it
+        if w.final:
+            if w.warned_for != w.granted_s and now >= end - warning_before_ms(w.last_chunk_s):
+                await self._warn(w)
+                w.warned_for = w.granted_s
+                return self._next_wake(w, now_ms())
+            if not await self.store.read(tx_quota.can_renew, w.billing_id, self.quota_s):
+                return self._next_wake(w, now_ms())  # nothing new to pay with: no write
+        elif now < renew_at_ms(w.answer_ms, w.granted_s, self.renew_before_s):
+            return self._next_wake(w, now)
+        return await self._renew(w, end)
 
-    async def _renew(self, w: _Watch, grant: Renewal, end_ms: int) -> Renewal | None:
-        # A failed attempt is tried again soon: within a second, and several times before the end.
-        retry_s = max(min(STORE_RETRY_S, (end_ms - now_ms()) / 4000), RETRY_S_MIN)
+    async def _renew(self, w: _Watch, end_ms: int) -> int | None:
+        retry = now_ms() + max(min(RETRY_MS_MAX, (end_ms - now_ms()) // 4), RETRY_MS_MIN)
         if not self.ami.connected:
-            # Nothing could move the cut-off: reserve nothing until AMI is back.
-            await asyncio.sleep(retry_s)
-            return None
+            return retry  # nothing could move the cut-off: reserve nothing until AMI is back
         try:
-            renewed = await self.store.run(tx_quota.renew, w.billing_id, grant.renewals + 1, self.quota_s)
+            grant = await self.store.run(tx_quota.renew, w.billing_id, w.renewals + 1, self.quota_s)
         except StoreError as exc:
             log.error("supervisor.renew_failed", error=str(exc))
-            await asyncio.sleep(retry_s)
+            return retry
+        if not grant.live:
             return None
-        if renewed.extended:
+        was_final, before = w.final, w.granted_s
+        w.take(grant, before)
+        if grant.extended:
             self.renewals += 1
-            log.info(
-                "call.renewed",
-                renewal=renewed.renewals,
-                granted_s=renewed.granted_s,
-                final=renewed.final,
-            )
-        elif renewed.live and renewed.final and not grant.final:
-            log.info("call.final_grant", granted_s=renewed.granted_s, note="account cannot pay another block")
-        return renewed
+            log.info("call.renewed", renewal=grant.renewals, granted_s=grant.granted_s, final=grant.final)
+            if not await self._move_cutoff(w):
+                return None
+        elif grant.final and not was_final:
+            log.info("call.final_grant", granted_s=grant.granted_s, note="account cannot pay another block")
+        return self._next_wake(w, now_ms())
 
-    async def _move_cutoff(self, w: _Watch, grant: Renewal) -> bool:
-        """Set the callee's hangup time to the new granted end; False when the call is gone."""
-        end_ms = w.answer_ms + grant.granted_s * 1000
-        remaining_ms = end_ms - now_ms()
+    async def _move_cutoff(self, w: _Watch) -> bool:
+        """Move the call's end to the new granted end; False when the call is gone.
+
+        The caller's EXTBILL_LIMIT_MS first: the dialplan's hangup handler caps the talk it
+        reports at that limit, so it must never be behind the real cut-off (ahead is harmless:
+        the talk measured is never longer than Asterisk allowed). Then the callee's
+        TIMEOUT(absolute), which is the cut-off itself.
+        """
+        remaining_ms = w.end_ms - now_ms()
         if remaining_ms <= 0:
             return False
-        target = w.callee or grant.callee
-        if target is None:
+        if w.callee is None:
             log.warning(
                 "supervisor.no_callee", note="cannot move the cut-off; the call ends at its first grant"
             )
             return False
-        try:
-            reply = await self.ami.send_action(
-                {
-                    "Action": "Setvar",
-                    "Channel": target,
-                    "Variable": "TIMEOUT(absolute)",
-                    "Value": f"{remaining_ms / 1000:.3f}",
-                }
-            )
-        except Exception as exc:  # noqa: BLE001  (AMI down or slow: the old cut-off stands)
-            log.warning("supervisor.cutoff_not_moved", error=repr(exc), note="the call ends at its old end")
-            return True
-        if not _success(reply):
-            log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
-            return False
+        limit = {"Variable": "EXTBILL_LIMIT_MS", "Value": str((w.granted_s or 0) * 1000)}
+        timeout = {"Variable": "TIMEOUT(absolute)", "Value": f"{remaining_ms / 1000:.3f}"}
+        for channel, change in ((w.channel or w.billing_id, limit), (w.callee, timeout)):
+            try:
+                reply = await self.ami.send_action({"Action": "Setvar", "Channel": channel, **change})
+            except Exception as exc:  # noqa: BLE001  (AMI down or slow: the old cut-off stands)
+                log.warning(
+                    "supervisor.cutoff_not_moved", error=repr(exc), note="the call ends at its old end"
+                )
+                return True
+            if not _success(reply):
+                log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
+                return False
         self.cutoff_moves += 1
-        # The caller's channel keeps the limit the dialplan checks after Dial (limit-reached
-        # prompt) and its hangup handler caps the talk with: tell it the new total.
-        with contextlib.suppress(Exception):
-            await self.ami.send_action(
-                {
-                    "Action": "Setvar",
-                    "Channel": grant.channel or w.billing_id,
-                    "Variable": "EXTBILL_LIMIT_MS",
-                    "Value": str(grant.granted_s * 1000),
-                }
-            )
         return True
 
-    async def _warn(self, grant: Renewal) -> None:
+    async def _warn(self, w: _Watch) -> None:
         """Whisper the balance warning to the caller without breaking the bridge."""
-        if not grant.channel:
+        if not w.channel:
             return
         try:
             reply = await self.ami.send_action(
@@ -280,12 +356,12 @@ class Supervisor:
                     "Action": "Originate",
                     "Channel": f"Local/warn@{WHISPER_CONTEXT}/n",
                     "Application": "ChanSpy",
-                    "Data": f"{grant.channel},qwEsS",
-                    "Variable": f"EXTBILL_LANG={grant.lang}",
+                    "Data": f"{w.channel},qwEsS",
+                    "Variable": f"EXTBILL_LANG={w.lang}",
                     "Async": "true",
                 }
             )
-            log.info("call.warned", granted_s=grant.granted_s, ok=_success(reply))
+            log.info("call.warned", granted_s=w.granted_s, ok=_success(reply))
         except Exception as exc:  # noqa: BLE001  (a missed warning must not stop the supervision)
             log.warning("call.warning_failed", error=repr(exc))
 
@@ -302,9 +378,3 @@ def _message(reply: Any) -> str:
         return str(reply.get("Message", ""))
     except AttributeError:
         return ""
-
-
-async def _sleep_until(at_ms: int) -> None:
-    delay = (at_ms - now_ms()) / 1000
-    if delay > 0:
-        await asyncio.sleep(delay)

@@ -34,6 +34,7 @@ class TransferResult:
     transfer_id: str
     created: bool  # False: the same transfer already existed (idempotent repeat)
     amount: int
+    collected: int = 0  # of the money brought into main, what paid the number's owed minimum
 
 
 class Store(Protocol):

@@ -20,6 +20,7 @@ from fastagi.core.rating import billed_seconds, cost
 from fastagi.core.records import CallFacts, SettleResult
 from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
 from fastagi.runtime.clock import now_iso
+from fastagi.store import tx_outbox
 from fastagi.store.base import NotFound
 from fastagi.store.tariff_snapshots import tariff_from_json, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
@@ -288,6 +289,9 @@ def _low_balance(conn: sqlite3.Connection, row: sqlite3.Row, cost: int) -> dict[
         conn.execute("UPDATE extensions SET low_flag=? WHERE id=?", (int(below), ext[0]))
     if not below or was_below:
         return None
+    tx_outbox.balance_low(
+        conn, ext["number"], ext["key"], available, threshold
+    )  # the webhook, same transaction
     return {"number": ext["number"], "ext": ext["key"], "available": available, "threshold": threshold}
 
 

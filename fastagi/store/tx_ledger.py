@@ -5,6 +5,7 @@ Every function here runs inside the caller's transaction (see sqlite.py).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Sequence
 
@@ -22,13 +23,17 @@ from fastagi.core.ledger import (
 )
 from fastagi.core.money import format_amount
 from fastagi.core.numbers import is_suspended
+from fastagi.core.rating import Tariff, first_block_cost
 from fastagi.runtime.clock import now_iso
+from fastagi.store import tx_outbox
 from fastagi.store.base import Conflict, NotFound, StoreError, TransferResult
 
 log = structlog.get_logger("extbill.ledger")
 
 FUNDING_ACCOUNT_ID = 1
 REVENUE_ACCOUNT_ID = 2
+# a plan's tariff columns in Tariff's order (tx_admin.TARIFF_COLS; that module imports this one)
+_TARIFF_COLS = ("per_minute", "initial_s", "increment_s", "connect_fee", "grace_s", "max_call_s")
 
 
 def new_account(conn: sqlite3.Connection, kind: AccountKind) -> int:
@@ -242,21 +247,26 @@ def resolve(
     return True
 
 
+# The number of a main account, with what its suspension and its balance.low need.
+_SUSPENSION_SQL = (
+    "SELECT n.id, n.number, n.min_balance, n.suspended, n.owed, n.low_balance, n.low_flag, "
+    f"p.id AS plan_id, {', '.join('p.' + c for c in _TARIFF_COLS)} "
+    "FROM numbers n LEFT JOIN plans p ON p.id = n.plan_id WHERE "
+)
+
+
 def update_suspension(
     conn: sqlite3.Connection, main: Account, *, reason: str, number_id: int | None = None
 ) -> bool | None:
-    """Recompute a number's suspension from its main balance; record and log any change."""
+    """Recompute a number's suspension from its main balance and what it owes; record, log
+    and notify any change; notify balance.low once per crossing of main's threshold."""
     if number_id is None:
-        row = conn.execute(
-            "SELECT id, number, min_balance, suspended FROM numbers WHERE account_id=?", (main.id,)
-        ).fetchone()
+        row = conn.execute(_SUSPENSION_SQL + "n.account_id=?", (main.id,)).fetchone()
     else:
-        row = conn.execute(
-            "SELECT id, number, min_balance, suspended FROM numbers WHERE id=?", (number_id,)
-        ).fetchone()
+        row = conn.execute(_SUSPENSION_SQL + "n.id=?", (number_id,)).fetchone()
     if row is None:
         return None
-    now = is_suspended(main.balance, row["min_balance"])
+    now = is_suspended(main.balance, row["min_balance"], row["owed"])
     if now != bool(row["suspended"]):
         conn.execute("UPDATE numbers SET suspended=? WHERE id=?", (int(now), row["id"]))
         conn.execute(
@@ -269,9 +279,40 @@ def update_suspension(
             number=row["number"],
             balance=main.balance,
             min_balance=row["min_balance"],
+            owed=row["owed"],
             reason=reason,
         )
+        tx_outbox.suspension(conn, row["number"], now, main.balance, row["min_balance"], row["owed"], reason)
+    if not row["owed"]:  # while it owes, number.suspended says it all (and money in is collected)
+        _main_low_balance(conn, row, main, notify=reason != "created")
     return now
+
+
+@functools.lru_cache(maxsize=256)
+def _default_threshold(tariff: tuple[int, ...]) -> int:
+    """Ten first blocks at a base tariff (as an extension's default), once per distinct tariff."""
+    return 10 * first_block_cost(Tariff(*tariff))
+
+
+def _main_low_balance(conn: sqlite3.Connection, row: sqlite3.Row, main: Account, *, notify: bool) -> None:
+    """balance.low of a main account, once per crossing: a flag set going down, cleared going up.
+
+    Called on every posted change of main, so the flag follows the balance both ways.
+    Threshold: the number's low_balance, else ten first blocks at its plan's base tariff.
+    """
+    if row["low_balance"] is not None:
+        threshold = row["low_balance"]
+    elif row["plan_id"] is not None:
+        threshold = _default_threshold(tuple(row[c] for c in _TARIFF_COLS))
+    else:
+        threshold = 0
+    below = main.available < threshold
+    if below == bool(row["low_flag"]):
+        return
+    conn.execute("UPDATE numbers SET low_flag=? WHERE id=?", (int(below), row["id"]))
+    if below and notify:  # a new number starts below without a notification
+        log.info("balance.low", number=row["number"], account="main", available=main.available)
+        tx_outbox.balance_low(conn, row["number"], None, main.available, threshold)
 
 
 def all_accounts(conn: sqlite3.Connection) -> list[Account]:
