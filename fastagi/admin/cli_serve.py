@@ -19,6 +19,10 @@ async def cmd_serve(a: argparse.Namespace) -> int:
     from fastagi.service.serve import Service  # noqa: PLC0415  (keeps admin commands light)
 
     service = Service(settings)
+    if settings.http_bind:  # the console, the JSON API and /metrics, on serve's loop and store
+        from fastagi.web.server import HttpServer  # noqa: PLC0415  (only when asked for)
+
+        service.front_ends.append(HttpServer(service))
     await service.start()
     await service.run_until_stopped()
     return 0

@@ -95,7 +95,9 @@ class Service:
         self._stop = asyncio.Event()
         self._facts_slots = asyncio.Semaphore(AMI_FACTS_IN_FLIGHT_MAX)
         self._fact_tasks: set[asyncio.Task[None]] = set()
-        self.http: Any = None  # web.server.HttpServer when http_bind is set
+        # Front ends started with the first process and stopped with it (the web console and
+        # API when http_bind is set): made by the caller, which may depend on layers above this.
+        self.front_ends: list[Any] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -176,11 +178,8 @@ class Service:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
         self.money_tasks = MoneyTasks(self.store, s)
         self.money_tasks.start()
-        if s.http_bind:  # the console, the JSON API and /metrics, on this loop and store
-            from fastagi.web.server import HttpServer  # noqa: PLC0415  (only when asked for)
-
-            self.http = HttpServer(self)
-            await self.http.start()
+        for front_end in self.front_ends:
+            await front_end.start()
         self._tune_gc()
 
     @staticmethod
@@ -260,8 +259,8 @@ class Service:
     async def stop(self) -> None:
         # the workers drain their calls while this process drains its own
         workers = asyncio.create_task(self.workers.stop()) if self.workers is not None else None
-        if self.http is not None:
-            await self.http.stop()
+        for front_end in reversed(self.front_ends):
+            await front_end.stop()
         if self.agi is not None:
             await self.agi.stop()
         if workers is not None:
