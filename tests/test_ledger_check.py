@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from fastagi.core.records import CallFacts
 from fastagi.dev.bench.check import check_ledger
 from fastagi.dev.bench.mix import CallMix
 from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import tx_calls, tx_quota
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
 # the calls made below: (answered, talk ms, mid-call renewals); talk time 61 + 125 + 150 s

@@ -245,7 +245,7 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
                     "ivr": doc["ivr"],
                     "ext_billing": doc["ext_billing"],
                     "min_balance": doc["min_balance"],
-                    # exactly the document issue 2 specifies; spend is in `number show --json`
+                    # exactly the documented keys (docs/rules.md rule 20); spend is in `number show --json`
                     "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
                     "extensions": [
                         {k: e[k] for k in ("key", "name", "balance", "reserved", "available", "status")}

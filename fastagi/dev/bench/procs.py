@@ -32,7 +32,7 @@ def serve_command(
     data, room for every connection the load opens; serve's own log level and sweeper
     unless `log_level` / `sweep_interval_s` say otherwise. `ami`: the --ami-* options, if
     it is to log in to an AMI peer."""
-    own = ("--log-level", log_level) if log_level else ()
+    own: tuple[str, ...] = ("--log-level", log_level) if log_level else ()
     own += ("--sweep-interval-s", str(sweep_interval_s)) if sweep_interval_s else ()
     return [
         sys.executable,

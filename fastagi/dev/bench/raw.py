@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastagi.core.records import CallFacts
+from fastagi.core.vocab import SettledBy
 from fastagi.dev.bench.mix import Call, CallMix
 from fastagi.service.settlement import iso_from_ms
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import BATCH_OPS_MAX, _configure, _run_batch
 
 CALLS_MAX = 1_000_000
@@ -48,7 +49,7 @@ def _facts(call: Call, limit_ms: int, now_ms: int) -> CallFacts:
         end_at=iso_from_ms(end_ms),
         disposition="ANSWER" if call.answered else "NOANSWER",
         cause="16",
-        settled_by="hangup",
+        settled_by=SettledBy.HANGUP,
     )
 
 

@@ -12,7 +12,7 @@ from fastagi.runtime.config import Settings
 
 DISCREPANCIES_SHOWN_MAX = 10  # in the table; the JSON has them all
 
-# figure: (target, how a value meets it) - issue 6's targets
+# figure: (target, how a value meets it) - docs/rules.md rule 21
 TARGETS: dict[str, tuple[float, str]] = {
     "setups_per_s": (1500, ">="),
     "setup_p99_ms": (20, "<="),
