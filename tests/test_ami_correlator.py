@@ -602,26 +602,27 @@ def test_stray_bridge_leave_and_skewed_timestamps_do_not_distort_talk():
     assert end.ended_us == end.hangup_us == TE + 10_000
 
 
-def test_an_id_that_is_not_a_uniqueid_is_malformed_and_ends_no_call():
-    """The billing id is the IVR channel's Uniqueid; an id of another shape names no channel,
-    so no event of it can end a call: each is counted and kept as malformed, none guessed."""
-    hid = "e2e-answered"
+def test_the_caller_is_the_channel_the_billing_id_names_and_no_other():
+    """The billing id is the IVR channel's Uniqueid, whatever its shape (a channel id an AMI
+    client chose, a UUID, fits): that channel's Hangup ends the call. An id that names no
+    channel ends no call: no other channel (the one that dialled, the first seen) is taken
+    for the caller."""
+    uuid_id = "0b6e2a52-6f0d-4a3e-9a57-1c2d3e4f5a6b"
 
-    def rename(e):
+    def rename(e, new_uid):
         e = dict(e)
         for key in ("ChanVariable", "DestChanVariable"):
             if e.get(key) == f"EXTBILL_ID={BID}":
-                e[key] = f"EXTBILL_ID={hid}"
+                e[key] = f"EXTBILL_ID={uuid_id}"
+        for key in ("Uniqueid", "Linkedid"):
+            if e.get(key) == BID:
+                e[key] = new_uid
         return e
 
-    c, facts = run([rename(e) for e in answered_via_local()])
-    assert facts == []
-    bad = c.take_malformed()
-    assert (
-        bad
-        and {m.reason for m in bad} == {"billing_id_not_uniqueid"}
-        and {m.billing_id for m in bad} == {hid}
-    )
+    (end,) = ends(run([rename(e, uuid_id) for e in answered_via_local()])[1])
+    assert end.billing_id == uuid_id and end.talk_ms == 42_501 and end.hangup_us == TE + 10_000
+    c, facts = run([rename(e, "ivr-71549480cc08") for e in answered_via_local()])
+    assert ends(facts) == [] and c.counters.malformed == 0
 
 
 # -- properties -------------------------------------------------------------

@@ -7,8 +7,8 @@ microseconds. A call is keyed by its billing id, which the dialplan copies into
 (`channelvars=EXTBILL_ID`).
 
 The caller channel: the one whose Uniqueid is the billing id (the server hands
-out the IVR channel's Uniqueid). An id not shaped like a Uniqueid names no
-channel, so its call could never end: its events are malformed.
+out the IVR channel's Uniqueid, core/ids.py). No other channel is ever taken for
+the caller: an id that names no channel ends no call.
 
 Talk time (never ANSWEREDTIME or CDR billsec: both include the IVR):
 - starts at the callee's answer: the earliest of a DialEnd ANSWER on the
@@ -40,7 +40,6 @@ MALFORMED_KEPT_MAX = 100  # recent Malformed reasons kept for the I/O shell to l
 TIMELINE_PER_CALL_MAX = 256  # bridge/hangup signals kept per call (a call has a handful)
 DIAL_ENDS_PER_CALL_MAX = 32
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
-UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
 CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
 
 ANSWER = "ANSWER"
@@ -334,8 +333,6 @@ class Correlator:
             if kind not in _RELEVANT:
                 self.counters.ignored += 1
                 return []
-            if UNIQUEID_RE.fullmatch(bid) is None:
-                raise _Bad("billing_id_not_uniqueid")
             ts = parse_timestamp_us(ev.get("timestamp"))
             if ts is None:
                 raise _Bad("bad_timestamp")
