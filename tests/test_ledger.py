@@ -28,8 +28,9 @@ from fastagi.core.ledger import (
     invariant_holds,
 )
 from fastagi.core.rating import Tariff
+from fastagi.core.records import CallFacts
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.base import CallFacts, Conflict, Contended, NotFound
+from fastagi.store.base import Conflict, Contended, NotFound
 from fastagi.store.factory import open_store
 
 # =============================== the pure rules ==============================================

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from fastagi.core.period import month_of, month_window_ms, previous_month
+from fastagi.core.records import CallFacts
 from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_calls, tx_money
-from fastagi.store.base import CallFacts
 from fastagi.store.factory import is_pg, open_store
 
 NUMBER = "4008005555"

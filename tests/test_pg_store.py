@@ -18,8 +18,9 @@ import psycopg
 import pytest
 
 from fastagi.core.rating import Tariff
+from fastagi.core.records import CallFacts
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.base import CallFacts, NotADatabase
+from fastagi.store.base import NotADatabase
 from fastagi.store.factory import open_store, redact
 from fastagi.store.pg import PG_MIGRATIONS_DIR, PgStore
 from fastagi.store.pg_conn import to_pg
@@ -242,6 +243,8 @@ def test_db_copy_moves_a_ledger_and_refuses_what_it_must(pg_server: Any, tmp_pat
     target = pg_server.new_database()
     done = _cli(target, "db", "copy", source, target)
     assert done.returncode == 0 and "ledger checked" in done.stdout, done.stderr
+    checked = _cli(target, "db", "check")
+    assert checked.returncode == 0 and "ledger consistent" in checked.stdout, checked.stdout
     for args in (
         ("balance", NUMBER, "--json"),
         ("statement", NUMBER, "1", "--json"),
@@ -258,6 +261,6 @@ def test_db_copy_moves_a_ledger_and_refuses_what_it_must(pg_server: Any, tmp_pat
         conn.execute("UPDATE accounts SET credits_posted = credits_posted + 1 WHERE id = 3")
     fresh = pg_server.new_database()
     broken = _cli(fresh, "db", "copy", source, fresh)
-    assert broken.returncode == 2 and "ledger check failed: account 3" in broken.stderr
+    assert broken.returncode == 2 and "ledger check failed, nothing written" in broken.stderr, broken.stderr
     with psycopg.connect(fresh) as conn:
         assert conn.execute("SELECT count(*) FROM transfers").fetchone()[0] == 0

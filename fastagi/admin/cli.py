@@ -244,7 +244,7 @@ async def cmd_balance(store: Store, a: argparse.Namespace) -> int:
                     "ivr": doc["ivr"],
                     "ext_billing": doc["ext_billing"],
                     "min_balance": doc["min_balance"],
-                    # exactly the document issue 2 specifies; spend is in `number show --json`
+                    # exactly the documented keys (docs/rules.md rule 20); spend is in `number show --json`
                     "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
                     "extensions": [
                         {k: e[k] for k in ("key", "name", "balance", "reserved", "available", "status")}
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(db, "init", cmd_db_init, "create (or migrate) the database")
     from fastagi.admin import cli_db  # noqa: PLC0415  (it builds on this module's helpers)
 
-    cli_db.add_copy(db, _sub)
+    cli_db.add_parsers(db, _sub)
 
     plan = subs.add_parser("plan", help="rate plans").add_subparsers(
         dest="plan_command", required=True, parser_class=_Parser

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from fastagi.runtime import credentials
 from fastagi.store import tx_web
 from fastagi.store.base import StoreError
-from fastagi.web import secrets_
 
 
 def _read_password() -> str:
@@ -26,8 +26,8 @@ def _read_password() -> str:
             password = first
         else:
             password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
-        return secrets_.hash_password(password)
-    except secrets_.PasswordRuleError as exc:
+        return credentials.hash_password(password)
+    except credentials.PasswordRuleError as exc:
         raise StoreError(f"{exc} (read from standard input)") from None
 
 
@@ -64,9 +64,9 @@ async def cmd_user_remove(store: Any, a: argparse.Namespace) -> int:
 
 
 async def cmd_apikey_add(store: Any, a: argparse.Namespace) -> int:
-    token = secrets_.new_api_token()
-    prefix = token[: len(secrets_.API_TOKEN_PREFIX) + 6]
-    await store.run(tx_web.add_api_key, a.name, a.number, secrets_.token_hash(token), prefix)
+    token = credentials.new_api_token()
+    prefix = token[: len(credentials.API_TOKEN_PREFIX) + 6]
+    await store.run(tx_web.add_api_key, a.name, a.number, credentials.token_hash(token), prefix)
     print(token)
     print(
         f"API key {a.name} for number {a.number}: the token above is shown once; keep it secret",

@@ -28,6 +28,7 @@ from fastagi.core.agi import (
     set_variable_command,
 )
 from fastagi.core.peers import PeerAllowlist, RefusalLog
+from fastagi.runtime.config import AGI_PORT
 
 __all__ = [
     "AgiChannel",
@@ -338,7 +339,7 @@ class AgiServer:
         self,
         routes: Mapping[str, Handler],
         host: str = "127.0.0.1",
-        port: int = 4573,
+        port: int = AGI_PORT,
         *,
         limits: ServerLimits | None = None,
         sock: socket.socket | None = None,

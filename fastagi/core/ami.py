@@ -6,10 +6,9 @@ microseconds. A call is keyed by its billing id, which the dialplan copies into
 `__EXTBILL_ID` so every channel of the call carries it in `ChanVariable`
 (`channelvars=EXTBILL_ID`).
 
-The caller channel: the one whose Uniqueid is the billing id (production: the
-id is the IVR channel's Uniqueid). An id not shaped like a Uniqueid (a test
-harness's "e2e-busy") names no channel; its caller is the channel that dialled
-with it, or, before any Dial, the first channel seen carrying it.
+The caller channel: the one whose Uniqueid is the billing id (the server hands
+out the IVR channel's Uniqueid, core/ids.py). No other channel is ever taken for
+the caller: an id that names no channel ends no call.
 
 Talk time (never ANSWEREDTIME or CDR billsec: both include the IVR):
 - starts at the callee's answer: the earliest of a DialEnd ANSWER on the
@@ -30,6 +29,9 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from fastagi.core.ids import is_billing_id
 
 VARIABLE = "EXTBILL_ID"
 CALLS_TRACKED_MAX = 100_000  # live calls; the oldest is evicted beyond this
@@ -37,30 +39,17 @@ ENDED_IDS_MAX = 100_000  # ids already ended, kept so late/duplicate events emit
 MALFORMED_KEPT_MAX = 100  # recent Malformed reasons kept for the I/O shell to log
 TIMELINE_PER_CALL_MAX = 256  # bridge/hangup signals kept per call (a call has a handful)
 DIAL_ENDS_PER_CALL_MAX = 32
-BILLING_ID_CHARS_MAX = 150  # AST_MAX_UNIQUEID
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
-UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
-_SYSTEM_RE = re.compile(r"(.+)-[0-9]+\.[0-9]+")
-
-
-def system_of(billing_id: str) -> str:
-    """The Asterisk a call lives on: its Uniqueid's systemname prefix (asterisk.conf), "" for none.
-
-    Several Asterisk servers sharing one database each set their own systemname: their call
-    ids then never collide, and each serve reconciles only its own Asterisk's calls."""
-    m = _SYSTEM_RE.fullmatch(billing_id)
-    return m.group(1) if m else ""
-
-
 CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
 
 ANSWER = "ANSWER"
 _RELEVANT = frozenset({"dialbegin", "dialend", "bridgeenter", "bridgeleave", "hangup"})
 _ENTER, _LEAVE, _HANGUP = 0, 1, 2  # timeline ranks: at one instant, enter first
 _RANKS = {"bridgeenter": _ENTER, "bridgeleave": _LEAVE, "hangup": _HANGUP}
+_Item = TypeVar("_Item")  # one entry of a per-call bucket (a dial end, a timeline signal)
 
 
-class AmiEvent(dict):
+class AmiEvent(dict[str, str | list[str]]):
     """An AMI event whose keys are already lowercase (values as sent: str, or a list of str
     for a repeated header).
 
@@ -131,22 +120,16 @@ class Counters:
 
 @dataclass(slots=True)
 class _Call:
-    strict: bool  # the id is a Uniqueid: it names the caller channel
     last_seen_us: int
-    first_uid: tuple[int, str] | None = None  # earliest (ts, Uniqueid) carrying the id
-    first_dialer: tuple[int, str] | None = None  # earliest (ts, Uniqueid) dialling with it
     # Sets: a duplicated event adds nothing.
     dial_ends: set[tuple[int, str, str]] = field(default_factory=set)  # (ts, dialer, status)
     timeline: set[tuple[int, int, str, str]] = field(default_factory=set)  # (ts, rank, uid, bridge)
     answered_emitted: bool = False
     callee: str | None = None  # see CallAnswered.callee
 
-    def caller(self, bid: str) -> str | None:
-        if self.strict:
-            return bid
-        if self.first_dialer is not None:
-            return self.first_dialer[1]
-        return None if self.first_uid is None else self.first_uid[1]
+    @staticmethod
+    def caller(bid: str) -> str:
+        return bid  # the billing id is the caller channel's Uniqueid
 
     def answered_us(self, caller: str | None) -> int | None:
         dialled = [t for t, d, st in self.dial_ends if d == caller and st == ANSWER]
@@ -217,7 +200,7 @@ def _billing_id(v: str) -> str | None:
     v = v.strip()
     if not v:
         return None
-    if len(v) > BILLING_ID_CHARS_MAX or not v.isprintable() or " " in v:
+    if not is_billing_id(v):
         raise _Bad("bad_billing_id")
     return v
 
@@ -347,15 +330,10 @@ class Correlator:
                 self.counters.late += 1
                 return []
             kind = (name or "").lower()
-            ts = parse_timestamp_us(ev.get("timestamp"))
-            uid = ev.get("uniqueid")
             if kind not in _RELEVANT:
-                # Only noted as "a channel carrying the id" (caller of a non-Uniqueid id).
-                if ts is not None and isinstance(uid, str) and uid.strip():
-                    call = self._track(bid, ts)
-                    call.first_uid = _earliest(call.first_uid, (ts, uid.strip()))
                 self.counters.ignored += 1
                 return []
+            ts = parse_timestamp_us(ev.get("timestamp"))
             if ts is None:
                 raise _Bad("bad_timestamp")
             return self._apply(kind, ev, bid, _text(ev, "uniqueid") or "", ts)
@@ -376,14 +354,11 @@ class Correlator:
         cause = int(cause_text) if cause_text and CAUSE_RE.fullmatch(cause_text) else None
 
         call = self._track(bid, ts)
-        call.first_uid = _earliest(call.first_uid, (ts, uid))
-        if kind in ("dialbegin", "dialend"):
-            call.first_dialer = _earliest(call.first_dialer, (ts, uid))
-            if kind == "dialend":
-                self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
-                if status == ANSWER and call.callee is None:
-                    call.callee = _text(ev, "destuniqueid", required=False) or None
-        else:
+        if kind == "dialend":
+            self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
+            if status == ANSWER and call.callee is None:
+                call.callee = _text(ev, "destuniqueid", required=False) or None
+        elif kind != "dialbegin":
             self._add(call.timeline, (ts, _RANKS[kind], uid, bridge or ""), TIMELINE_PER_CALL_MAX)
 
         out: list[Fact] = []
@@ -404,8 +379,7 @@ class Correlator:
     def _track(self, bid: str, ts: int) -> _Call:
         call = self._calls.get(bid)
         if call is None:
-            strict = UNIQUEID_RE.fullmatch(bid) is not None
-            call = self._calls[bid] = _Call(strict=strict, last_seen_us=ts)
+            call = self._calls[bid] = _Call(last_seen_us=ts)
             while len(self._calls) > self._calls_max:
                 old, _ = self._calls.popitem(last=False)
                 self._remember_ended(old)  # a late Hangup must not bill it as unanswered
@@ -414,7 +388,7 @@ class Correlator:
         self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
         return call
 
-    def _add(self, bucket: set, item: tuple, limit: int) -> None:
+    def _add(self, bucket: set[_Item], item: _Item, limit: int) -> None:
         if item not in bucket and len(bucket) >= limit:
             self.counters.signals_dropped += 1
             return
@@ -476,7 +450,3 @@ def _talk_end(
         if rank != _ENTER and uid != caller and answered <= ts <= hangup_us
     ]
     return min(others, default=hangup_us)
-
-
-def _earliest(a: tuple[int, str] | None, b: tuple[int, str]) -> tuple[int, str]:
-    return b if a is None or b < a else a

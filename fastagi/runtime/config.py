@@ -14,6 +14,18 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from fastagi.core.peers import PeerAllowlist, PeerListError
+from fastagi.core.quota import QUOTA_S_DEFAULT, RENEW_BEFORE_S_DEFAULT
+from fastagi.core.vocab import UnsettledPolicy
+
+# The defaults other modules share: their one home (Settings uses them, others import them).
+AGI_HOST = "127.0.0.1"
+AGI_PORT = 4573  # FastAGI's registered port
+AGI_BIND = f"{AGI_HOST}:{AGI_PORT}"
+DIAL_TIMEOUT_S = 30
+SWEEP_GRACE_S = 120
+UNSETTLED_POLICY = UnsettledPolicy.MARK
+QUOTA_S = QUOTA_S_DEFAULT  # the core decides with it too, so its home is core/quota.py
+RENEW_BEFORE_S = RENEW_BEFORE_S_DEFAULT
 
 
 class ConfigError(ValueError):
@@ -23,7 +35,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     db: str = field(default="extbill.db", metadata={"help": "SQLite database file, or a postgresql:// URL"})
-    agi_bind: str = field(default="127.0.0.1:4573", metadata={"help": "FastAGI listen address host:port"})
+    agi_bind: str = field(default=AGI_BIND, metadata={"help": "FastAGI listen address host:port"})
     agi_allow: str = field(
         default="",
         metadata={
@@ -42,29 +54,32 @@ class Settings:
             "Asterisk when several share a PostgreSQL database: reconcile then closes only its calls"
         },
     )
-    dial_timeout_s: int = field(default=30, metadata={"help": "how long a branch phone may ring, s"})
-    unsettled_policy: str = field(
-        default="mark",
+    dial_timeout_s: int = field(
+        default=DIAL_TIMEOUT_S, metadata={"help": "how long a branch phone may ring, s"}
+    )
+    unsettled_policy: UnsettledPolicy = field(
+        default=UNSETTLED_POLICY,
         metadata={
             "help": "a reservation nobody settled: 'mark' releases it and marks the call unrated, "
             "'charge' charges the whole grant"
         },
     )
     quota_s: int = field(
-        default=300,
+        default=QUOTA_S,
         metadata={
             "help": "talk time one grant holds (a chunk), s: calls share an account's money and "
             "are renewed mid-call while AMI is up"
         },
     )
     renew_before_s: int = field(
-        default=30, metadata={"help": "a call asks for its next chunk this long before its granted end, s"}
+        default=RENEW_BEFORE_S,
+        metadata={"help": "a call asks for its next chunk this long before its granted end, s"},
     )
     sweep_interval_s: int = field(
         default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"}
     )
     sweep_grace_s: int = field(
-        default=120, metadata={"help": "a reservation older than ring + grant + this is stale, s"}
+        default=SWEEP_GRACE_S, metadata={"help": "a reservation older than ring + grant + this is stale, s"}
     )
     connections_max: int = field(
         default=1000, metadata={"help": "FastAGI connections at once; more are refused"}
@@ -105,11 +120,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+        # a policy read from a file, the environment or a flag arrives as its text
+        object.__setattr__(self, "unsettled_policy", UnsettledPolicy(self.unsettled_policy))
 
 
 SWEEP_GRACE_S_MIN = 10
 CHOICES = {
-    "unsettled_policy": ("mark", "charge"),
+    "unsettled_policy": tuple(UnsettledPolicy),
     "log_format": ("json", "console"),
     "log_level": ("debug", "info", "warning", "error"),
 }
@@ -171,12 +188,14 @@ def _validate_webhook(s: Settings) -> None:
 def parse_hostport(text: str, key: str = "address") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{key}: {text!r} must be host:port, e.g. 127.0.0.1:4573")
+        raise ConfigError(f"{key}: {text!r} must be host:port, e.g. {AGI_BIND}")
     return host.strip("[]"), int(port)
 
 
 def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
     typ_name = typ if isinstance(typ, str) else typ.__name__
+    if typ_name == UnsettledPolicy.__name__:
+        typ_name = "str"  # read as text; Settings checks it is one of the choices
     try:
         if typ_name == "bool":
             if isinstance(value, bool):
@@ -213,29 +232,37 @@ def load(
     """Defaults, then the TOML file, then EXTBILL_* variables, then command-line flags."""
     env = os.environ if env is None else env
     known = {f.name: f for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    # the value each key takes and the layer it comes from: only the winning layer's value
+    # is parsed and checked, so a valid flag overrides a malformed variable or file entry
+    chosen: dict[str, tuple[Any, str]] = {}
     if config_file:
-        try:
-            with open(config_file, "rb") as fh:
-                doc = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file}: {exc}") from None
-        for key, value in doc.items():
+        for key, value in _read_file(config_file).items():
             if key not in known:
                 raise ConfigError(f"config file {config_file}: unknown key {key!r}")
-            values[key] = _coerce(key, value, known[key].type, config_file)
-    for key, f in known.items():
+            chosen[key] = (value, config_file)
+    for key in known:
         if env_name(key) in env:
-            values[key] = _coerce(key, env[env_name(key)], f.type, env_name(key))
+            chosen[key] = (env[env_name(key)], env_name(key))
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = _coerce(key, value, known[key].type, "command line")
+            chosen[key] = (value, "command line")
+    values = {key: _coerce(key, value, known[key].type, source) for key, (value, source) in chosen.items()}
     try:
         return replace(Settings(), **values)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (check --config, {env_name(str(exc).split(':')[0])} and flags)") from None
+        key, _, problem = str(exc).partition(":")
+        source = chosen[key][1] if key in chosen else "default"
+        raise ConfigError(f"{key} ({source}):{problem}") from None
+
+
+def _read_file(config_file: str) -> dict[str, Any]:
+    try:
+        with open(config_file, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_file}: {exc}") from None
 
 
 def describe() -> str:

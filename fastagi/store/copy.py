@@ -3,22 +3,25 @@
 One PostgreSQL transaction: the schema is created if missing, a target holding anything
 of its own is refused, every table is streamed over (COPY), identity counters are moved
 past the copied ids, and the ledger's invariants are checked on the copy before it
-commits (docs/rules.md: no overdraw, double entry, counters = their transfers). A failed
-check leaves the target as it was. The source is only read (serve should be stopped, or it
+commits (the check of `extbill db check`: double entry, no overdraw, every account's
+counters equal its transfers, each reservation resolved at most once). A failed check
+leaves the target as it was. The source is only read (serve should be stopped, or it
 keeps writing to a file that is no longer the ledger).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections import defaultdict
 from typing import Any
 
 import psycopg
 
+from fastagi.core.ledger_check import ledger_discrepancies
 from fastagi.store.base import StoreError
 from fastagi.store.factory import redact
+from fastagi.store.ledger_check import ledger_facts
 from fastagi.store.pg import migrate
+from fastagi.store.pg_conn import PgConn, configure_types, row_factory
 from fastagi.store.sqlite import SCHEMA_VERSION
 
 COPY_BATCH_ROWS = 5000  # rows read from SQLite at a time
@@ -55,7 +58,8 @@ def copy_sqlite_to_pg(source: str, target: str) -> dict[str, int]:
     src = _open_source(source)
     try:
         tables = {r[0] for r in src.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        with psycopg.connect(target, autocommit=True) as pg:
+        with psycopg.connect(target, autocommit=True, row_factory=row_factory) as pg:
+            configure_types(pg)
             migrate(pg, create=True, shown=redact(target))
             with pg.transaction():
                 _refuse_non_empty(pg, target)
@@ -120,45 +124,11 @@ def _check_counts(pg: psycopg.Connection[Any], counts: dict[str, int]) -> None:
             raise CopyError(f"copy check failed: {table} has {have} rows, the source {n}")
 
 
-def check_ledger(conn: Any) -> None:
-    """The ledger's invariants on a DB-API connection (either engine); CopyError if broken.
-
-    Totals balance (double entry); no customer account is overdrawn; every account's four
-    counters equal what its transfers add up to; every reservation is resolved at most once.
-    """
-    accounts = {r[0]: r for r in conn.execute(
-        "SELECT id, kind, debits_pending, debits_posted, credits_pending, credits_posted FROM accounts"
-    ).fetchall()}  # fmt: skip
-    want: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-    pending: dict[str, tuple[int, int, int]] = {}
-    resolutions: dict[str, int] = defaultdict(int)
-    for tid, kind, debit, credit, amount, pid in conn.execute(
-        "SELECT id, kind, debit_account_id, credit_account_id, amount, pending_id FROM transfers ORDER BY seq"
-    ).fetchall():
-        if kind in ("posted", "post"):
-            want[debit][1] += amount
-            want[credit][3] += amount
-        if kind == "pending":
-            want[debit][0] += amount
-            want[credit][2] += amount
-            pending[tid] = (debit, credit, amount)
-        elif kind in ("post", "void", "expire"):
-            resolutions[pid] += 1
-            p_debit, p_credit, p_amount = pending[pid]
-            want[p_debit][0] -= p_amount
-            want[p_credit][2] -= p_amount
-    twice = [pid for pid, n in resolutions.items() if n > 1]
-    if twice:
-        raise CopyError(f"ledger check failed: reservation {twice[0]} resolved {resolutions[twice[0]]} times")
-    for aid, (_, kind, dp, dpo, cp, cpo) in accounts.items():
-        if [dp, dpo, cp, cpo] != want[aid]:
-            raise CopyError(
-                f"ledger check failed: account {aid} counters {[dp, dpo, cp, cpo]} != its transfers {want[aid]}"
-            )
-        if kind in ("main", "ext") and dp + dpo > cpo:
-            raise CopyError(f"ledger check failed: account {aid} is overdrawn")
-    if sum(r[5] - r[3] for r in accounts.values()) != 0 or sum(r[4] - r[2] for r in accounts.values()) != 0:
-        raise CopyError("ledger check failed: the accounts' totals do not balance")
+def check_ledger(pg: psycopg.Connection[Any]) -> None:
+    """The ledger check of `extbill db check` (store/ledger_check.py) on the copy; CopyError if broken."""
+    found = ledger_discrepancies(ledger_facts(PgConn(pg)))
+    if found:
+        raise CopyError(f"ledger check failed, nothing written: {found[0]} ({len(found)} discrepancies)")
 
 
 def _first(exc: BaseException) -> str:

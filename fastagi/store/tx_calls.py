@@ -17,9 +17,11 @@ from fastagi.core.clock import ms_from_iso
 from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.rating import billed_seconds, cost
+from fastagi.core.records import CallFacts, SettleResult
+from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
 from fastagi.runtime.clock import now_iso
 from fastagi.store import tx_outbox
-from fastagi.store.base import CallFacts, NotFound, SettleResult
+from fastagi.store.base import NotFound
 from fastagi.store.tariff_snapshots import tariff_from_json, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve
@@ -104,7 +106,7 @@ def route(
 
 def _repeat(row: sqlite3.Row) -> Decision:
     """The same channel asking again: the grant it already has, or nothing new."""
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return Decision(action="prompt", prompt="service-unavailable", reason="call-already-settled")
     return Decision(
         action="dial",
@@ -151,10 +153,10 @@ def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = No
     return SettleResult(
         row["billing_id"],
         settled_now,
-        row["state"],
+        CallState(row["state"]),
         row["talk_s"],
         row["cost"],
-        row["settled_by"],
+        SettledBy(row["settled_by"]) if row["settled_by"] is not None else None,
         low,
         row["answer_at"],
         row["end_at"],
@@ -166,7 +168,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     row = conn.execute(_CALL_FOR_UPDATE_SQL, (f.billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {f.billing_id}")
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return _result(row, False)
     tariff = tariff_from_json(row["tariff"])
     if f.answered:
@@ -196,11 +198,11 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
                 granted_s=row["granted_s"],
             )
         resolve_chunks(conn, row, charged, TransferKind.POST)
-        state = "rated"
+        state = CallState.RATED
     else:
         talk_s, billed_s, charged = 0, 0, 0
         resolve_chunks(conn, row, 0, TransferKind.VOID)
-        state = "unanswered"
+        state = CallState.UNANSWERED
     conn.execute(
         "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
         "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
@@ -231,19 +233,21 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     )
 
 
-def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str) -> SettleResult:
+def expire(
+    conn: sqlite3.Connection, billing_id: str, policy: UnsettledPolicy, settled_by: SettledBy
+) -> SettleResult:
     """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
     row = conn.execute(_CALL_FOR_UPDATE_SQL, (billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {billing_id}")
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return _result(row, False)
-    if policy == "charge":
+    if policy == UnsettledPolicy.CHARGE:
         resolve_chunks(conn, row, row["reserved"], TransferKind.POST)
-        state, talk, billed, charged = "rated", row["granted_s"], row["granted_s"], row["reserved"]
+        state, talk, billed, charged = CallState.RATED, row["granted_s"], row["granted_s"], row["reserved"]
     else:
         resolve_chunks(conn, row, 0, TransferKind.EXPIRE)
-        state, talk, billed, charged = "unrated", None, None, 0
+        state, talk, billed, charged = CallState.UNRATED, None, None, 0
     now = now_iso()
     conn.execute(
         "UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "

@@ -14,13 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fastagi.core.money import format_amount, parse_amount
+from fastagi.runtime.credentials import token_hash
 from fastagi.store import tx_web, tx_web_actions
 from fastagi.web import params
 from fastagi.web.docs import balance_document, money_fields
 from fastagi.web.errors import REFUSALS, BadRequest, status_of
 from fastagi.web.openapi import OPENAPI
 from fastagi.web.scope import Access, Principal
-from fastagi.web.secrets_ import token_hash
 
 BODY_BYTES_MAX = 4096  # a recharge or transfer request is a few dozen bytes
 
@@ -104,7 +104,7 @@ async def _money(request: Request, access: Access, kind: str) -> Response:
     fn, *args = (
         access.recharge_op(number, ext, amount, ref)
         if kind == "recharge"
-        else access.transfer_op(number, ext, amount, ref)
+        else access.transfer_op(number, str(ext), amount, ref)
     )
 
     def op(conn: Any) -> tuple[int, dict[str, Any]]:

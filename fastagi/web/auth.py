@@ -17,8 +17,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fastagi.runtime import credentials
 from fastagi.store import tx_web
-from fastagi.web import secrets_
 from fastagi.web.errors import Forbidden
 from fastagi.web.scope import Principal
 
@@ -81,7 +81,7 @@ async def current(request: Request) -> Session | None:
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
-    id_hash = secrets_.token_hash(cookie)
+    id_hash = credentials.token_hash(cookie)
     row = await web.store.read(tx_web.session_user, id_hash)
     if row is None:
         return None
@@ -113,14 +113,21 @@ async def sign_in(request: Request, login: str, password: str) -> str:
         raise LoginFailed(LOGIN_FAILED)
     user = await web.store.read(tx_web.user_by_login, login) if login else None
     # argon2 on a worker thread: call control shares this event loop
-    ok = await asyncio.to_thread(secrets_.verify_password, user["password_hash"] if user else None, password)
+    ok = await asyncio.to_thread(
+        credentials.verify_password, user["password_hash"] if user else None, password
+    )
     if not ok or user is None:
         for k, _ in keys:
             web.throttle.fail(k, now)
         raise LoginFailed(LOGIN_FAILED)
-    cookie = secrets_.new_token()
+    cookie = credentials.new_token()
     await web.store.run(
-        tx_web.create_session, secrets_.token_hash(cookie), user["id"], secrets_.new_token(), address, now
+        tx_web.create_session,
+        credentials.token_hash(cookie),
+        user["id"],
+        credentials.new_token(),
+        address,
+        now,
     )
     return cookie
 

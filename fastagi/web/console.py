@@ -17,8 +17,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from fastagi.core.money import parse_amount
+from fastagi.runtime import credentials
 from fastagi.store import tx_web, tx_web_actions
-from fastagi.web import auth, chart, export, i18n, params, secrets_
+from fastagi.web import auth, chart, export, i18n, params
 from fastagi.web.errors import REFUSALS, Forbidden, status_of
 from fastagi.web.scope import Access
 
@@ -109,7 +110,7 @@ def page(fn: Page, *, post: bool = False) -> Callable[[Request], Awaitable[Respo
 
 async def _form_token(request: Request, session: auth.Session) -> str:
     web = request.app.state.web
-    token = secrets_.new_token()
+    token = credentials.new_token()
     await web.store.run(
         tx_web.issue_form_token, token, session.id_hash, web.clock(), auth.SESSION_ABSOLUTE_MS
     )
@@ -135,15 +136,17 @@ def _ref(form: Any) -> str:
 
 
 async def login_page(request: Request) -> Response:
-    token = request.cookies.get(auth.LOGIN_COOKIE) or secrets_.new_token()
+    token = request.cookies.get(auth.LOGIN_COOKIE) or credentials.new_token()
     lang = request.query_params.get("lang")
+    if lang in i18n.LANGS:
+        switch = RedirectResponse("/login", status_code=303)
+        auth.set_cookie(request, switch, auth.LOGIN_COOKIE, token, 3600)
+        auth.set_cookie(request, switch, i18n.LANG_COOKIE, lang, 365 * 86400)
+        return switch
     response = render(
         request, "login.html", None, login_csrf=token, next=request.query_params.get("next", "")
     )
     auth.set_cookie(request, response, auth.LOGIN_COOKIE, token, 3600)
-    if lang in i18n.LANGS:
-        response = RedirectResponse("/login", status_code=303)
-        auth.set_cookie(request, response, i18n.LANG_COOKIE, lang, 365 * 86400)
     return response
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastagi.core.ledger import LedgerError
 from fastagi.core.money import AmountError
 from fastagi.core.numbers import NumberRuleError
+from fastagi.runtime.credentials import PasswordRuleError
 from fastagi.store.base import Conflict, NotFound, StoreError
 from fastagi.store.tx_web_actions import IdempotencyMismatch
-from fastagi.web.secrets_ import PasswordRuleError
 
 
 class BadRequest(ValueError):

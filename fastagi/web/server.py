@@ -86,4 +86,4 @@ def _count_setups() -> None:
     config = structlog.get_config()
     processors = list(config["processors"])
     if count_decisions not in processors:
-        structlog.configure(processors=[count_decisions, *processors])
+        structlog.configure(processors=[count_decisions, *processors])  # type: ignore[list-item]

@@ -17,12 +17,12 @@ import httpx
 import pytest
 import uvicorn
 
-from fastagi.admin.demo import DEMO_NUMBER, seed
 from fastagi.core.money import parse_amount
+from fastagi.runtime import credentials
 from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_admin, tx_web
+from fastagi.store.demo import DEMO_NUMBER, seed
 from fastagi.store.factory import open_store
-from fastagi.web import secrets_
 from fastagi.web.app import create_app
 
 OTHER_NUMBER = "4009990000"
@@ -74,8 +74,8 @@ def _seed(conn: Any, hashes: dict[str, str], tokens: dict[str, str]) -> None:
     for login, (role, number, ext) in USERS.items():
         tx_web.add_user(conn, login, role, number, ext, hashes[login])
     for name, number in (("pay", DEMO_NUMBER), ("pay2", OTHER_NUMBER)):
-        token = secrets_.new_api_token()
-        tx_web.add_api_key(conn, name, number, secrets_.token_hash(token), token[:10])
+        token = credentials.new_api_token()
+        tx_web.add_api_key(conn, name, number, credentials.token_hash(token), token[:10])
         tokens[name] = token
 
 
@@ -91,7 +91,7 @@ def serve(tmp: Path, bind_host: str = "127.0.0.1", db: str | None = None) -> Ite
     db = db or str(tmp / "web.db")
     port = _free_port()
     srv = Server(f"http://127.0.0.1:{port}", db, Clock())
-    pw_hash = secrets_.hash_password(PASSWORD)
+    pw_hash = credentials.hash_password(PASSWORD)
     hashes = dict.fromkeys(USERS, pw_hash)
     ready = threading.Event()
     box: dict[str, Any] = {}
@@ -150,8 +150,8 @@ def place_call(srv: Server, bid: str, ext: str, caller: str, start: str, talk_s:
     from unittest import mock
 
     from fastagi.core.clock import iso_from_ms, ms_from_iso
+    from fastagi.core.records import CallFacts
     from fastagi.store import tx_calls
-    from fastagi.store.base import CallFacts
 
     with mock.patch.object(tx_calls, "now_iso", lambda: start):
         d = srv.run(tx_calls.route, bid, DEMO_NUMBER, ext, 1, caller, f"PJSIP/t-{bid}", bid)

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from conftest import OTHER_NUMBER, Server
 
-from fastagi.admin.demo import DEMO_NUMBER
 from fastagi.store import tx_web, tx_web_actions
+from fastagi.store.demo import DEMO_NUMBER
 
 API = "/api/v1/numbers"
 

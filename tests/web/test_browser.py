@@ -20,7 +20,7 @@ import playwright
 import pytest
 from conftest import OTHER_NUMBER, PASSWORD, Server, place_call
 
-from fastagi.admin.demo import DEMO_NUMBER
+from fastagi.store.demo import DEMO_NUMBER
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -10,9 +10,10 @@ import httpx
 import pytest
 from conftest import OTHER_NUMBER, PASSWORD, Server, csrf_of, form_token_of, serve, sign_in
 
-from fastagi.admin.demo import DEMO_NUMBER
+from fastagi.runtime import credentials
 from fastagi.store import tx_web
-from fastagi.web import auth, secrets_
+from fastagi.store.demo import DEMO_NUMBER
+from fastagi.web import auth
 
 N = DEMO_NUMBER
 
@@ -90,10 +91,10 @@ def test_password_change_ends_every_session(server: Server) -> None:
     """`extbill user passwd` signs the user out everywhere; the new password works."""
     a, b = sign_in(server, "br1"), sign_in(server, "br1")
     assert signed_in(a) and signed_in(b)
-    server.run(tx_web.set_password, "br1", secrets_.hash_password("a new password"))
+    server.run(tx_web.set_password, "br1", credentials.hash_password("a new password"))
     assert not signed_in(a) and not signed_in(b)
     assert signed_in(sign_in(server, "br1", "a new password"))
-    server.run(tx_web.set_password, "br1", secrets_.hash_password(PASSWORD))
+    server.run(tx_web.set_password, "br1", credentials.hash_password(PASSWORD))
 
 
 def _recharge(c: httpx.Client, html: str, **over: str) -> httpx.Response:

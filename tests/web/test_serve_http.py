@@ -15,8 +15,8 @@ import httpx
 import pytest
 from conftest import csrf_of
 
-from fastagi.admin.demo import DEMO_NUMBER, DEMO_PASSWORD
 from fastagi.runtime import config
+from fastagi.store.demo import DEMO_NUMBER, DEMO_PASSWORD
 
 START_TIMEOUT_S = 30
 

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 from fastagi.core.money import parse_amount
 from fastagi.core.rating import Tariff
+from fastagi.runtime.credentials import hash_password
 from fastagi.store import tx_admin, tx_web
-from fastagi.web.secrets_ import hash_password
 
 DEMO_NUMBER = "4008001234"
 # The console's demo sign-ins (`bash .ci/serve` prints them): HQ of the demo number, and the
