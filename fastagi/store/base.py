@@ -49,6 +49,9 @@ class Store(Protocol):
     `run` commits it, `read` never writes.
     """
 
+    path: str  # what the database is called in messages (a URL without its password)
+    created: bool  # open() created its schema
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
     async def close(self) -> None: ...

@@ -20,7 +20,7 @@ from fastagi.core.ledger_check import ledger_discrepancies
 from fastagi.store.base import StoreError
 from fastagi.store.factory import redact
 from fastagi.store.ledger_check import ledger_facts
-from fastagi.store.pg import migrate
+from fastagi.store.pg import migrate, scalar
 from fastagi.store.pg_conn import PgConn, configure_types, row_factory
 from fastagi.store.sqlite import SCHEMA_VERSION
 
@@ -97,11 +97,11 @@ def _open_source(source: str) -> sqlite3.Connection:
 
 def _refuse_non_empty(pg: psycopg.Connection[Any], target: str) -> None:
     for table in ("transfers", "plans", "numbers", "calls"):
-        if pg.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+        if scalar(pg, f"SELECT EXISTS (SELECT 1 FROM {table})"):
             raise CopyError(
                 f"{redact(target)} is not empty (its {table} table has rows); copy into a new database"
             )
-    if pg.execute("SELECT count(*) FROM accounts WHERE id > 2").fetchone()[0]:
+    if scalar(pg, "SELECT count(*) FROM accounts WHERE id > 2"):
         raise CopyError(f"{redact(target)} is not empty (it has accounts); copy into a new database")
 
 
@@ -119,14 +119,15 @@ def _copy_table(src: sqlite3.Connection, pg: psycopg.Connection[Any], table: str
 
 def _check_counts(pg: psycopg.Connection[Any], counts: dict[str, int]) -> None:
     for table, n in counts.items():
-        have = pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        have = scalar(pg, f"SELECT count(*) FROM {table}")
         if have != n:
             raise CopyError(f"copy check failed: {table} has {have} rows, the source {n}")
 
 
 def check_ledger(pg: psycopg.Connection[Any]) -> None:
     """The ledger check of `extbill db check` (store/ledger_check.py) on the copy; CopyError if broken."""
-    found = ledger_discrepancies(ledger_facts(PgConn(pg)))
+    conn: Any = PgConn(pg)  # the sqlite3 face the store's read functions are written for
+    found = ledger_discrepancies(ledger_facts(conn))
     if found:
         raise CopyError(f"ledger check failed, nothing written: {found[0]} ({len(found)} discrepancies)")
 

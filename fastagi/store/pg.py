@@ -169,6 +169,13 @@ def _plain(exc: psycopg.OperationalError) -> StoreError:
     return StoreError(f"database error: {_first_line(exc)}")
 
 
+def scalar(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of a query's one row (psycopg's own %s placeholders)."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql  # every caller's query returns one row
+    return row[0]
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -189,14 +196,12 @@ def migrate(conn: psycopg.Connection[Any], *, create: bool, shown: str) -> bool:
         raise StoreError(f"store/pg_migrations has no PostgreSQL version of schema version(s) {missing}")
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        has_versions = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]
+        has_versions = scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL")
         version = 0
         if has_versions:
-            version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            version = scalar(conn, "SELECT coalesce(max(version), 0) FROM schema_migrations")
         else:
-            tables = conn.execute(
-                "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
-            ).fetchone()[0]
+            tables = scalar(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()")
             if tables:
                 raise NotADatabase(f"{shown} has tables, but is not an extbill database")
             if not create:

@@ -13,14 +13,16 @@ def check_pg_database(url: str, facts: object) -> Finding:
     """Fills facts.langs and facts.number (database.DbFacts) like the SQLite check."""
     import psycopg  # noqa: PLC0415  (only for a postgresql:// database)
 
+    from fastagi.store.pg import scalar  # noqa: PLC0415
+
     shown = redact(url)
     init = f"extbill db init --db {shown}"
     try:
         with psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = on")
-            if not conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()[0]:
+            if not scalar(conn, "SELECT to_regclass('schema_migrations') IS NOT NULL"):
                 return Finding(FAIL, "database", f"database: {shown} has no extbill schema", init)
-            version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            version = scalar(conn, "SELECT coalesce(max(version), 0) FROM schema_migrations")
             rows = []
             if version == SCHEMA_VERSION:
                 rows = conn.execute("SELECT number, lang FROM numbers ORDER BY id").fetchall()
