@@ -12,8 +12,8 @@ from structlog.testing import capture_logs
 from fastagi.admin.doctor.findings import OK, WARN
 from fastagi.admin.doctor.network import check_agi_allow
 from fastagi.asterisk.agi_server import AgiChannel, AgiServer
-from fastagi.core.peers import REFUSAL_EPISODE_GAP_S, PeerAllowlist, RefusalLog
 from fastagi.runtime.config import ConfigError, Settings
+from fastagi.runtime.peers import REFUSAL_EPISODE_GAP_S, PeerAllowlist, RefusalLog
 
 HEAD = (
     b"agi_network: yes\nagi_network_script: lookup\nagi_request: agi://127.0.0.1/lookup\n"

@@ -27,8 +27,8 @@ from fastagi.core.agi import (
     mset_command,
     set_variable_command,
 )
-from fastagi.core.peers import PeerAllowlist, RefusalLog
 from fastagi.runtime.config import AGI_PORT
+from fastagi.runtime.peers import PeerAllowlist, RefusalLog
 
 __all__ = [
     "AgiChannel",

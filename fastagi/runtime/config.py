@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from fastagi.core.peers import PeerAllowlist, PeerListError
 from fastagi.core.quota import QUOTA_S_DEFAULT, RENEW_BEFORE_S_DEFAULT
 from fastagi.core.vocab import UnsettledPolicy
+from fastagi.runtime.peers import PeerAllowlist, PeerListError
 
 # The defaults other modules share: their one home (Settings uses them, others import them).
 AGI_HOST = "127.0.0.1"

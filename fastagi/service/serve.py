@@ -25,9 +25,9 @@ from fastagi.asterisk.agi_server import AgiServer, ServerLimits
 from fastagi.asterisk.ami_client import AmiClient, AmiLimits
 from fastagi.asterisk.call_routes import CallRoutes
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
-from fastagi.core.peers import PeerAllowlist
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
 from fastagi.runtime.log import configure as configure_logging
+from fastagi.runtime.peers import PeerAllowlist
 from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
 from fastagi.service.supervisor import Supervisor

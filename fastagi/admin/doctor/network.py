@@ -191,7 +191,7 @@ def check_agi_allow(bind_host: str, allow_text: str) -> Finding | None:
     only, and a remote Asterisk's calls fail); None when it listens on loopback only."""
     import ipaddress  # noqa: PLC0415
 
-    from fastagi.core.peers import PeerAllowlist  # noqa: PLC0415
+    from fastagi.runtime.peers import PeerAllowlist  # noqa: PLC0415
 
     try:  # 0.0.0.0 and :: are every address, not loopback
         loopback_bind = ipaddress.ip_address(bind_host).is_loopback
