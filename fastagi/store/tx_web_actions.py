@@ -50,6 +50,8 @@ def _state(conn: sqlite3.Connection, number: str, ext: str | None) -> dict[str, 
         }
     e = next((e for e in doc["extensions"] if e["key"] == ext), None)
     if e is None:  # (no bare next(): a StopIteration cannot cross the store's future)
+        # a removed extension is refused in the store's words ("... was removed on ...")
+        tx_admin._ext_row(conn, tx_admin._number_row(conn, number)["id"], number, ext)
         raise NotFound(f"number {number} has no extension {ext}")
     low = conn.execute(
         "SELECT e.low_balance FROM extensions e JOIN numbers n ON n.id = e.number_id "

@@ -97,7 +97,7 @@ async def bulk_recharge(request: Request, session: auth.Session, access: Access)
             session,
             400,
             number=number,
-            name=name,
+            file_name=name,
             errors=errors,
         )
     if not fresh:

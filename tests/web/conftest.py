@@ -145,8 +145,8 @@ def place_call(srv: Server, bid: str, ext: str, caller: str, start: str, talk_s:
     from unittest import mock
 
     from fastagi.core.clock import iso_from_ms, ms_from_iso
-    from fastagi.store import tx_calls
     from fastagi.core.records import CallFacts
+    from fastagi.store import tx_calls
 
     with mock.patch.object(tx_calls, "now_iso", lambda: start):
         d = srv.run(tx_calls.route, bid, DEMO_NUMBER, ext, 1, caller, f"PJSIP/t-{bid}", bid)

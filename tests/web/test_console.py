@@ -171,8 +171,8 @@ def test_export_covers_every_page_of_the_filter(server: Server) -> None:
     from unittest import mock
 
     from fastagi.core.clock import iso_from_ms, ms_from_iso
-    from fastagi.store import tx_admin, tx_calls
     from fastagi.core.records import CallFacts
+    from fastagi.store import tx_admin, tx_calls
     from fastagi.store.tx_web_reads import PAGE_ROWS_MAX
 
     count = PAGE_ROWS_MAX + 17
