@@ -190,6 +190,7 @@ def extension_info(conn: sqlite3.Connection, number: str, ext: str) -> dict[str,
 
 def _removed(conn: sqlite3.Connection, number: str, ext: str) -> dict[str, Any]:
     _, _, ext_id, account_id = _ids(conn, number, ext)  # NotFound names an unknown one
+    assert account_id is not None  # (an extension was asked for)
     e = conn.execute("SELECT key, name, dest, removed_at FROM extensions WHERE id=?", (ext_id,)).fetchone()
     acc = load_account(conn, account_id)
     spent = conn.execute(

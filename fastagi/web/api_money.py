@@ -103,7 +103,9 @@ def _row(number: str, i: int, item: Any) -> BulkRow | str:
         amount = parse_amount(item["amount"])
     except AmountError as exc:
         return str(exc)
-    bad_ref = bulk_file.check_ref(ref) if isinstance(ref, str) else bulk_file.check_ref("")
+    if not isinstance(ref, str):
+        ref = ""
+    bad_ref = bulk_file.check_ref(ref)
     if bad_ref is not None:
         return bad_ref
     return BulkRow(i, row_number, key or None, amount, ref)
