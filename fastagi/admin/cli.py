@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True, parser_class=_Parser
     )
     _sub(db, "init", cmd_db_init, "create (or migrate) the database")
+    from fastagi.admin import cli_db  # noqa: PLC0415  (it builds on this module's helpers)
+
+    cli_db.add_parsers(db, _sub)
 
     plan = subs.add_parser("plan", help="rate plans").add_subparsers(
         dest="plan_command", required=True, parser_class=_Parser
