@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from fastagi.core.ledger import LedgerError
 from fastagi.core.money import AmountError, format_amount, parse_amount
 from fastagi.core.numbers import NumberRuleError
-from fastagi.core.period import PeriodError
+from fastagi.core.period import PeriodError, status_text
 from fastagi.core.rating import PlanError, Tariff
 from fastagi.runtime.config import ConfigError
 from fastagi.runtime.log import configure as configure_logging
@@ -194,12 +194,7 @@ async def cmd_number_set(store: Store, a: argparse.Namespace) -> int:
 
 def _status(doc: dict[str, Any]) -> str:
     """'active', 'suspended', or why a number that owes is suspended (money fields as ints)."""
-    if doc["owed"]:
-        return (
-            f"suspended: owes {format_amount(doc['owed'])} of the monthly minimum of "
-            f"{', '.join(doc['owed_months'])}; the next recharge pays it first"
-        )
-    return doc["status"]
+    return status_text(doc["status"], doc["owed"], doc["owed_months"])
 
 
 async def cmd_number_show(store: Store, a: argparse.Namespace) -> int:

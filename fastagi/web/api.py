@@ -68,10 +68,16 @@ async def balance(request: Request, access: Access) -> Response:
     return JSONResponse(balance_document(doc))
 
 
-async def _body(request: Request, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > BODY_BYTES_MAX:
-        raise BadRequest(f"the request body is over {BODY_BYTES_MAX} bytes")
+async def _body(
+    request: Request, allowed: tuple[str, ...], required: tuple[str, ...], limit: int = BODY_BYTES_MAX
+) -> dict[str, Any]:
+    chunks, size = [], 0
+    async for chunk in request.stream():  # stop reading at the limit, not after the whole body
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -28,9 +28,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastagi.admin.cli_types import seconds_up_to
+from fastagi.dev.bench import renewals
 from fastagi.dev.bench.asterisk_ref import CHANNELS_MAX, REQUESTS_MAX, asterisk_problem, asterisk_reference
 from fastagi.dev.bench.check import check_ledger
 from fastagi.dev.bench.mix import CallMix
@@ -123,6 +125,11 @@ async def _run(a: argparse.Namespace, work: str) -> dict[str, Any]:
         a.raw_seconds,
         a.concurrency,
     )
+    renew: dict[str, Any] = {}
+    if a.renew_seconds:  # serve's CPU per mid-call renewal (renewals.py: a run of its own)
+        renew_dir = Path(work) / "renew"
+        renew_dir.mkdir()
+        renew = await renewals.measure(renew_dir, calls=a.renew_calls, seconds=a.renew_seconds)
     asterisk: dict[str, Any] = {}
     if a.asterisk:
         asterisk = await asterisk_reference(
@@ -139,6 +146,7 @@ async def _run(a: argparse.Namespace, work: str) -> dict[str, Any]:
         "ppc": ppc,
         "raw": raw,
         "asterisk": asterisk,
+        "renew": renew,
         "seed_cached": seed_cached,
         "seed_s": seed_s,
         "loadavg": loadavg,
@@ -301,6 +309,18 @@ def _add_reference_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--raw-seconds", type=_positive_float, default=3.0, help="raw reference: how long, s (default 3)"
+    )
+    p.add_argument(
+        "--renew-seconds",
+        type=_seconds_or_zero,
+        default=5.0,
+        help="renewal run: how long calls are held on one-second chunks, s; 0 skips it (default 5)",
+    )
+    p.add_argument(
+        "--renew-calls",
+        type=_count(5_000),
+        default=300,
+        help="renewal run: calls held at once, each renewed about once a second (default 300)",
     )
     p.add_argument(
         "--asterisk",

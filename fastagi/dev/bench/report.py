@@ -29,6 +29,13 @@ ASTERISK_KEYS = (
     "asterisk_serve_cpu_ms_per_agi",
     "asterisk_setups_per_s_max",
 )
+# the renewal run (renewals.py): beside serve's CPU per setup of the burst window
+RENEW_KEYS = (
+    "renewals_per_s",
+    "serve_cpu_ms_per_renewal",
+    "serve_cpu_ms_per_setup",
+    "renewal_cpu_vs_setup",
+)
 EXTRA_KEYS = (
     "billed_as_simulated",
     "steady_setups_per_s",
@@ -83,6 +90,7 @@ def build_doc(a: Any, p: dict[str, Any]) -> dict[str, Any]:
         "paced_setup_p99_ms": server["paced_setup_p99_ms"],
         "paced_setup_max_ms": server["paced_setup_max_ms"],
         **{k: v for k, v in asterisk.items() if k in ASTERISK_KEYS},
+        **_renew_figures(p["renew"], burst),
         "settings": _settings(a, p),
         "details": {
             "errors": server["errors"],
@@ -107,11 +115,25 @@ def build_doc(a: Any, p: dict[str, Any]) -> dict[str, Any]:
             "process_per_call": ppc,
             "raw": raw,
             "asterisk": asterisk,
+            "renew": p["renew"],
             "ratio_calls_vs_raw_full_calls": _ratio(steady["calls_per_s"], raw["raw_full_calls_per_s"]),
             "total_s": p["total_s"],
         },
     }
     return doc
+
+
+def _renew_figures(renew: dict[str, Any], burst: dict[str, Any]) -> dict[str, Any]:
+    """The renewal run's figures beside the burst window's CPU per setup (both serve's own)."""
+    if not renew:
+        return {}
+    per_setup = burst.get("serve_cpu_ms_per")
+    return {
+        "renewals_per_s": renew["renewals_per_s"],
+        "serve_cpu_ms_per_renewal": renew["serve_cpu_ms_per_renewal"],
+        "serve_cpu_ms_per_setup": per_setup,
+        "renewal_cpu_vs_setup": _ratio(renew["serve_cpu_ms_per_renewal"], per_setup) if per_setup else None,
+    }
 
 
 def _settings(a: Any, p: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +176,8 @@ def write_json(path: str, doc: dict[str, Any]) -> None:
 
 def print_table(doc: dict[str, Any]) -> None:
     rows: list[tuple[str, str, str, str]] = []
-    for key in REQUIRED_KEYS + EXTRA_KEYS + ASTERISK_KEYS:
-        if key not in doc:
+    for key in REQUIRED_KEYS + EXTRA_KEYS + RENEW_KEYS + ASTERISK_KEYS:
+        if key not in doc or doc[key] is None:
             continue
         v = doc[key]
         text = ("yes" if v else "NO") if isinstance(v, bool) else f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
