@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
 from fastagi.core.ledger import LedgerError
-from fastagi.core.money import AmountError, format_amount, parse_amount
+from fastagi.core.money import AmountError, format_amount, money_fields, parse_amount
 from fastagi.core.numbers import NumberRuleError
 from fastagi.core.period import PeriodError, status_text
 from fastagi.core.rating import PlanError, Tariff
@@ -65,38 +65,6 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
-def _money_fields(d: Any) -> Any:
-    """Render minor-unit money fields as decimal strings for output."""
-    money_keys = {
-        "balance",
-        "reserved",
-        "available",
-        "spent",
-        "min_balance",
-        "monthly_minimum",
-        "owed",
-        "low_balance",
-        "amount",
-        "effect",
-        "per_minute",
-        "connect_fee",
-        "cost",
-        "reserve",
-    }
-    if isinstance(d, dict):
-        return {
-            k: (
-                format_amount(v)
-                if k in money_keys and isinstance(v, int) and not isinstance(v, bool)
-                else _money_fields(v)
-            )
-            for k, v in d.items()
-        }
-    if isinstance(d, list):
-        return [_money_fields(x) for x in d]
-    return d
-
-
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, ensure_ascii=False, indent=2))
 
@@ -135,7 +103,7 @@ async def cmd_plan_rate(store: Store, a: argparse.Namespace) -> int:
 
 
 async def cmd_plan_list(store: Store, a: argparse.Namespace) -> int:
-    plans = _money_fields(await store.read(tx_admin.list_plans))
+    plans = money_fields(await store.read(tx_admin.list_plans))
     if a.json:
         _print_json(plans)
         return 0
@@ -199,7 +167,7 @@ def _status(doc: dict[str, Any]) -> str:
 
 async def cmd_number_show(store: Store, a: argparse.Namespace) -> int:
     raw = await store.read(tx_admin.balance, a.number)
-    doc = _money_fields(raw)
+    doc = money_fields(raw)
     if a.json:
         _print_json(doc)
         return 0
@@ -232,7 +200,7 @@ async def cmd_balance(store: Store, a: argparse.Namespace) -> int:
     doc = await store.read(tx_admin.balance, a.number)
     if a.json:
         _print_json(
-            _money_fields(
+            money_fields(
                 {
                     "number": doc["number"],
                     "status": doc["status"],
@@ -252,7 +220,7 @@ async def cmd_balance(store: Store, a: argparse.Namespace) -> int:
     print(
         f"{doc['number']}  {doc['name']}  [{_status(doc)}]  minimum balance {format_amount(doc['min_balance'])}"
     )
-    _print_accounts(_money_fields(doc))
+    _print_accounts(money_fields(doc))
     return 0
 
 
@@ -312,7 +280,7 @@ async def cmd_transfer(store: Store, a: argparse.Namespace) -> int:
 
 
 async def cmd_statement(store: Store, a: argparse.Namespace) -> int:
-    rows = _money_fields(await store.read(tx_admin.statement, a.number, a.key))
+    rows = money_fields(await store.read(tx_admin.statement, a.number, a.key))
     if a.json:
         _print_json(rows)
         return 0
