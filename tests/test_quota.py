@@ -468,3 +468,18 @@ async def test_the_supervisors_timers_stay_proportional_to_live_calls(db: str) -
         assert len(sup._heap) <= sv.HEAP_SLACK + 1  # noqa: SLF001  (the bound is the point)
     finally:
         await store.close()
+
+
+@aio
+async def test_the_lease_is_per_asterisk(db: str) -> None:
+    """With several Asterisk servers on one database, a call gets chunks only while a supervisor
+    of its own Asterisk (its uniqueid's systemname) holds the lease."""
+    store = await _store(db, 10_000)
+    try:
+        await store.run(tx_quota.take_lease, "serve-a", 2**62, "pbx-a")
+        on_a = await _route(store, "pbx-a-1767225600.1", supervised=None)
+        on_b = await _route(store, "pbx-b-1767225600.1", supervised=None)
+        assert (on_a.granted_s, on_a.supervised) == (10, True)
+        assert (on_b.final, on_b.supervised) == (True, False)  # nobody renews pbx-b's calls
+    finally:
+        await store.close()

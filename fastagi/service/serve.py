@@ -162,6 +162,7 @@ class Service:
                 quota_s=s.quota_s,
                 renew_before_s=s.renew_before_s,
                 holder=f"{socket.gethostname()}:{os.getpid()}",
+                system=s.asterisk_system_name,
             )
             await self.supervisor.start()
             routes.on_grant = self.supervisor.note_grant

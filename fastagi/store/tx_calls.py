@@ -14,6 +14,7 @@ import structlog
 
 from fastagi.core.calls import Decision, decide_lookup, decide_route
 from fastagi.core.clock import ms_from_iso
+from fastagi.core.ids import system_of
 from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.rating import billed_seconds, cost
@@ -61,7 +62,8 @@ def route(
     start_at = now_iso()  # one clock read: the record's time, the sweeper's and the lease's
     start_ms = ms_from_iso(start_at)
     if supervised is None:
-        supervised = lease_until_ms(conn) > start_ms
+        # a supervisor of the call's own Asterisk (its uniqueid's systemname) must hold the lease
+        supervised = lease_until_ms(conn, system_of(billing_id)) > start_ms
     d = decide_route(nv, digits, try_no, ev, caller, quota_s=quota_s, renewable=supervised)
     if d.action != "dial":
         return d
