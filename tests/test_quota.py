@@ -481,5 +481,10 @@ async def test_the_lease_is_per_asterisk(db: str) -> None:
         on_b = await _route(store, "pbx-b-1767225600.1", supervised=None)
         assert (on_a.granted_s, on_a.supervised) == (10, True)
         assert (on_b.final, on_b.supervised) == (True, False)  # nobody renews pbx-b's calls
+        await store.run(tx_quota.drop_lease, "serve-a", "pbx-a")
+        await store.run(tx_quota.take_lease, "single", 2**62, "")  # one Asterisk, no system name set
+        await store.run(tx_admin.recharge, NUMBER, "1", 10_000, "r-more")  # pbx-b's call holds the rest
+        on_c = await _route(store, "pbx-c-1767225600.1", supervised=None)
+        assert on_c.supervised  # covers its calls whatever their systemname
     finally:
         await store.close()

@@ -169,6 +169,11 @@ def drop_lease(conn: sqlite3.Connection, holder: str, system: str = "") -> None:
 
 
 def lease_until_ms(conn: sqlite3.Connection, system: str = "") -> int:
-    """Until when some process supervises the calls of Asterisk `system` (0: nobody)."""
-    row = conn.execute("SELECT until_ms FROM supervisor_lease WHERE system=?", (system,)).fetchone()
-    return 0 if row is None else int(row[0])
+    """Until when some process supervises the calls of Asterisk `system` (0: nobody).
+
+    A supervisor with no system name (asterisk_system_name unset: one Asterisk, whatever its
+    systemname) covers the calls of every system."""
+    row = conn.execute(
+        "SELECT max(until_ms) FROM supervisor_lease WHERE system IN (?, '')", (system,)
+    ).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
