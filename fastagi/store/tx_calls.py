@@ -19,8 +19,10 @@ from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.rating import billed_seconds, cost
 from fastagi.runtime.clock import now_iso
 from fastagi.store import tx_outbox
+from fastagi.store.archive_read import archived_calls
 from fastagi.store.base import CallFacts, NotFound, SettleResult
-from fastagi.store.tariff_snapshots import tariff_from_json, tariff_json
+from fastagi.store.pages import PAGE_ROWS_MAX, calls_rows, check_limit, parse_calls_cursor
+from fastagi.store.tariff_snapshots import cached_tariff_id, tariff_from_json, tariff_id, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve
 from fastagi.store.tx_quota import lease_until_ms, resolve_chunks
@@ -52,7 +54,7 @@ def route(
     supervised: whether a supervisor will renew the call mid-call (one chunk now) or not
     (everything the account can pay, final); None: whoever holds the lease decides.
     """
-    existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    existing = conn.execute(CALL_SQL, (billing_id,)).fetchone()
     if existing is not None:
         return _repeat(existing)
     nv, ev = route_views(conn, number, digits)
@@ -76,30 +78,42 @@ def route(
     # No call holds billing_id (checked above) and the call row and its reservation are
     # only ever written together, so pending_id is new.
     reserve(conn, pending_id, debit, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id)
-    conn.execute(
-        "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
-        "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at, grant_final) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?)",
-        (
-            billing_id,
-            nv.number_id,
-            d.extension_id,
-            d.account_id,
-            caller,
-            channel,
-            linkedid,
-            d.dest,
-            d.charged,
-            start_ms,
-            tariff_json(d.tariff),
-            d.granted_s,
-            d.reserve,
-            pending_id,
-            start_at,
-            int(d.final),
-        ),
+    values = (
+        billing_id,
+        nv.number_id,
+        d.extension_id,
+        d.account_id,
+        caller,
+        channel,
+        linkedid,
+        d.dest,
+        d.charged,
+        start_ms,
+        d.granted_s,
+        d.reserve,
+        pending_id,
+        start_at,
+        int(d.final),
     )
+    body = tariff_json(d.tariff)
+    tid = cached_tariff_id(body)
+    # the remembered snapshot id is checked by the INSERT itself (tariff_snapshots.py)
+    if tid is None or conn.execute(_INSERT_CALL_SQL, (*values, tid, body)).rowcount != 1:
+        if conn.execute(_INSERT_CALL_SQL, (*values, tariff_id(conn, body), body)).rowcount != 1:
+            raise NotFound(f"tariff snapshot of call {billing_id} could not be stored")
     return d
+
+
+# The call row with its tariff snapshot selected by id and text: no row without the snapshot.
+_INSERT_CALL_SQL = (
+    "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
+    "dest, charged, start_ms, granted_s, reserved, pending_id, state, start_at, grant_final, tariff_id) "
+    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
+)
+# A call with its tariff snapshot's text as `tariff`.
+CALL_SQL = (
+    "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id WHERE c.billing_id=?"
+)
 
 
 def _repeat(row: sqlite3.Row) -> Decision:
@@ -157,7 +171,7 @@ def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = No
 
 def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     """Rate and post an ended call, or void an unanswered one: exactly once by billing id."""
-    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (f.billing_id,)).fetchone()
+    row = conn.execute(CALL_SQL, (f.billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {f.billing_id}")
     if row["state"] != "reserved":
@@ -227,7 +241,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
 
 def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str) -> SettleResult:
     """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
-    row = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    row = conn.execute(CALL_SQL, (billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {billing_id}")
     if row["state"] != "reserved":
@@ -326,49 +340,55 @@ def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def call_records(
-    conn: sqlite3.Connection, number: str, ext: str | None, since: str | None
+    conn: sqlite3.Connection,
+    number: str,
+    ext: str | None,
+    since: str | None,
+    limit: int = PAGE_ROWS_MAX,
+    before: str | None = None,
+    archive: str | None = None,
 ) -> list[dict[str, Any]]:
+    """One page of the number's (or one extension's) call records, newest first.
+
+    before: the cursor of the previous page (calls_cursor of its last row); archive: also
+    read the calls moved to this archive file (store/archive.py).
+    """
     nrow = conn.execute("SELECT id FROM numbers WHERE number=?", (number,)).fetchone()
     if nrow is None:
         raise NotFound(f"unknown number {number}")
-    sql = (
-        "SELECT c.*, e.key AS ext_key FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
-        "WHERE c.number_id=?"
-    )
-    params: list[Any] = [nrow["id"]]
+    keys = {i: k for i, k in conn.execute("SELECT id, key FROM extensions WHERE number_id=?", (nrow["id"],))}
+    ext_id = None
     if ext is not None:
-        if (
-            conn.execute("SELECT 1 FROM extensions WHERE number_id=? AND key=?", (nrow["id"], ext)).fetchone()
-            is None
-        ):
+        ext_id = next((i for i, k in keys.items() if k == ext), None)
+        if ext_id is None:
             raise NotFound(f"number {number} has no extension {ext}")
-        sql += " AND e.key=?"
-        params.append(ext)
-    if since is not None:
-        sql += " AND c.start_at >= ?"
-        params.append(since)
-    sql += " ORDER BY c.start_at DESC LIMIT 10000"
-    return [
-        {
-            "id": r["billing_id"],
-            "number": number,
-            "ext": r["ext_key"],
-            "charged": r["charged"],
-            "caller": r["caller"],
-            "dest": r["dest"],
-            "start": r["start_at"],
-            "answer": r["answer_at"],
-            "end": r["end_at"],
-            "talk_s": r["talk_s"],
-            "billed_s": r["billed_s"],
-            "granted_s": r["granted_s"],
-            "renewals": r["renewals"],
-            "reserved": r["reserved"],
-            "cost": r["cost"],
-            "disposition": r["disposition"],
-            "cause": r["cause"],
-            "settled_by": r["settled_by"],
-            "state": r["state"],
-        }
-        for r in conn.execute(sql, params)
-    ]
+    check_limit(limit)
+    cursor = parse_calls_cursor(before)
+    rows = calls_rows(conn, nrow["id"], ext_id, since, limit, cursor)
+    if archive is not None:
+        rows = archived_calls(archive, rows, nrow["id"], ext_id, since, limit, cursor)
+    return [_record(r, number, keys.get(r["extension_id"])) for r in rows]
+
+
+def _record(r: dict[str, Any], number: str, ext_key: str | None) -> dict[str, Any]:
+    return {
+        "id": r["billing_id"],
+        "number": number,
+        "ext": ext_key,
+        "charged": r["charged"],
+        "caller": r["caller"],
+        "dest": r["dest"],
+        "start": r["start_at"],
+        "answer": r["answer_at"],
+        "end": r["end_at"],
+        "talk_s": r["talk_s"],
+        "billed_s": r["billed_s"],
+        "granted_s": r["granted_s"],
+        "renewals": r["renewals"],
+        "reserved": r["reserved"],
+        "cost": r["cost"],
+        "disposition": r["disposition"],
+        "cause": r["cause"],
+        "settled_by": r["settled_by"],
+        "state": r["state"],
+    }

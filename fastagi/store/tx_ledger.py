@@ -75,11 +75,12 @@ def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
     return account_at(row, 0)  # type: ignore[return-value]
 
 
-def _save(conn: sqlite3.Connection, a: Account) -> None:
+def _save(conn: sqlite3.Connection, a: Account, spent: int = 0) -> None:
+    """Write the account's counters back; `spent`: what a call post adds to its kept spend."""
     conn.execute(
-        "UPDATE accounts SET debits_pending=?, debits_posted=?, credits_pending=?, credits_posted=? "
-        "WHERE id=?",
-        (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, a.id),
+        "UPDATE accounts SET debits_pending=?, debits_posted=?, credits_pending=?, credits_posted=?, "
+        "spent = spent + ? WHERE id=?",
+        (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, spent, a.id),
     )
 
 
@@ -238,7 +239,8 @@ def resolve(
         None,
         pending_id=pending_id,
     )
-    _save(conn, new_debit)
+    # the kept spend (accounts.spent) moves with the post, in this transaction
+    _save(conn, new_debit, posted_amount if kind is TransferKind.POST else 0)
     _save(conn, new_credit)
     if new_debit.kind is AccountKind.MAIN and posted_amount:
         update_suspension(conn, new_debit, reason=code)
