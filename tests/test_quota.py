@@ -451,3 +451,23 @@ async def test_no_renewal_while_ami_is_down(tmp_path: Path) -> None:
     finally:
         await sup.stop()
         await store.close()
+
+
+@aio
+async def test_the_supervisors_timers_stay_proportional_to_live_calls(tmp_path: Path) -> None:
+    """Calls that end within their first chunk (most calls) leave no growing timer heap behind."""
+    from fastagi.runtime.clock import now_ms
+    from fastagi.service import supervisor as sv
+
+    store = await _store(tmp_path / "q.db", 1_000)
+    sup = sv.Supervisor(store, FakeAmi(), quota_s=300, renew_before_s=30, holder="test")
+    try:
+        for i in range(5_000):
+            bid = f"1767225600.{i}"
+            sup.note_grant(bid, 300, False, "PJSIP/x", "zh")
+            sup.on_answered(bid, now_ms(), "callee")
+            sup.on_ended(bid)
+        assert sup.watched() == set()
+        assert len(sup._heap) <= sv.HEAP_SLACK + 1  # noqa: SLF001  (the bound is the point)
+    finally:
+        await store.close()

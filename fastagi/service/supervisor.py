@@ -47,6 +47,7 @@ FINAL_LAST_CHECK_MS = 300  # too close to the cut to move it: the call ends as g
 WATCHED_CALLS_MAX = 100_000  # answered calls supervised at once; beyond, a call keeps its grant
 GRANTS_KEPT_MAX = 100_000  # grants noted at setup, waiting for the answer
 RESUME_CALLS_MAX = 20_000  # calls taken back from the store after a (re)connect
+HEAP_SLACK = 1024  # stale timer entries tolerated before the heap is rebuilt
 STEPS_IN_FLIGHT_MAX = 64  # renewals / warnings being carried out at once
 RETRY_MS_MAX = 1_000  # a renewal that could not be made (store or AMI down) is tried again after this
 RETRY_MS_MIN = 50
@@ -203,6 +204,12 @@ class Supervisor:
     # -- the timers -------------------------------------------------------------------
     def _schedule(self, w: _Watch, at_ms: int) -> None:
         w.wake_ms = at_ms
+        if len(self._heap) > 2 * len(self._watches) + HEAP_SLACK:
+            # Ended calls leave their entries behind (skipped when they come up): drop them
+            # now and then, so the heap stays proportional to the calls being supervised.
+            live = [(x.wake_ms, b) for b, x in self._watches.items() if not x.busy and x is not w]
+            self._heap = [(at, next(self._ticket), b) for at, b in live]
+            heapq.heapify(self._heap)
         heapq.heappush(self._heap, (at_ms, next(self._ticket), w.billing_id))
         if self._heap[0][2] == w.billing_id:
             self._wakeup.set()  # earlier than what the loop sleeps for
@@ -307,7 +314,13 @@ class Supervisor:
         return self._next_wake(w, now_ms())
 
     async def _move_cutoff(self, w: _Watch) -> bool:
-        """Set the callee's hangup time to the new granted end; False when the call is gone."""
+        """Move the call's end to the new granted end; False when the call is gone.
+
+        The caller's EXTBILL_LIMIT_MS first: the dialplan's hangup handler caps the talk it
+        reports at that limit, so it must never be behind the real cut-off (ahead is harmless:
+        the talk measured is never longer than Asterisk allowed). Then the callee's
+        TIMEOUT(absolute), which is the cut-off itself.
+        """
         remaining_ms = w.end_ms - now_ms()
         if remaining_ms <= 0:
             return False
@@ -316,27 +329,20 @@ class Supervisor:
                 "supervisor.no_callee", note="cannot move the cut-off; the call ends at its first grant"
             )
             return False
-        setvar = {"Action": "Setvar", "Channel": w.callee, "Variable": "TIMEOUT(absolute)"}
-        try:
-            reply = await self.ami.send_action({**setvar, "Value": f"{remaining_ms / 1000:.3f}"})
-        except Exception as exc:  # noqa: BLE001  (AMI down or slow: the old cut-off stands)
-            log.warning("supervisor.cutoff_not_moved", error=repr(exc), note="the call ends at its old end")
-            return True
-        if not _success(reply):
-            log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
-            return False
+        limit = {"Variable": "EXTBILL_LIMIT_MS", "Value": str((w.granted_s or 0) * 1000)}
+        timeout = {"Variable": "TIMEOUT(absolute)", "Value": f"{remaining_ms / 1000:.3f}"}
+        for channel, change in ((w.channel or w.billing_id, limit), (w.callee, timeout)):
+            try:
+                reply = await self.ami.send_action({"Action": "Setvar", "Channel": channel, **change})
+            except Exception as exc:  # noqa: BLE001  (AMI down or slow: the old cut-off stands)
+                log.warning(
+                    "supervisor.cutoff_not_moved", error=repr(exc), note="the call ends at its old end"
+                )
+                return True
+            if not _success(reply):
+                log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
+                return False
         self.cutoff_moves += 1
-        # The caller's channel keeps the limit the dialplan checks after Dial (limit-reached
-        # prompt) and its hangup handler caps the talk with: tell it the new total.
-        with contextlib.suppress(Exception):
-            await self.ami.send_action(
-                {
-                    "Action": "Setvar",
-                    "Channel": w.channel or w.billing_id,
-                    "Variable": "EXTBILL_LIMIT_MS",
-                    "Value": str((w.granted_s or 0) * 1000),
-                }
-            )
         return True
 
     async def _warn(self, w: _Watch) -> None:

@@ -40,6 +40,19 @@ def extbill_server(asterisk_server: Asterisk, tmp_path_factory: pytest.TempPathF
     srv = ExtbillServer(asterisk_server, tmp_path_factory.mktemp("extbill-quota"), extra_args=QUOTA)
     srv.cli("db", "init")
     srv.cli("plan", "add", "p11", "--per-minute", "0.6", "--initial", "1", "--increment", "1")
+    srv.cli(
+        "plan",
+        "add",
+        "p11-max10",
+        "--per-minute",
+        "0.6",
+        "--initial",
+        "1",
+        "--increment",
+        "1",
+        "--max-call",
+        "10",
+    )
     srv.start()
     try:
         yield srv
@@ -244,4 +257,20 @@ def test_recharge_during_a_final_grant_extends_the_call(asterisk: Asterisk, srv:
     assert call.prompts() == [WELCOME]
     assert_rated(rec, call, ext="1", charged="ext", talk_s=20)
     assert money(srv, n)["1"]["balance"] == 1_080 - minor(rec["cost"])
+    check_books(srv, [n], [call])
+
+
+def test_the_plans_maximum_call_caps_the_sum_of_all_chunks(asterisk: Asterisk, srv: ExtbillServer) -> None:
+    """A plan with a 10 s maximum call: however much money there is, the renewed chunks stop at
+    10 s, the caller is warned and cut there, and charged 10 s."""
+    n = "4000000209"
+    seed(srv, n, main="50", plan="p11-max10", exts={"1": (branch("talk-0-40"), "50")})
+    call = place(asterisk, srv, n, dtmf="1", hold=40)
+    settled(srv, call)
+
+    rec = srv.call(n, call.ivr_id)
+    assert call.prompts() == [WELCOME, "extbill/limit-reached"]
+    assert rec["granted_s"] == 10 and rec["renewals"] >= 2 and abs(rec["talk_s"] - 10) <= 1
+    assert srv.find("call.warned", billing_id=call.ivr_id)
+    assert minor(rec["cost"]) == rec["talk_s"] * CENT_PER_S
     check_books(srv, [n], [call])

@@ -246,6 +246,8 @@ class FakeAmi:
         self.logged_in = asyncio.Event()  # set after Login and the first CoreShowChannels
         self.logins = 0
         self.actions = 0
+        self.setvars = 0
+        self.originates = 0
         self.bytes_sent = 0
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -313,6 +315,15 @@ class FakeAmi:
                             ]
                         )
                     )
+                elif action in ("setvar", "originate"):
+                    # mid-call renewals (TIMEOUT(absolute) of the callee, EXTBILL_LIMIT_MS of the
+                    # caller) and final-grant warnings: answered as Asterisk does for a live channel
+                    if action == "setvar":
+                        self.setvars += 1
+                    else:
+                        self.originates += 1
+                    message = "Variable Set" if action == "setvar" else "Originate successfully queued"
+                    writer.write(_message([("Response", "Success"), ("ActionID", aid), ("Message", message)]))
                 else:
                     writer.write(
                         _message(
