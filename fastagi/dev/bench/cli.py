@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fastagi.admin.cli_types import seconds_up_to
+from fastagi.dev.bench import history as bench_history
 from fastagi.dev.bench.asterisk_ref import CHANNELS_MAX, REQUESTS_MAX, asterisk_problem, asterisk_reference
 from fastagi.dev.bench.check import check_ledger
 from fastagi.dev.bench.load import LoadSettings
@@ -393,6 +394,8 @@ async def cmd_bench(a: argparse.Namespace) -> int:
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
+    if a.history:  # the history run alone (dev/bench/history.py)
+        return await asyncio.to_thread(bench_history.cmd_history, a)
     if a.asterisk and (problem := asterisk_problem()):
         # before the run, not after a minute of it
         print(
@@ -761,6 +764,7 @@ def add_parser(subs: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
         help="--asterisk: requests per channel, one after another (default 100)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (databases, logs)")
+    bench_history.add_args(p)
 
 
 def main(argv: list[str] | None = None) -> int:
