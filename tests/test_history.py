@@ -338,3 +338,27 @@ def test_a_bad_page_limit_is_refused(db: Path) -> None:
             conn.close()
     out = extbill("statement", NUMBER, "--limit", "0", db=db, check=False)
     assert out.returncode == 2 and "--limit" in out.stderr
+
+
+def test_bench_history_reports_every_figure_on_a_small_history(tmp_path: Path) -> None:
+    """A bounded run (a few seconds): the figures exist, the seeded ledger checks clean."""
+    out = tmp_path / "h.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastagi", "bench", "--history", "3000", "--numbers", "4", "--extensions", "4",
+         "--history-seconds", "0.4", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["history_calls"] == 3000 and doc["history_check"] == "clean"
+    assert set(doc["history_reads"]) == {
+        "balance",
+        "number_show",
+        "statement_main",
+        "statement_ext",
+        "calls_since",
+    }
+    for key in ("history_read_ratio", "history_setup_ratio"):
+        assert doc[key] > 0
+    assert 100 < doc["bytes_per_call"] < 5000
+    assert "history_read_ratio" in proc.stdout
