@@ -21,18 +21,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastagi.core.clock import iso_from_ms
 from fastagi.dev.bench.history_seed import DAY_MS, seed_history
 from fastagi.dev.bench.mix import CallMix
-from fastagi.dev.bench.raw import raw_setups_per_s
 from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import counters, tx_admin, tx_calls
+from fastagi.store.base import CallFacts
 from fastagi.store.pages import PAGE_ROWS_DEFAULT
-from fastagi.store.sqlite import _configure, _in_read
+from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
 HISTORY_MAX = 20_000_000  # calls --history seeds at most
 RECENT_CALLS = 2_000  # the last day's calls, on both copies
 READ_ROUNDS = 300  # timed repetitions of each read on each copy
-SETUP_TURNS = 10  # the setup loop alternates between the two files this many times
+SETUP_TURNS = 12  # the setup loop alternates between the two files this many times
+SETUP_WARM_TURNS = 2  # the first turns fill the page cache (serve's stays warm): not counted
 TARGETS = {"history_read_ratio": 1.2, "history_setup_ratio": 0.9, "bytes_per_call": 500}
 
 
@@ -133,12 +135,7 @@ def run_history(n: int, work: str, ds: DataSet, setup_seconds: float, seed: int 
     reads = _reads(ds, since=_since(end_ms))
     lat_recent, lat_history = _latencies([recent, history], reads, READ_ROUNDS)
     ratios = {k: lat_history[k]["p50_ms"] / lat_recent[k]["p50_ms"] for k in reads}
-    setups_recent = raw_setups_per_s(
-        recent, CallMix(ds, seed=seed + 3, epoch=end_ms // 1000 + 1), setup_seconds
-    )
-    setups_history = raw_setups_per_s(
-        history, CallMix(ds, seed=seed + 3, epoch=end_ms // 1000 + 1), setup_seconds
-    )
+    setups_recent, setups_history = _setups([recent, history], ds, end_ms, setup_seconds, seed)
     return {
         "history_calls": n,
         "history_seed_s": round(seed_s, 1),
@@ -158,25 +155,56 @@ def run_history(n: int, work: str, ds: DataSet, setup_seconds: float, seed: int 
 
 
 def _setups(paths: list[str], ds: DataSet, end_ms: int, seconds: float, seed: int) -> list[dict[str, float]]:
-    """The raw setup loop on each file in SETUP_TURNS short turns, which file goes first
-    alternating, the WAL folded back after each turn as serve's checkpointer does; the
-    median turn's rate per file (a shared machine's bursts land on single turns)."""
+    """Setups per second on each file: the raw reference's transactions (lookup, route;
+    then settle, untimed) on one connection per file kept open as serve keeps its own,
+    in SETUP_TURNS turns, which file goes first alternating, the WAL folded back after
+    each turn as serve's checkpointer does; the median turn's rate per file, after the
+    warm-up turns."""
     mixes = [CallMix(ds, seed=seed + 3, epoch=end_ms // 1000 + 1) for _ in paths]
+    conns = [sqlite3.connect(p, isolation_level=None) for p in paths]
     rates: list[list[float]] = [[] for _ in paths]
-    for turn in range(SETUP_TURNS):
-        order = range(len(paths)) if turn % 2 == 0 else reversed(range(len(paths)))
-        for i in order:
-            rates[i].append(raw_setups_per_s(paths[i], mixes[i], seconds / SETUP_TURNS)["raw_tx_per_s"])
-            conn = sqlite3.connect(paths[i])
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    try:
+        for conn in conns:
+            _configure(conn)
+        for turn in range(SETUP_TURNS):
+            order = range(len(paths)) if turn % 2 == 0 else reversed(range(len(paths)))
+            for i in order:
+                rates[i].append(_setup_turn(conns[i], mixes[i], seconds / SETUP_TURNS))
+                conns[i].execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        for conn in conns:
             conn.close()
-    return [{"raw_tx_per_s": statistics.median(r)} for r in rates]
+    return [{"raw_tx_per_s": statistics.median(r[SETUP_WARM_TURNS:])} for r in rates]
+
+
+def _setup_turn(conn: sqlite3.Connection, mix: CallMix, seconds: float) -> float:
+    """One turn of raw.py's loop on an open connection: setups per second of setup time."""
+    clock = time.perf_counter
+    done, setup_s, deadline = 0, 0.0, clock() + seconds
+    now_ms = int(time.time() * 1000)
+    while clock() < deadline:
+        call = mix.next()
+        t0 = clock()
+        _in_read(conn, tx_calls.lookup, (call.number,))
+        d = _in_transaction(
+            conn, tx_calls.route, (call.billing_id, call.number, call.digits, 1, call.caller, None, None)
+        )
+        setup_s += clock() - t0
+        done += 1
+        if d.action == "dial":
+            answer_ms = now_ms + call.ring_ms
+            end_ms = answer_ms + min(call.talk_ms, d.limit_ms)
+            facts = CallFacts(
+                call.billing_id, call.answered, end_ms - answer_ms if call.answered else 0,
+                iso_from_ms(answer_ms) if call.answered else None, iso_from_ms(end_ms),
+                "ANSWER" if call.answered else "NOANSWER", "16", "hangup",
+            )  # fmt: skip
+            _in_transaction(conn, tx_calls.settle, (facts,))
+    return done / setup_s
 
 
 def _since(end_ms: int) -> str:
     """`calls --since`: the day before the last one (a page of recent calls on both copies)."""
-    from fastagi.core.clock import iso_from_ms  # noqa: PLC0415
-
     return iso_from_ms(end_ms - 2 * DAY_MS)[:10]
 
 
