@@ -134,7 +134,7 @@ def test_ledger_check_fails_on_a_reservation_left_open(tmp_path: Path) -> None:
     assert open_run["ledger_consistent"] is False
     assert open_run["settled_exactly_once"] is False
 
-    from fastagi.store.base import CallFacts  # noqa: PLC0415
+    from fastagi.core.records import CallFacts  # noqa: PLC0415
 
     _in_transaction(
         conn,

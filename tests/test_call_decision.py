@@ -1,4 +1,4 @@
-"""The call decision (fastagi/calls.py), table-driven over every rule of issue 3 and BRIEF.md.
+"""The call decision (fastagi/core/calls.py), table-driven over every rule of docs/rules.md it keeps (3-5, 7).
 
 Pure: snapshots of a number, its extension and their accounts in, one Decision out.
 """
@@ -304,7 +304,7 @@ ROUTE_CASES = [
 
 @pytest.mark.parametrize("case", ROUTE_CASES, ids=[c.name for c in ROUTE_CASES])
 def test_route_decision(case: Case) -> None:
-    """Each rule gives the caller the prompt or the Dial (destination, account charged) the brief says."""
+    """Each rule gives the caller the prompt or the Dial (destination, account charged) docs/rules.md says."""
     d = decide_route(case.number, case.digits, case.try_no, case.ext, case.caller)
     got = {k: getattr(d, k) for k in case.expect}
     assert got == case.expect

@@ -29,9 +29,9 @@ import pytest
 from fastagi.admin.cli_calls import FIELDS
 from fastagi.core.ami import Correlator
 from fastagi.core.rating import Tariff
+from fastagi.core.records import CallFacts
 from fastagi.service.settlement import Settlement, iso_from_ms, ms_from_iso
 from fastagi.store import tx_admin, tx_calls
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parent.parent

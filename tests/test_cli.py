@@ -1,4 +1,4 @@
-"""The `extbill` admin command, run for real (a subprocess) on a real SQLite file: issue 2's contract."""
+"""The `extbill` admin command, run for real (a subprocess) on a real SQLite file: its contract (docs/rules.md rules 18, 20)."""
 
 from __future__ import annotations
 
@@ -535,7 +535,7 @@ def _refuse(template: Path, workdir: Path, argv: list[str], problem: str) -> str
 
 
 def test_refused_commands_exit_2_with_one_line_and_change_nothing(template: Path, tmp_path: Path) -> None:
-    """Every refusal of issue 2 exits 2, prints one stderr line naming the problem, and changes nothing."""
+    """Every refusal (docs/rules.md rule 18) exits 2, prints one stderr line naming the problem, and changes nothing."""
     # Subprocesses dominate the time: run the cases side by side, each on its own copy.
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(

@@ -20,13 +20,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from fastagi.admin import cli, cli_doctor, doctor
-from fastagi.admin.demo import DEMO_NUMBER, seed
 from fastagi.admin.doctor import files as file_checks
 from fastagi.asterisk import conf as astconf
 from fastagi.runtime import config
 from fastagi.runtime.config import Settings
 from fastagi.service.serve import Service
 from fastagi.store import tx_admin
+from fastagi.store.demo import DEMO_NUMBER, seed
 from fastagi.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 PROJECT = Path(__file__).resolve().parents[1]

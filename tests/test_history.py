@@ -17,8 +17,9 @@ from unittest import mock
 import pytest
 
 from fastagi.core.rating import Tariff
+from fastagi.core.records import CallFacts
 from fastagi.store import counters, tx_admin, tx_calls
-from fastagi.store.base import CallFacts, StoreError
+from fastagi.store.base import StoreError
 from fastagi.store.pages import calls_cursor
 from fastagi.store.sqlite import _configure, _migrate
 

@@ -26,8 +26,9 @@ from fastagi.core.ledger import (
     invariant_holds,
 )
 from fastagi.core.rating import Tariff
+from fastagi.core.records import CallFacts
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.base import CallFacts, Conflict, NotFound, StoreError
+from fastagi.store.base import Conflict, NotFound, StoreError
 from fastagi.store.sqlite import SqliteStore
 
 # =============================== the pure rules ==============================================

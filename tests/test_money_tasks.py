@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from fastagi.core.period import month_of, month_window_ms, previous_month
+from fastagi.core.records import CallFacts
 from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_calls, tx_money
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import SqliteStore
 
 NUMBER = "4008005555"

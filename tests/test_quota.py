@@ -22,8 +22,8 @@ from fastagi.core.quota import (
     warning_before_ms,
 )
 from fastagi.core.rating import Tariff, cost, seconds_max
+from fastagi.core.records import CallFacts
 from fastagi.store import tx_admin, tx_calls, tx_quota
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import SqliteStore
 
 tariffs = st.builds(

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fastagi.admin.demo import DEMO_NUMBER
 from fastagi.dev.bench.agi_peer import agi_call
+from fastagi.store.demo import DEMO_NUMBER
 
 START_TIMEOUT_S = 20.0
 

@@ -22,9 +22,9 @@ from structlog.testing import capture_logs
 
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
 from fastagi.core.rating import Tariff, billed_seconds, cost, first_block_cost
+from fastagi.core.records import CallFacts
 from fastagi.service.settlement import Settlement, iso_from_ms
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import SqliteStore
 
 NUMBER = "4008001234"

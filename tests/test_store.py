@@ -129,3 +129,24 @@ def test_a_writer_killed_while_holding_the_lock_does_not_leave_it_held(tmp_path:
         holder.kill()
         holder.wait(5)
         lock.close()
+
+
+def test_an_operation_raising_stop_iteration_answers_its_caller(tmp_path: Path) -> None:
+    """A store operation that raises StopIteration (a bare next() on nothing) is reported to its
+    caller as an error, and the store goes on serving; it never leaves the caller waiting."""
+
+    def bad(conn: sqlite3.Connection) -> None:
+        next(iter(()))
+
+    async def main() -> None:
+        store = await SqliteStore.open(str(tmp_path / "s.db"))
+        try:
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await asyncio.wait_for(store.run(bad), 5)
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await asyncio.wait_for(store.read(bad), 5)
+            assert await store.read(lambda c: c.execute("SELECT 1").fetchone()[0]) == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())

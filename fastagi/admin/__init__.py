@@ -1,1 +1,1 @@
-"""The admin's tools: the `extbill` CLI commands, doctor, the demo data."""
+"""The admin's tools: the `extbill` CLI commands and doctor."""

@@ -245,7 +245,7 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
                     "ivr": doc["ivr"],
                     "ext_billing": doc["ext_billing"],
                     "min_balance": doc["min_balance"],
-                    # exactly the document issue 2 specifies; spend is in `number show --json`
+                    # exactly the documented keys (docs/rules.md rule 20); spend is in `number show --json`
                     "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
                     "extensions": [
                         {k: e[k] for k in ("key", "name", "balance", "reserved", "available", "status")}
@@ -446,12 +446,14 @@ def build_parser() -> argparse.ArgumentParser:
         cli_doctor,  # noqa: PLC0415  (they build on this module's helpers)
         cli_money,  # noqa: PLC0415  (they build on this module's helpers)
         cli_serve,  # noqa: PLC0415  (they build on this module's helpers)
+        cli_users,  # noqa: PLC0415  (they build on this module's helpers)
     )
 
     cli_calls.add_parser(subs, _sub)
     cli_money.add_parsers(subs, _sub)
     cli_serve.add_parsers(subs, _sub)
     cli_doctor.add_parsers(subs, _sub)
+    cli_users.add_parsers(subs, _sub)
     # Development commands (sandbox, bench) live in fastagi/dev/, which product code never
     # imports: they register themselves through this entry-point group (pyproject.toml).
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):

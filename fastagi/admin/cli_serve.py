@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
+from fastagi.core.vocab import UnsettledPolicy
 from fastagi.runtime import config
 from fastagi.runtime.log import configure as configure_logging
 
@@ -18,6 +19,10 @@ async def cmd_serve(a: argparse.Namespace) -> int:
     from fastagi.service.serve import Service  # noqa: PLC0415  (keeps admin commands light)
 
     service = Service(settings)
+    if settings.http_bind:  # the console, the JSON API and /metrics, on serve's loop and store
+        from fastagi.web.server import HttpServer  # noqa: PLC0415  (only when asked for)
+
+        service.front_ends.append(HttpServer(service))
     await service.start()
     await service.run_until_stopped()
     return 0
@@ -29,15 +34,20 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.epilog = config.describe() + "\n\nPrecedence: defaults < --config file < environment < flags."
     p.set_defaults(own_store=True, fast_loop=True)
     p.add_argument("--config", help="TOML file with any of the settings below")
-    p.add_argument("--agi-bind", help="FastAGI listen address host:port (default 127.0.0.1:4573)")
+    p.add_argument("--agi-bind", help=f"FastAGI listen address host:port (default {config.AGI_BIND})")
+    p.add_argument("--http-bind", help="console, JSON API and /metrics host:port (default: off)")
     p.add_argument("--ami-host")
     p.add_argument("--ami-port", type=int)
     p.add_argument("--ami-user")
     p.add_argument("--ami-secret")
     p.add_argument("--dial-timeout-s", type=int)
-    p.add_argument("--quota-s", type=int, help="talk time one grant holds, s (default 300)")
-    p.add_argument("--renew-before-s", type=int, help="renew this long before a grant ends, s (default 30)")
-    p.add_argument("--unsettled-policy", choices=("mark", "charge"))
+    p.add_argument("--quota-s", type=int, help=f"talk time one grant holds, s (default {config.QUOTA_S})")
+    p.add_argument(
+        "--renew-before-s",
+        type=int,
+        help=f"renew this long before a grant ends, s (default {config.RENEW_BEFORE_S})",
+    )
+    p.add_argument("--unsettled-policy", choices=[p.value for p in UnsettledPolicy])
     p.add_argument("--sweep-interval-s", type=int)
     p.add_argument("--sweep-grace-s", type=int)
     p.add_argument("--connections-max", type=int)

@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from fastagi.core.agi import parse_command_args
+from fastagi.runtime.config import AGI_PORT
 
 PEER_TIMEOUT_S = 10.0  # a server that neither answers nor closes within this fails the call
 
@@ -36,7 +37,7 @@ def header_block(
     callerid: str = "13800138000",
     extension: str = "4008001234",
     channel: str | None = None,
-    port: int = 4573,
+    port: int = AGI_PORT,
     linkedid: str | None = None,
 ) -> bytes:
     headers = {

@@ -27,6 +27,7 @@ from fastagi.core.agi import (
     mset_command,
     set_variable_command,
 )
+from fastagi.runtime.config import AGI_PORT
 
 __all__ = [
     "AgiChannel",
@@ -325,7 +326,7 @@ class AgiServer:
         self,
         routes: Mapping[str, Handler],
         host: str = "127.0.0.1",
-        port: int = 4573,
+        port: int = AGI_PORT,
         *,
         limits: ServerLimits | None = None,
         sock: socket.socket | None = None,

@@ -20,18 +20,20 @@ import structlog
 from fastagi.asterisk.agi_server import AgiChannel, ChannelClosed, CommandFailed, NotSent, ReplyTimeout
 from fastagi.core.calls import Decision
 from fastagi.core.clock import iso_from_ms
+from fastagi.core.ids import is_billing_id
 from fastagi.core.money import format_amount
-from fastagi.core.numbers import KEY_DIGITS_MAX
+from fastagi.core.numbers import KEY_DIGITS_MAX, is_key, is_number
 from fastagi.core.quota import QUOTA_S_DEFAULT
+from fastagi.core.records import CallFacts
+from fastagi.core.vocab import SettledBy
 from fastagi.runtime.clock import now_ms
+from fastagi.runtime.config import DIAL_TIMEOUT_S
 from fastagi.service.settlement import Settlement
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts, Store
+from fastagi.store.base import Store
 
 log = structlog.get_logger("extbill.call")
 
-BILLING_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # Asterisk uniqueid: [systemname-]epoch.seq
-NUMBER_RE = re.compile(r"^400\d{7}$")
 CALLER_CHARS_MAX = 32
 TRY_MAX = 10
 DIAL_STATUSES = frozenset(
@@ -73,7 +75,7 @@ def parse_time_ms(text: str, what: str) -> int | None:
 
 def _number_arg(ch: AgiChannel) -> str:
     number = ch.request.args[0] if ch.request.args else ch.request.extension
-    if not NUMBER_RE.match(number):
+    if not is_number(number):
         raise BadRequest(f"{number!r} is not a 400 number")
     return number
 
@@ -96,7 +98,7 @@ class CallRoutes:
         store: Store,
         settlement: Settlement,
         *,
-        dial_timeout_s: int = 30,
+        dial_timeout_s: int = DIAL_TIMEOUT_S,
         quota_s: int = QUOTA_S_DEFAULT,
     ) -> None:
         self.store = store
@@ -150,13 +152,13 @@ class CallRoutes:
             digits, try_text = req.args[1], req.args[2]
             if not try_text.isdigit() or not 1 <= int(try_text) <= TRY_MAX:
                 raise BadRequest(f"try {try_text!r} must be a number 1..{TRY_MAX}")
-            if not BILLING_ID_RE.match(req.uniqueid):
+            if not is_billing_id(req.uniqueid):
                 raise BadRequest(f"agi_uniqueid {req.uniqueid!r} is not an Asterisk uniqueid")
         except BadRequest as exc:
             log.warning("agi.bad_request", route="route", error=str(exc))
             return
         # A key is digits only; '*', letters or an over-long entry match no extension.
-        if digits and (not digits.isdigit() or len(digits) > KEY_DIGITS_MAX):
+        if digits and not is_key(digits):
             digits = digits[: KEY_DIGITS_MAX + 1] if digits.isdigit() else "?" + digits[:KEY_DIGITS_MAX]
         caller = clean_caller(req.callerid)
         structlog.contextvars.bind_contextvars(number=number, ext=digits or None, caller=caller)
@@ -245,7 +247,7 @@ class CallRoutes:
                 end_at=iso_from_ms(now_ms()),
                 disposition="NOTDIALED",
                 cause=None,
-                settled_by="setup",
+                settled_by=SettledBy.SETUP,
             )
         )
 
@@ -253,7 +255,7 @@ class CallRoutes:
         args = ch.request.args + [""] * 5
         billing_id, status, cause, answered_text, ended_text = args[:5]
         try:
-            if not BILLING_ID_RE.match(billing_id):
+            if not is_billing_id(billing_id):
                 raise BadRequest(f"billing id {billing_id!r} is not an Asterisk uniqueid")
             if status not in DIAL_STATUSES:
                 raise BadRequest(f"DIALSTATUS {status!r} is not one Asterisk sets")
@@ -280,6 +282,6 @@ class CallRoutes:
                 end_at=iso_from_ms(ended_ms),
                 disposition=status or ("ANSWER" if answered else "NOANSWER"),
                 cause=cause or None,
-                settled_by="hangup",
+                settled_by=SettledBy.HANGUP,
             )
         )

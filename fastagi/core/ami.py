@@ -30,6 +30,9 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+from fastagi.core.ids import is_billing_id
 
 VARIABLE = "EXTBILL_ID"
 CALLS_TRACKED_MAX = 100_000  # live calls; the oldest is evicted beyond this
@@ -37,7 +40,6 @@ ENDED_IDS_MAX = 100_000  # ids already ended, kept so late/duplicate events emit
 MALFORMED_KEPT_MAX = 100  # recent Malformed reasons kept for the I/O shell to log
 TIMELINE_PER_CALL_MAX = 256  # bridge/hangup signals kept per call (a call has a handful)
 DIAL_ENDS_PER_CALL_MAX = 32
-BILLING_ID_CHARS_MAX = 150  # AST_MAX_UNIQUEID
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
 UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
 CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
@@ -46,9 +48,10 @@ ANSWER = "ANSWER"
 _RELEVANT = frozenset({"dialbegin", "dialend", "bridgeenter", "bridgeleave", "hangup"})
 _ENTER, _LEAVE, _HANGUP = 0, 1, 2  # timeline ranks: at one instant, enter first
 _RANKS = {"bridgeenter": _ENTER, "bridgeleave": _LEAVE, "hangup": _HANGUP}
+_Item = TypeVar("_Item")  # one entry of a per-call bucket (a dial end, a timeline signal)
 
 
-class AmiEvent(dict):
+class AmiEvent(dict[str, str | list[str]]):
     """An AMI event whose keys are already lowercase (values as sent: str, or a list of str
     for a repeated header).
 
@@ -205,7 +208,7 @@ def _billing_id(v: str) -> str | None:
     v = v.strip()
     if not v:
         return None
-    if len(v) > BILLING_ID_CHARS_MAX or not v.isprintable() or " " in v:
+    if not is_billing_id(v):
         raise _Bad("bad_billing_id")
     return v
 
@@ -402,7 +405,7 @@ class Correlator:
         self.last_event_us = ts if self.last_event_us is None else max(self.last_event_us, ts)
         return call
 
-    def _add(self, bucket: set, item: tuple, limit: int) -> None:
+    def _add(self, bucket: set[_Item], item: _Item, limit: int) -> None:
         if item not in bucket and len(bucket) >= limit:
             self.counters.signals_dropped += 1
             return

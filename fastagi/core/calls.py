@@ -1,6 +1,6 @@
 """The call policy: number -> key -> suspension/arrears -> grant. Pure: snapshots in, a decision out.
 
-Every rule of BRIEF.md that decides what a caller hears lives here, and only here.
+Every rule that decides what a caller hears (docs/rules.md rules 3-5, 7) lives here, and only here.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from fastagi.core.ledger import Account
 from fastagi.core.numbers import digits_to_collect, is_suspended
 from fastagi.core.quota import QUOTA_S_DEFAULT, first_grant, warning_before_ms
 from fastagi.core.rating import Tariff, seconds_max, tariff_for_caller
+from fastagi.core.vocab import Action, Charged
 
-INVALID_TRIES_MAX = 3  # BRIEF: after three wrong keys the caller goes to the default destination
+INVALID_TRIES_MAX = 3  # docs/rules.md rule 3: after three wrong keys, the default destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +61,14 @@ class ExtView:
 class Decision:
     """What the dialplan does next; `reason` goes into the decision's log line."""
 
-    action: str  # collect | prompt | retry | dial
+    action: Action
     reason: str
     lang: str = "zh"
     prompt: str | None = None  # sound name under sounds/<lang>/extbill/
     digit_timeout_s: int = 5
     max_digits: int = 1
     dest: str | None = None
-    charged: str | None = None  # "main" or "ext"
+    charged: Charged | None = None
     ext_key: str | None = None
     extension_id: int | None = None
     account_id: int | None = None
@@ -133,7 +134,7 @@ def decide_route(
     if keyed and ext is None:
         if try_no < INVALID_TRIES_MAX:
             return Decision(action="retry", reason="invalid-key", lang=lang)
-        keyed = False  # out of tries: treated as no key (BRIEF rule 3)
+        keyed = False  # out of tries: treated as no key (docs/rules.md rule 3)
     if not keyed:
         if not number.default_dest:
             return _prompt("service-unavailable", "no-default-destination", lang)
@@ -185,7 +186,7 @@ def _grant(
     plan: PlanView | None,
     caller: str,
     *,
-    charged: str,
+    charged: Charged,
     reason: str,
     quota_s: int,
     renewable: bool,

@@ -1,4 +1,4 @@
-"""The rules of BRIEF.md for 400 numbers and their IVR extensions, pure.
+"""The rules for 400 numbers and their IVR extensions (docs/rules.md rules 1-5), pure.
 
 The store asks these functions before it writes; each refusal is a NumberRuleError
 whose text is what the user reads.
@@ -28,7 +28,7 @@ _DEST_RE = re.compile(
 
 
 class NumberRuleError(ValueError):
-    """A number or extension change that BRIEF.md's rules refuse."""
+    """A number or extension change that docs/rules.md's rules refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +37,24 @@ class NumberSettings:
     ext_billing: bool
 
 
+def is_number(text: str) -> bool:
+    """A 400 number: 400 and 7 ASCII digits."""
+    return isinstance(text, str) and _NUMBER_RE.fullmatch(text) is not None
+
+
+def is_key(text: str) -> bool:
+    """An extension key: 1 to KEY_DIGITS_MAX ASCII digits."""
+    return isinstance(text, str) and _KEY_RE.fullmatch(text) is not None
+
+
 def check_number(number: str) -> str:
-    if not isinstance(number, str) or not _NUMBER_RE.fullmatch(number):
+    if not is_number(number):
         raise NumberRuleError(f"{number!r} is not a 400 number (400 followed by 7 digits)")
     return number
 
 
 def check_key(key: str) -> str:
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+    if not is_key(key):
         raise NumberRuleError(f"extension key {key!r} must be 1 to {KEY_DIGITS_MAX} digits")
     return key
 
@@ -94,7 +104,7 @@ def check_new_key(key: str, existing: Iterable[str]) -> str:
 
 
 def check_settings(current: NumberSettings, ivr: bool | None, ext_billing: bool | None) -> NumberSettings:
-    """Apply an IVR / extension-billing change, refusing a silent mix (BRIEF rule 2)."""
+    """Apply an IVR / extension-billing change, refusing a silent mix (docs/rules.md rule 2)."""
     new_ivr = current.ivr if ivr is None else ivr
     new_billing = current.ext_billing if ext_billing is None else ext_billing
     if new_billing and not new_ivr:
@@ -108,8 +118,8 @@ def check_settings(current: NumberSettings, ivr: bool | None, ext_billing: bool 
 
 
 def is_suspended(main_balance: int, min_balance: int, owed: int = 0) -> bool:
-    """A number is suspended while its main balance is below its minimum, or while it
-    owes part of a monthly minimum charge (core/period.py)."""
+    """docs/rules.md rules 5 and 10: a number is suspended while its main balance is below its
+    minimum, or while it owes part of a monthly minimum charge (core/period.py)."""
     return main_balance < min_balance or owed > 0
 
 

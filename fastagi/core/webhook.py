@@ -52,7 +52,7 @@ def retry_delay_s(attempts: int, first_s: float = RETRY_FIRST_S, max_gap_s: floa
     """Seconds to wait after the `attempts`-th failed attempt (1, 2, ...): doubling, capped."""
     if attempts < 1:
         raise ValueError("attempts start at 1")
-    return min(first_s * 2 ** min(attempts - 1, 32), max_gap_s)
+    return min(first_s * 2.0 ** min(attempts - 1, 32), max_gap_s)
 
 
 def gives_up(created_ms: int, next_ms: int, window_s: float = RETRY_WINDOW_S) -> bool:

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastagi.admin.demo import DEMO_NUMBER, seed
 from fastagi.dev.harness import BRANCH_CONTEXT, PROJECT, Asterisk, default_root, root_problem
 from fastagi.runtime.config import Settings
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.store import tx_calls
+from fastagi.store.demo import DEMO_NUMBER, seed
 from fastagi.store.sqlite import SqliteStore
 
 SETTLE_WAIT_S_MAX = 30  # after the last call, how long to wait for its settlement

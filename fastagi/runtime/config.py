@@ -12,6 +12,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from fastagi.core.quota import QUOTA_S_DEFAULT, RENEW_BEFORE_S_DEFAULT
+from fastagi.core.vocab import UnsettledPolicy
+
+# The defaults other modules share: their one home (Settings uses them, others import them).
+AGI_HOST = "127.0.0.1"
+AGI_PORT = 4573  # FastAGI's registered port
+AGI_BIND = f"{AGI_HOST}:{AGI_PORT}"
+DIAL_TIMEOUT_S = 30
+SWEEP_GRACE_S = 120
+UNSETTLED_POLICY = UnsettledPolicy.MARK
+QUOTA_S = QUOTA_S_DEFAULT  # the core decides with it too, so its home is core/quota.py
+RENEW_BEFORE_S = RENEW_BEFORE_S_DEFAULT
+
 
 class ConfigError(ValueError):
     """A setting with a bad value; the message names the key and its source."""
@@ -20,34 +33,37 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     db: str = field(default="extbill.db", metadata={"help": "SQLite database file"})
-    agi_bind: str = field(default="127.0.0.1:4573", metadata={"help": "FastAGI listen address host:port"})
+    agi_bind: str = field(default=AGI_BIND, metadata={"help": "FastAGI listen address host:port"})
     ami_host: str = field(default="127.0.0.1", metadata={"help": "Asterisk AMI host"})
     ami_port: int = field(default=5038, metadata={"help": "Asterisk AMI port"})
     ami_user: str = field(default="extbill", metadata={"help": "AMI user (manager.conf section)"})
     ami_secret: str = field(default="", metadata={"help": "AMI secret; empty disables the AMI consumer"})
-    dial_timeout_s: int = field(default=30, metadata={"help": "how long a branch phone may ring, s"})
-    unsettled_policy: str = field(
-        default="mark",
+    dial_timeout_s: int = field(
+        default=DIAL_TIMEOUT_S, metadata={"help": "how long a branch phone may ring, s"}
+    )
+    unsettled_policy: UnsettledPolicy = field(
+        default=UNSETTLED_POLICY,
         metadata={
             "help": "a reservation nobody settled: 'mark' releases it and marks the call unrated, "
             "'charge' charges the whole grant"
         },
     )
     quota_s: int = field(
-        default=300,
+        default=QUOTA_S,
         metadata={
             "help": "talk time one grant holds (a chunk), s: calls share an account's money and "
             "are renewed mid-call while AMI is up"
         },
     )
     renew_before_s: int = field(
-        default=30, metadata={"help": "a call asks for its next chunk this long before its granted end, s"}
+        default=RENEW_BEFORE_S,
+        metadata={"help": "a call asks for its next chunk this long before its granted end, s"},
     )
     sweep_interval_s: int = field(
         default=30, metadata={"help": "how often the sweeper looks for stale reservations, s"}
     )
     sweep_grace_s: int = field(
-        default=120, metadata={"help": "a reservation older than ring + grant + this is stale, s"}
+        default=SWEEP_GRACE_S, metadata={"help": "a reservation older than ring + grant + this is stale, s"}
     )
     connections_max: int = field(
         default=1000, metadata={"help": "FastAGI connections at once; more are refused"}
@@ -66,6 +82,10 @@ class Settings:
     )
     log_format: str = field(default="json", metadata={"help": "json or console"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    http_bind: str = field(
+        default="",
+        metadata={"help": "console, JSON API and /metrics listen address host:port; empty: off"},
+    )
     webhook_url: str = field(
         default="",
         metadata={
@@ -84,11 +104,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         _validate(self)
+        # a policy read from a file, the environment or a flag arrives as its text
+        object.__setattr__(self, "unsettled_policy", UnsettledPolicy(self.unsettled_policy))
 
 
 SWEEP_GRACE_S_MIN = 10
 CHOICES = {
-    "unsettled_policy": ("mark", "charge"),
+    "unsettled_policy": tuple(UnsettledPolicy),
     "log_format": ("json", "console"),
     "log_level": ("debug", "info", "warning", "error"),
 }
@@ -121,6 +143,8 @@ def _validate(s: Settings) -> None:
         # seconds past ring + grant: a shorter grace would close live calls as unrated
         raise ConfigError(f"sweep_grace_s: {s.sweep_grace_s!r} must be at least {SWEEP_GRACE_S_MIN}")
     parse_hostport(s.agi_bind, "agi_bind")
+    if s.http_bind:
+        parse_hostport(s.http_bind, "http_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
     _validate_webhook(s)
@@ -140,12 +164,14 @@ def _validate_webhook(s: Settings) -> None:
 def parse_hostport(text: str, key: str = "address") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{key}: {text!r} must be host:port, e.g. 127.0.0.1:4573")
+        raise ConfigError(f"{key}: {text!r} must be host:port, e.g. {AGI_BIND}")
     return host.strip("[]"), int(port)
 
 
 def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
     typ_name = typ if isinstance(typ, str) else typ.__name__
+    if typ_name == UnsettledPolicy.__name__:
+        typ_name = "str"  # read as text; Settings checks it is one of the choices
     try:
         if typ_name == "bool":
             if isinstance(value, bool):

@@ -1,8 +1,12 @@
 """`extbill serve`: the FastAGI server, the AMI consumer and the sweeper on one store.
 
 The asyncio shell: it wires the parts, runs until SIGTERM/SIGINT, then drains.
-With `workers` > 1 this first process also starts the other FastAGI processes
-(workers.py); a worker (worker > 0) runs only the FastAGI server on the shared port.
+With `workers` > 1 this first process (the one the admin starts) listens, runs the AMI
+consumer, the sweeper and the WAL checkpoints, and has workers.py start `workers - 1`
+more processes (worker_main). Each accepts from the same listening socket and answers
+FastAGI on its own connection to the same database; writing batches are serialised
+across processes by a flock (store/sqlite.py), and the store settles each call exactly
+once whichever process hears of its end. One Python process is bound to one core by the GIL.
 """
 
 from __future__ import annotations
@@ -12,20 +16,22 @@ import gc
 import os
 import signal
 import socket
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
-from fastagi.admin.demo import DEMO_NUMBER, seed
 from fastagi.asterisk.agi_server import AgiServer, ServerLimits
 from fastagi.asterisk.ami_client import AmiClient, AmiLimits
 from fastagi.asterisk.call_routes import CallRoutes
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
+from fastagi.runtime.log import configure as configure_logging
 from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
 from fastagi.service.supervisor import Supervisor
 from fastagi.service.workers import Workers
+from fastagi.store.demo import DEMO_NUMBER, seed
 from fastagi.store.sqlite import SqliteStore
 
 log = structlog.get_logger("extbill.serve")
@@ -51,6 +57,25 @@ def listening_socket(host: str, port: int, backlog: int) -> socket.socket:
         raise ConfigError(f"agi_bind: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def worker_main(settings: Settings, sock: socket.socket, index: int) -> None:
+    """Entry point of a worker process (workers.py spawns it: a fresh interpreter)."""
+    configure_logging(settings.log_format, settings.log_level)
+    # A terminal's Ctrl-C reaches the whole process group: the first process stops the
+    # workers itself (SIGTERM), so a worker is not seen dying and started again meanwhile.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    structlog.contextvars.bind_contextvars(worker=index)
+    import uvloop  # noqa: PLC0415  (the event loop serve runs on)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_worker(settings, index, sock))
+
+
+async def _worker(settings: Settings, index: int, sock: socket.socket) -> None:
+    service = Service(settings, worker=index, sock=sock)
+    await service.start()
+    await service.run_until_stopped()
+
+
 class Service:
     """Everything `serve` runs; tests and the benchmark start it in-process or as a subprocess."""
 
@@ -70,6 +95,9 @@ class Service:
         self._stop = asyncio.Event()
         self._facts_slots = asyncio.Semaphore(AMI_FACTS_IN_FLIGHT_MAX)
         self._fact_tasks: set[asyncio.Task[None]] = set()
+        # Front ends started with the first process and stopped with it (the web console and
+        # API when http_bind is set): made by the caller, which may depend on layers above this.
+        self.front_ends: list[Any] = []
 
     async def start(self) -> None:
         s = self.settings
@@ -108,8 +136,12 @@ class Service:
         log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db, workers=s.workers)
         if shared:
             assert self.sock is not None
-            self.workers = Workers(s, s.workers - 1)
-            self.workers.start(self.sock)
+            # the workers share this socket (passed as a file descriptor); only this process seeds
+            worker_settings = replace(s, demo=False)
+            self.workers = Workers(
+                worker_main, (worker_settings, self.sock), s.workers - 1, drain_timeout_s=s.drain_timeout_s
+            )
+            self.workers.start()
         if s.ami_secret:
             self.ami = AmiClient(
                 s.ami_host,
@@ -146,6 +178,8 @@ class Service:
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="sweeper")
         self.money_tasks = MoneyTasks(self.store, s)
         self.money_tasks.start()
+        for front_end in self.front_ends:
+            await front_end.start()
         self._tune_gc()
 
     @staticmethod
@@ -225,6 +259,8 @@ class Service:
     async def stop(self) -> None:
         # the workers drain their calls while this process drains its own
         workers = asyncio.create_task(self.workers.stop()) if self.workers is not None else None
+        for front_end in reversed(self.front_ends):
+            await front_end.stop()
         if self.agi is not None:
             await self.agi.stop()
         if workers is not None:

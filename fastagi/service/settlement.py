@@ -17,9 +17,12 @@ import structlog
 from fastagi.core.ami import CallAnswered, CallEnd
 from fastagi.core.clock import iso_from_ms, ms_from_iso
 from fastagi.core.money import format_amount
+from fastagi.core.records import CallFacts, SettleResult
+from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
 from fastagi.runtime import clock
+from fastagi.runtime.config import DIAL_TIMEOUT_S, SWEEP_GRACE_S, UNSETTLED_POLICY
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts, NotFound, SettleResult, Store
+from fastagi.store.base import NotFound, Store
 
 log = structlog.get_logger("extbill.settle")
 
@@ -34,11 +37,11 @@ def facts_from_ami(end: CallEnd) -> CallFacts:
         billing_id=end.billing_id,
         answered=answered,
         talk_ms=end.talk_ms if answered else 0,
-        answer_at=iso_from_ms(end.answered_us // 1000) if answered else None,
+        answer_at=iso_from_ms(end.answered_us // 1000) if end.answered_us is not None else None,
         end_at=iso_from_ms(end.ended_us // 1000),
         disposition=end.dial_status or ("ANSWER" if answered else "NOANSWER"),
         cause=None if end.hangup_cause is None else str(end.hangup_cause),
-        settled_by="reconcile" if end.reconciled else "ami",
+        settled_by=SettledBy.RECONCILE if end.reconciled else SettledBy.AMI,
     )
 
 
@@ -47,9 +50,9 @@ class Settlement:
         self,
         store: Store,
         *,
-        unsettled_policy: str = "mark",
-        dial_timeout_s: int = 30,
-        sweep_grace_s: int = 120,
+        unsettled_policy: UnsettledPolicy = UNSETTLED_POLICY,
+        dial_timeout_s: int = DIAL_TIMEOUT_S,
+        sweep_grace_s: int = SWEEP_GRACE_S,
     ) -> None:
         self.store = store
         self.unsettled_policy = unsettled_policy
@@ -80,7 +83,7 @@ class Settlement:
         except NotFound:
             log.info("settle.unknown_call", billing_id=facts.billing_id, settled_by=facts.settled_by)
             return None
-        if result.state != "reserved":
+        if result.state != CallState.RESERVED:
             self._remember(result)
         if result.settled_now:
             log.info(
@@ -101,7 +104,9 @@ class Settlement:
     def _compare(self, facts: CallFacts, winner: SettleResult) -> None:
         """The slower path checks the winner's talk time against its own, to the millisecond."""
         mine = facts.talk_ms if facts.answered else 0
-        theirs = self._winner_talk_ms(winner) if winner.state in ("rated", "unanswered") else None
+        theirs = (
+            self._winner_talk_ms(winner) if winner.state in (CallState.RATED, CallState.UNANSWERED) else None
+        )
         if theirs is not None and abs(mine - theirs) > DISAGREEMENT_MS_MAX:
             log.warning(
                 "settle.disagreement",
@@ -128,9 +133,9 @@ class Settlement:
         stored times do not give it (e.g. a grant charged by the sweeper).
         """
         rough = (winner.talk_s or 0) * 1000
-        if winner.state != "rated" or not winner.answer_at or not winner.end_at:
+        if winner.state != CallState.RATED or not winner.answer_at or not winner.end_at:
             return rough
-        if winner.settled_by not in ("ami", "hangup"):
+        if winner.settled_by not in (SettledBy.AMI, SettledBy.HANGUP):
             return rough  # closed by policy: its times are not a measurement
         return max(ms_from_iso(winner.end_at) - ms_from_iso(winner.answer_at), 0)
 
@@ -205,16 +210,16 @@ class Settlement:
                 end_at=iso_from_ms(end_ms),
                 disposition="ANSWER",
                 cause=None if fact.hangup_cause is None else str(fact.hangup_cause),
-                settled_by="reconcile" if fact.reconciled else "ami",
+                settled_by=SettledBy.RECONCILE if fact.reconciled else SettledBy.AMI,
             )
         )
 
-    async def expire(self, billing_id: str, settled_by: str) -> SettleResult | None:
+    async def expire(self, billing_id: str, settled_by: SettledBy) -> SettleResult | None:
         try:
             result = await self.store.run(tx_calls.expire, billing_id, self.unsettled_policy, settled_by)
         except NotFound:
             return None
-        if result.state != "reserved":
+        if result.state != CallState.RESERVED:
             self._remember(result)
         if result.settled_now:
             log.warning(
@@ -235,7 +240,7 @@ class Settlement:
         for call in await self.store.read(tx_calls.open_calls):
             if call["billing_id"] in live_ids or now_ms - call["start_ms"] < RECONCILE_MIN_AGE_MS:
                 continue
-            result = await self.expire(call["billing_id"], "reconcile")
+            result = await self.expire(call["billing_id"], SettledBy.RECONCILE)
             closed += bool(result and result.settled_now)
         log.info("settle.reconciled", live=len(live_ids), closed=closed)
         return closed
@@ -249,6 +254,6 @@ class Settlement:
                 call["start_ms"] + (self.dial_timeout_s + call["granted_s"] + self.sweep_grace_s) * 1000
             )
             if now_ms > deadline:
-                result = await self.expire(call["billing_id"], "sweeper")
+                result = await self.expire(call["billing_id"], SettledBy.SWEEPER)
                 closed += bool(result and result.settled_now)
         return closed

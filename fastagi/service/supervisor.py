@@ -276,6 +276,7 @@ class Supervisor:
             if grant is None or not grant.live:
                 return None
             w.take(grant, None)
+        assert w.granted_s is not None  # taken above
         now = now_ms()
         end = w.end_ms
         if now >= end - (FINAL_LAST_CHECK_MS if w.final else 0):

@@ -37,33 +37,6 @@ class TransferResult:
     collected: int = 0  # of the money brought into main, what paid the number's owed minimum
 
 
-@dataclass(frozen=True, slots=True)
-class CallFacts:
-    """What one settlement path knows about the end of a call."""
-
-    billing_id: str
-    answered: bool
-    talk_ms: int  # callee answer to end; 0 when unanswered
-    answer_at: str | None  # ISO 8601
-    end_at: str  # ISO 8601
-    disposition: str  # ANSWER, BUSY, NOANSWER, CANCEL, ...
-    cause: str | None
-    settled_by: str  # ami | hangup | reconcile | sweeper
-
-
-@dataclass(frozen=True, slots=True)
-class SettleResult:
-    billing_id: str
-    settled_now: bool  # False: another path settled it first
-    state: str  # rated | unanswered | unrated
-    talk_s: int | None
-    cost: int | None
-    settled_by: str | None
-    low_balance: dict[str, Any] | None = None  # set when an extension just crossed its threshold
-    answer_at: str | None = None  # the stored answer and end times (ISO 8601), for comparisons
-    end_at: str | None = None
-
-
 class Store(Protocol):
     """What the server and the CLI use of a store; SqliteStore is one, a PostgreSQL store another.
 

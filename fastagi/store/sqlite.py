@@ -155,6 +155,10 @@ class _Lane:
                 continue  # its caller was cancelled; the operation ran all the same, as it always did
             if ok:
                 fut.set_result(value)
+            elif isinstance(value, StopIteration):
+                # a Future refuses StopIteration (it would end a coroutine silently): the
+                # caller gets it as the error it is instead of waiting for ever
+                fut.set_exception(RuntimeError(f"store operation raised StopIteration: {value!r}"))
             else:
                 fut.set_exception(value)
         self._busy = False

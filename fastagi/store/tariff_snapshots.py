@@ -49,12 +49,14 @@ def cached_tariff_id(body: str) -> int | None:
 def tariff_id(conn: sqlite3.Connection, body: str) -> int:
     """The id of this snapshot text, added to `tariffs` if new (in the caller's transaction)."""
     row = conn.execute("SELECT id FROM tariffs WHERE body = ?", (body,)).fetchone()
-    tid = (
-        row[0]
-        if row is not None
-        else conn.execute("INSERT INTO tariffs (body) VALUES (?)", (body,)).lastrowid
-    )
+    tid: int = row[0] if row is not None else _insert(conn, body)
     if len(_ids) >= TARIFF_IDS_MAX:
         _ids.clear()
     _ids[body] = tid
+    return tid
+
+
+def _insert(conn: sqlite3.Connection, body: str) -> int:
+    tid = conn.execute("INSERT INTO tariffs (body) VALUES (?)", (body,)).lastrowid
+    assert tid is not None  # an INSERT of one row always has one
     return tid

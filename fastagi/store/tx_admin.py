@@ -57,11 +57,13 @@ def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
         raise StoreError("plan name must be 1 to 64 characters")
     if conn.execute("SELECT 1 FROM plans WHERE name=?", (name,)).fetchone():
         raise Conflict(f"plan {name!r} already exists")
-    return conn.execute(
+    new_id = conn.execute(
         "INSERT INTO plans (name, per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s) "
         "VALUES (?,?,?,?,?,?,?)",
         (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee, t.grace_s, t.max_call_s),
     ).lastrowid
+    assert new_id is not None  # set by every INSERT
+    return new_id
 
 
 def plan_id(conn: sqlite3.Connection, name: str) -> int:
@@ -100,7 +102,7 @@ def tariff_of(values: tuple[int, ...]) -> Tariff:
 
     Safe to share: a Tariff is immutable and depends on nothing but these values.
     Call setup loads a plan several times per call; validating it each time was a
-    measurable share of the benchmark's setup cost (issue 6).
+    measurable share of the benchmark's setup cost (docs/rules.md rule 21).
     """
     return Tariff(*values)
 
@@ -433,7 +435,7 @@ def route_views(conn: sqlite3.Connection, number: str, key: str) -> tuple[Number
 
 
 def low_balance_threshold_of(tariff: Tariff | None, configured: int | None) -> int:
-    """Default: ten first billing blocks at the plan's base tariff (issue 4); no prefix rates."""
+    """Default: ten first billing blocks at the plan's base tariff (docs/rules.md rule 13); no prefix rates."""
     if configured is not None:
         return configured
     return 10 * first_block_cost(tariff) if tariff else 0

@@ -17,10 +17,12 @@ from fastagi.core.clock import ms_from_iso
 from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.rating import billed_seconds, cost
+from fastagi.core.records import CallFacts, SettleResult
+from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
 from fastagi.runtime.clock import now_iso
 from fastagi.store import tx_outbox
 from fastagi.store.archive_read import archived_calls
-from fastagi.store.base import CallFacts, NotFound, SettleResult
+from fastagi.store.base import NotFound
 from fastagi.store.pages import PAGE_ROWS_MAX, calls_rows, check_limit, parse_calls_cursor
 from fastagi.store.tariff_snapshots import cached_tariff_id, tariff_from_json, tariff_id, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
@@ -110,6 +112,11 @@ _INSERT_CALL_SQL = (
     "dest, charged, start_ms, granted_s, reserved, pending_id, state, start_at, grant_final, tariff_id) "
     "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
 )
+# Kept counter of settled calls by state and path (/metrics reads it instead of counting rows).
+_COUNT_SETTLED_SQL = (
+    "INSERT INTO call_counts (state, settled_by, calls) VALUES (?, ?, 1) "
+    "ON CONFLICT (state, settled_by) DO UPDATE SET calls = call_counts.calls + 1"
+)
 # A call with its tariff snapshot's text as `tariff`.
 CALL_SQL = (
     "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id WHERE c.billing_id=?"
@@ -118,7 +125,7 @@ CALL_SQL = (
 
 def _repeat(row: sqlite3.Row) -> Decision:
     """The same channel asking again: the grant it already has, or nothing new."""
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return Decision(action="prompt", prompt="service-unavailable", reason="call-already-settled")
     return Decision(
         action="dial",
@@ -159,10 +166,10 @@ def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = No
     return SettleResult(
         row["billing_id"],
         settled_now,
-        row["state"],
+        CallState(row["state"]),
         row["talk_s"],
         row["cost"],
-        row["settled_by"],
+        SettledBy(row["settled_by"]) if row["settled_by"] is not None else None,
         low,
         row["answer_at"],
         row["end_at"],
@@ -174,7 +181,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     row = conn.execute(CALL_SQL, (f.billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {f.billing_id}")
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return _result(row, False)
     tariff = tariff_from_json(row["tariff"])
     if f.answered:
@@ -204,11 +211,11 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
                 granted_s=row["granted_s"],
             )
         resolve_chunks(conn, row, charged, TransferKind.POST)
-        state = "rated"
+        state = CallState.RATED
     else:
         talk_s, billed_s, charged = 0, 0, 0
         resolve_chunks(conn, row, 0, TransferKind.VOID)
-        state = "unanswered"
+        state = CallState.UNANSWERED
     conn.execute(
         "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
         "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
@@ -226,6 +233,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
             f.billing_id,
         ),
     )
+    conn.execute(_COUNT_SETTLED_SQL, (state, f.settled_by))
     return SettleResult(
         f.billing_id,
         True,
@@ -239,25 +247,28 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     )
 
 
-def expire(conn: sqlite3.Connection, billing_id: str, policy: str, settled_by: str) -> SettleResult:
+def expire(
+    conn: sqlite3.Connection, billing_id: str, policy: UnsettledPolicy, settled_by: SettledBy
+) -> SettleResult:
     """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
     row = conn.execute(CALL_SQL, (billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {billing_id}")
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return _result(row, False)
-    if policy == "charge":
+    if policy == UnsettledPolicy.CHARGE:
         resolve_chunks(conn, row, row["reserved"], TransferKind.POST)
-        state, talk, billed, charged = "rated", row["granted_s"], row["granted_s"], row["reserved"]
+        state, talk, billed, charged = CallState.RATED, row["granted_s"], row["granted_s"], row["reserved"]
     else:
         resolve_chunks(conn, row, 0, TransferKind.EXPIRE)
-        state, talk, billed, charged = "unrated", None, None, 0
+        state, talk, billed, charged = CallState.UNRATED, None, None, 0
     now = now_iso()
     conn.execute(
         "UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
         "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
         (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id),
     )
+    conn.execute(_COUNT_SETTLED_SQL, (state, settled_by))
     return SettleResult(
         billing_id,
         True,

@@ -37,7 +37,9 @@ _TARIFF_COLS = ("per_minute", "initial_s", "increment_s", "connect_fee", "grace_
 
 
 def new_account(conn: sqlite3.Connection, kind: AccountKind) -> int:
-    return conn.execute("INSERT INTO accounts (kind) VALUES (?)", (kind.value,)).lastrowid
+    account_id = conn.execute("INSERT INTO accounts (kind) VALUES (?)", (kind.value,)).lastrowid
+    assert account_id is not None  # set by every INSERT
+    return account_id
 
 
 # An account's columns as account_at reads them; other modules join them into their reads
@@ -317,8 +319,6 @@ def _main_low_balance(conn: sqlite3.Connection, row: sqlite3.Row, main: Account,
 
 def all_accounts(conn: sqlite3.Connection) -> list[Account]:
     return [
-        account_at(r, 0)
-        for r in conn.execute(  # type: ignore[misc]
-            f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts"
-        )
+        account_at(r, 0)  # type: ignore[misc]  # never None: every column is there
+        for r in conn.execute(f"SELECT {', '.join(ACCOUNT_COLS)} FROM accounts")
     ]

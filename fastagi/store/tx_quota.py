@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import next_grant
+from fastagi.core.vocab import CallState
 from fastagi.store.base import NotFound
 from fastagi.store.tariff_snapshots import tariff_from_json
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, load_account, reserve, resolve
@@ -75,7 +76,7 @@ def renew(conn: sqlite3.Connection, billing_id: str, seq: int, quota_s: int) -> 
     row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {billing_id}")
-    if row["state"] != "reserved":
+    if row["state"] != CallState.RESERVED:
         return _renewal(row, live=False, extended=False)
     if row["renewals"] != seq - 1:
         return _renewal(row, live=True, extended=False)  # done already, or out of turn
@@ -101,7 +102,7 @@ def can_renew(conn: sqlite3.Connection, billing_id: str, quota_s: int) -> bool:
     """Whether a renewal would reserve more now (read only: a final grant polls this for a
     recharge without taking the write lock)."""
     row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
-    if row is None or row["state"] != "reserved":
+    if row is None or row["state"] != CallState.RESERVED:
         return False
     account = load_account(conn, row["account_id"])
     tariff = tariff_from_json(row["tariff"])
@@ -144,7 +145,7 @@ def call_grant(conn: sqlite3.Connection, billing_id: str) -> Renewal | None:
     row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
     if row is None:
         return None
-    return _renewal(row, live=row["state"] == "reserved", extended=False)
+    return _renewal(row, live=row["state"] == CallState.RESERVED, extended=False)
 
 
 def supervised_calls(conn: sqlite3.Connection, limit: int) -> list[Renewal]:

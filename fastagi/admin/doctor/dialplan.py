@@ -17,7 +17,7 @@ from fastagi.admin.doctor.findings import (
     shipped_path,
 )
 from fastagi.asterisk.conf import Conf, ConfSection, dialplan_globals, etc_reader, parse_conf
-from fastagi.runtime.config import ConfigError, parse_hostport
+from fastagi.runtime.config import AGI_PORT, ConfigError, parse_hostport
 
 EXTBILL_CONTEXTS = ("extbill-ivr", "extbill-answered", "extbill-hangup", "extbill-now")
 IVR_CONTEXT = "extbill-ivr"
@@ -197,7 +197,7 @@ def agi_address(value: str) -> tuple[str, int] | None:
     if not value or "/" in value or "$" in value:
         return None
     if ":" not in value or (value.startswith("[") and value.endswith("]")):
-        return value.strip("[]"), 4573
+        return value.strip("[]"), AGI_PORT
     try:
         return parse_hostport(value)
     except ConfigError:

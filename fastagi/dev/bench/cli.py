@@ -69,7 +69,7 @@ SEED_SOURCES = (
     "core/calls.py",
 )
 
-# figure: (target, how a value meets it) - issue 6's targets
+# figure: (target, how a value meets it) - docs/rules.md rule 21
 TARGETS: dict[str, tuple[float, str]] = {
     "setups_per_s": (1500, ">="),
     "setup_p99_ms": (20, "<="),

@@ -22,11 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 from fastagi.core.clock import iso_from_ms
+from fastagi.core.records import CallFacts
+from fastagi.core.vocab import SettledBy
 from fastagi.dev.bench.history_seed import DAY_MS, seed_history
 from fastagi.dev.bench.mix import CallMix
 from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import counters, tx_admin, tx_calls
-from fastagi.store.base import CallFacts
 from fastagi.store.pages import PAGE_ROWS_DEFAULT
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
@@ -197,7 +198,7 @@ def _setup_turn(conn: sqlite3.Connection, mix: CallMix, seconds: float) -> float
             facts = CallFacts(
                 call.billing_id, call.answered, end_ms - answer_ms if call.answered else 0,
                 iso_from_ms(answer_ms) if call.answered else None, iso_from_ms(end_ms),
-                "ANSWER" if call.answered else "NOANSWER", "16", "hangup",
+                "ANSWER" if call.answered else "NOANSWER", "16", SettledBy.HANGUP,
             )  # fmt: skip
             _in_transaction(conn, tx_calls.settle, (facts,))
     return done / setup_s

@@ -14,10 +14,11 @@ import random
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from fastagi.core.clock import iso_from_ms
 from fastagi.core.rating import Tariff, billed_seconds, cost
-from fastagi.store.tariff_snapshots import tariff_json
+from fastagi.store.tariff_snapshots import tariff_id, tariff_json
 from fastagi.store.tx_ledger import FUNDING_ACCOUNT_ID, REVENUE_ACCOUNT_ID
 
 CHUNK_CALLS = 50_000  # calls per executemany batch and transaction
@@ -58,9 +59,7 @@ def _lines(conn: sqlite3.Connection) -> tuple[list[list[_Line]], list[_Line]]:
         body = tariff_json(t)
         if body not in tid:
             row = conn.execute("SELECT id FROM tariffs WHERE body = ?", (body,)).fetchone()
-            tid[body] = (
-                row[0] if row else conn.execute("INSERT INTO tariffs (body) VALUES (?)", (body,)).lastrowid
-            )
+            tid[body] = row[0] if row else tariff_id(conn, body)
         return tid[body]
 
     plans = {
@@ -100,6 +99,7 @@ def seed_history(
     start_ms0 = end_ms - days * DAY_MS
     step = days * DAY_MS / max(n, 1)
     posted: dict[int, int] = defaultdict(int)
+    transfers: list[tuple[Any, ...]]
     for lo in range(0, n, CHUNK_CALLS):
         calls, transfers = [], []
         for i in range(lo, min(n, lo + CHUNK_CALLS)):

@@ -37,6 +37,7 @@ from fastagi.dev.bench.agi_peer import HeaderTemplate, agi_request
 from fastagi.dev.bench.ami_peer import CallChannels, FakeAmi
 from fastagi.dev.bench.mix import Call, CallMix
 from fastagi.dev.bench.seed import DataSet
+from fastagi.runtime.config import AGI_HOST, AGI_PORT
 
 READY_TIMEOUT_S = 20.0
 RAMP_TIMEOUT_S = 10.0  # to `in_flight` reserved calls; a slower server starts the window with fewer
@@ -49,8 +50,8 @@ GC_YOUNG_THRESHOLD = 10_000
 
 @dataclass(frozen=True)
 class LoadSettings:
-    agi_host: str = "127.0.0.1"
-    agi_port: int = 4573
+    agi_host: str = AGI_HOST
+    agi_port: int = AGI_PORT
     seconds: float = 10.0  # the steady window
     burst_seconds: float = 5.0  # the setups-only window
     concurrency: int = 100  # setup workers: calls in setup at once
@@ -422,7 +423,7 @@ def main(argv: list[str]) -> int:
 
         runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        runner = asyncio.run  # type: ignore[assignment]  # the same call, without loop_factory
     # Fewer, cheaper collections: what was loaded at start-up is never scanned again, and the
     # young generation is collected every 10,000 allocations instead of 700 (cycles are rare here).
     gc.collect()

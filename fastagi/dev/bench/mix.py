@@ -52,7 +52,7 @@ class CallMix:
         # r._randbelow(n) is what r.randrange(n) and r.choice() draw with: the same calls as
         # with those, for a seed, at a fraction of the cost per call.
         r = self.rng
-        below = r._randbelow
+        below = r._randbelow  # type: ignore[attr-defined]
         seq, self.seq = self.seq, self.seq + 1
         number = self.ds.number(below(self.ds.numbers))
         pick = r.random()

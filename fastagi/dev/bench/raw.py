@@ -12,10 +12,11 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from fastagi.core.records import CallFacts
+from fastagi.core.vocab import SettledBy
 from fastagi.dev.bench.mix import CallMix
 from fastagi.service.settlement import iso_from_ms
 from fastagi.store import tx_calls
-from fastagi.store.base import CallFacts
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
 
 CALLS_MAX = 1_000_000
@@ -60,7 +61,7 @@ def raw_setups_per_s(db: str, mix: CallMix, seconds: float) -> dict[str, float]:
                             end_at=iso_from_ms(end_ms),
                             disposition="ANSWER" if call.answered else "NOANSWER",
                             cause="16",
-                            settled_by="hangup",
+                            settled_by=SettledBy.HANGUP,
                         ),
                     ),
                 )

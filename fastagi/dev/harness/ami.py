@@ -62,10 +62,11 @@ class Ami:
         await self.close()
 
     async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
+        reader, self._writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.timeout
         )
-        self.greeting = (await asyncio.wait_for(self._reader.readline(), self.timeout)).decode().strip()
+        self._reader = reader
+        self.greeting = (await asyncio.wait_for(reader.readline(), self.timeout)).decode().strip()
         self._task = asyncio.create_task(self._read_loop())
         resp = await self.action("Login", Username=self.username, Secret=self.secret, Events="on")
         if resp.get("Response") != "Success":

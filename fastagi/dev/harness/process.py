@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastagi.dev.harness.ami import Ami, AmiError
 from fastagi.dev.harness.calls import Call
@@ -103,7 +103,7 @@ class Asterisk:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
         if self.tz:
             env["TZ"] = self.tz
-        self._console = open(self.console_path, "wb")
+        self._console: BinaryIO | None = open(self.console_path, "wb")
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -183,7 +183,8 @@ class Asterisk:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=5)
-        if getattr(self, "_console", None):
+        if getattr(self, "_console", None) is not None:
+            assert self._console is not None
             self._console.close()
             self._console = None
         if not self.keep and self.dir.exists():

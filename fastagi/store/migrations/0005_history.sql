@@ -8,6 +8,18 @@ UPDATE accounts SET spent = (
     SELECT coalesce(sum(t.amount), 0) FROM transfers t
     WHERE t.kind = 'post' AND t.debit_account_id = accounts.id);
 
+-- Kept counter: settled calls by state and settling path, maintained by the transaction that
+-- settles each (store/tx_calls.py); /metrics reads it. Archiving does not lower it.
+CREATE TABLE IF NOT EXISTS call_counts (
+    state       TEXT    NOT NULL,
+    settled_by  TEXT    NOT NULL,
+    calls       INTEGER NOT NULL CHECK (calls >= 0),
+    PRIMARY KEY (state, settled_by)
+);
+INSERT INTO call_counts (state, settled_by, calls)
+    SELECT state, coalesce(settled_by, 'unknown'), count(*) FROM calls WHERE state <> 'reserved'
+    GROUP BY state, coalesce(settled_by, 'unknown');
+
 -- Tariff snapshots shared between calls, keyed by their content (the JSON text a call row
 -- used to repeat): a call references one by id.
 CREATE TABLE IF NOT EXISTS tariffs (

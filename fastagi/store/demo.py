@@ -11,9 +11,14 @@ from collections.abc import Mapping
 
 from fastagi.core.money import parse_amount
 from fastagi.core.rating import Tariff
-from fastagi.store import tx_admin
+from fastagi.runtime.credentials import hash_password
+from fastagi.store import tx_admin, tx_web
 
 DEMO_NUMBER = "4008001234"
+# The console's demo sign-ins (`bash .ci/serve` prints them): HQ of the demo number, and the
+# Beijing branch (extension 1). Demo data only; real users come from `extbill user add`.
+DEMO_USERS = {"demo-hq": ("hq", None), "demo-branch": ("branch", "1")}
+DEMO_PASSWORD = "extbill-demo"
 DEMO_DESTS = {
     "operator": "Local/operator@extbill-demo-branch",
     "1": "Local/beijing@extbill-demo-branch",
@@ -35,3 +40,6 @@ def seed(conn: sqlite3.Connection, dests: Mapping[str, str] = DEMO_DESTS, digit_
     tx_admin.recharge(conn, DEMO_NUMBER, None, parse_amount("500"), "demo-main")
     tx_admin.recharge(conn, DEMO_NUMBER, "1", parse_amount("30"), "demo-ext-1")
     tx_admin.recharge(conn, DEMO_NUMBER, "3", parse_amount("0.3"), "demo-ext-3")
+    pw_hash = hash_password(DEMO_PASSWORD)
+    for login, (role, ext) in DEMO_USERS.items():
+        tx_web.add_user(conn, login, role, DEMO_NUMBER, ext, pw_hash)

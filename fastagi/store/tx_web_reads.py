@@ -1,0 +1,195 @@
+"""What the console and the API read: call records and statements a page at a time, daily
+spend, calls in progress. Read-only; each function takes the number (and key) already
+checked by the web layer's scope (fastagi/web/scope.py) and trusts nothing else.
+
+Paging is by keyset (the last row's sort key is the cursor), so page N costs what page 1
+costs and an export of a year streams in bounded pages.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from fastagi.store import tx_admin
+from fastagi.store.base import NotFound
+from fastagi.store.pages import statement_rows
+
+PAGE_ROWS_MAX = 500  # rows per page of calls or statement, at most
+NUMBERS_LISTED_MAX = 1000
+IN_PROGRESS_MAX = 500
+CALL_STATES = ("reserved", "rated", "unanswered", "unrated")
+
+
+def _ids(conn: sqlite3.Connection, number: str, ext: str | None) -> tuple[int, int, int | None, int | None]:
+    """(number id, main account id, extension id, extension account id)."""
+    n = conn.execute("SELECT id, account_id FROM numbers WHERE number=?", (number,)).fetchone()
+    if n is None:
+        raise NotFound(f"unknown number {number}")
+    if ext is None:
+        return n[0], n[1], None, None
+    e = conn.execute(
+        "SELECT id, account_id FROM extensions WHERE number_id=? AND key=?", (n[0], ext)
+    ).fetchone()
+    if e is None:
+        raise NotFound(f"number {number} has no extension {ext}")
+    return n[0], n[1], e[0], e[1]
+
+
+def numbers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT number, name, suspended FROM numbers ORDER BY number LIMIT ?", (NUMBERS_LISTED_MAX,)
+    )
+    return [dict(r) for r in rows]
+
+
+def _record(number: str, r: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": r["billing_id"],
+        "number": number,
+        "ext": r["ext_key"],
+        "charged": r["charged"],
+        "caller": r["caller"],
+        "dest": r["dest"],
+        "start": r["start_at"],
+        "answer": r["answer_at"],
+        "end": r["end_at"],
+        "talk_s": r["talk_s"],
+        "billed_s": r["billed_s"],
+        "granted_s": r["granted_s"],
+        "reserved": r["reserved"],
+        "cost": r["cost"],
+        "disposition": r["disposition"],
+        "cause": r["cause"],
+        "settled_by": r["settled_by"],
+        "state": r["state"],
+    }
+
+
+# Two fixed statements (no SQL is built from input): a later page starts below the previous
+# page's last (start_at, billing_id) as a row value, which SQLite seeks to in the
+# calls_by_number index; an "IS NULL OR" there would make every page scan from the top.
+_CALLS_WHERE = (
+    "FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
+    "WHERE c.number_id = :n AND (:ext IS NULL OR c.extension_id = :ext) "
+    "AND (:since IS NULL OR c.start_at >= :since) AND (:until IS NULL OR c.start_at < :until) "
+    "AND (:state IS NULL OR c.state = :state) "
+)
+_CALLS_ORDER = "ORDER BY c.start_at DESC, c.billing_id DESC LIMIT :limit"
+_CALLS_FIRST_SQL = "SELECT c.*, e.key AS ext_key " + _CALLS_WHERE + _CALLS_ORDER
+_CALLS_AFTER_SQL = (
+    "SELECT c.*, e.key AS ext_key "
+    + _CALLS_WHERE
+    + "AND (c.start_at, c.billing_id) < (:a_start, :a_id) "
+    + _CALLS_ORDER
+)
+
+
+def calls_page(
+    conn: sqlite3.Connection,
+    number: str,
+    ext: str | None,
+    since: str | None,
+    until_before: str | None,
+    state: str | None,
+    after: tuple[str, str] | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """Calls newest first; `after` is the (start_at, billing_id) the previous page ended on.
+
+    Every filter is a fixed clause with a bound parameter; NULL turns it off.
+    """
+    number_id, _, ext_id, _ = _ids(conn, number, ext)
+    after_start, after_id = after if after is not None else (None, None)
+    rows = conn.execute(
+        _CALLS_AFTER_SQL if after is not None else _CALLS_FIRST_SQL,
+        {
+            "n": number_id,
+            "ext": ext_id,
+            "since": since,
+            "until": until_before,
+            "state": state,
+            "a_start": after_start,
+            "a_id": after_id,
+            "limit": min(limit, PAGE_ROWS_MAX) + 1,
+        },
+    ).fetchall()
+    page = rows[: min(limit, PAGE_ROWS_MAX)]
+    nxt = (page[-1]["start_at"], page[-1]["billing_id"]) if len(rows) > len(page) else None
+    return [_record(number, r) for r in page], nxt
+
+
+def statement_page(
+    conn: sqlite3.Connection, number: str, ext: str | None, before_seq: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The account's transfers newest first (tx_admin.statement's rows), from before_seq down."""
+    _, main_id, _, ext_account = _ids(conn, number, ext)
+    account_id = main_id if ext is None else ext_account
+    n = min(limit, PAGE_ROWS_MAX)
+    # keyset: each page seeks the account's debit and credit indexes below before_seq (pages.py)
+    rows = statement_rows(conn, account_id, n + 1, before_seq)
+    page = rows[:n]
+    out = []
+    for r in page:
+        sign = -1 if r["debit_account_id"] == account_id else 1
+        moves = r["kind"] in ("posted", "post")  # as tx_admin.statement: only these move money
+        out.append(
+            {
+                "id": r["id"],
+                "at": r["created_at"],
+                "kind": r["kind"],
+                "code": r["code"],
+                "ref": r["ref"],
+                "amount": r["amount"],
+                "effect": sign * r["amount"] if moves else 0,
+                "pending_id": r["pending_id"],
+            }
+        )
+    return out, (page[-1]["seq"] if len(rows) > n else None)
+
+
+def daily_spend(conn: sqlite3.Connection, number: str, ext: str, since_day: str) -> dict[str, int]:
+    """Call charges posted to the extension per UTC day from since_day (YYYY-MM-DD) on."""
+    _, _, _, account_id = _ids(conn, number, ext)
+    # Newest first down the account's debit index, stopping at the first transfer older than
+    # since_day (seq order is time order): the cost is the window's transfers, not the history.
+    out: dict[str, int] = {}
+    for created_at, kind, amount in conn.execute(
+        "SELECT created_at, kind, amount FROM transfers WHERE debit_account_id = ? ORDER BY seq DESC",
+        (account_id,),
+    ):
+        if created_at < since_day:
+            break
+        if kind == "post":
+            day = created_at[:10]
+            out[day] = out.get(day, 0) + amount
+    return out
+
+
+def extension_info(conn: sqlite3.Connection, number: str, ext: str) -> dict[str, Any]:
+    """The extension's row of `balance` plus its low-balance threshold (configured or default)."""
+    doc = tx_admin.balance(conn, number)
+    e = next((e for e in doc["extensions"] if e["key"] == ext), None)
+    if e is None:
+        raise NotFound(f"number {number} has no extension {ext}")
+    row = conn.execute(
+        "SELECT e.low_balance, coalesce(e.plan_id, n.plan_id) FROM extensions e "
+        "JOIN numbers n ON n.id = e.number_id WHERE n.number=? AND e.key=?",
+        (number, ext),
+    ).fetchone()
+    plan = tx_admin.load_plan(conn, row[1])
+    threshold = tx_admin.low_balance_threshold_of(plan.tariff if plan else None, row[0])
+    return {**e, "low_balance": threshold, "low_balance_set": row[0] is not None, "number_name": doc["name"]}
+
+
+def in_progress(conn: sqlite3.Connection, number: str, ext: str | None) -> list[dict[str, Any]]:
+    number_id, _, ext_id, _ = _ids(conn, number, ext)
+    rows = conn.execute(
+        "SELECT c.billing_id, c.caller, c.start_at, c.answer_at, c.granted_s, c.reserved, c.charged, "
+        "e.key AS ext FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
+        # "+ 0": walk the open calls (the partial index calls_open), not the number's history
+        "WHERE c.state = 'reserved' AND c.number_id + 0 = :n AND (:ext IS NULL OR c.extension_id = :ext) "
+        "ORDER BY c.start_at DESC LIMIT :limit",
+        {"n": number_id, "ext": ext_id, "limit": IN_PROGRESS_MAX},
+    ).fetchall()
+    return [dict(r) for r in rows]

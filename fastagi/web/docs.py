@@ -1,0 +1,45 @@
+"""JSON documents as the CLI prints them: money as decimal text, the balance document of
+`extbill balance N --json` (tests/web compare the two)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastagi.core.money import format_amount
+
+MONEY_KEYS = frozenset(
+    ("balance", "reserved", "available", "spent", "min_balance", "amount", "effect", "cost", "low_balance")
+)
+
+
+def money_fields(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {
+            k: (
+                format_amount(v)
+                if k in MONEY_KEYS and isinstance(v, int) and not isinstance(v, bool)
+                else money_fields(v)
+            )
+            for k, v in d.items()
+        }
+    if isinstance(d, list):
+        return [money_fields(x) for x in d]
+    return d
+
+
+def balance_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """tx_admin.balance's dict as `extbill balance N --json` prints it."""
+    return money_fields(
+        {
+            "number": doc["number"],
+            "status": doc["status"],
+            "ivr": doc["ivr"],
+            "ext_billing": doc["ext_billing"],
+            "min_balance": doc["min_balance"],
+            "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
+            "extensions": [
+                {k: e[k] for k in ("key", "name", "balance", "reserved", "available", "status")}
+                for e in doc["extensions"]
+            ],
+        }
+    )
