@@ -125,6 +125,7 @@ def statement_page(
     """The account's transfers newest first (tx_admin.statement's rows), from before_seq down."""
     _, main_id, _, ext_account = _ids(conn, number, ext)
     account_id = main_id if ext is None else ext_account
+    assert account_id is not None  # _ids raised NotFound for an unknown extension
     n = min(limit, PAGE_ROWS_MAX)
     # keyset: each page seeks the account's debit and credit indexes below before_seq (pages.py)
     rows = statement_rows(conn, account_id, n + 1, before_seq)
