@@ -149,6 +149,19 @@ def test_spent_is_the_kept_sum_of_posted_calls_and_the_check_is_clean(db: Path) 
     assert out.returncode == 0 and "consistent" in out.stdout
 
 
+def test_db_check_fails_on_a_kept_call_count_that_disagrees_with_the_calls(db: Path) -> None:
+    conn = _open(db)
+    try:
+        conn.execute("UPDATE call_counts SET calls = calls - 1 WHERE state = 'unanswered'")
+    finally:
+        conn.close()
+    out = extbill("db", "check", db=db, check=False)
+    assert (
+        out.returncode == 1
+        and "settled calls unanswered by ami: 8 kept but 9 in the call records" in out.stdout
+    )
+
+
 @pytest.mark.parametrize("column", ["spent", "debits_posted", "credits_pending"])
 def test_db_check_fails_on_a_counter_that_disagrees_with_its_transfers(db: Path, column: str) -> None:
     conn = _open(db)

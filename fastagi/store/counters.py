@@ -62,4 +62,22 @@ def check_counters(conn: sqlite3.Connection) -> list[str]:
     ).fetchone()[0]
     if missing:
         found.append(f"{missing} transfers name an account that does not exist")
-    return found[:SHOWN_MAX]
+    return (found + _call_count_problems(conn))[:SHOWN_MAX]
+
+
+def _call_count_problems(conn: sqlite3.Connection) -> list[str]:
+    """The kept count of settled calls per (state, path) against the rows: equal, or, once
+    calls were archived (their count stays), no lower."""
+    archived = conn.execute("SELECT count(*) FROM archives").fetchone()[0] > 0
+    rows = conn.execute(
+        "SELECT state, coalesce(settled_by, 'unknown'), count(*) FROM calls WHERE state <> 'reserved' "
+        "GROUP BY state, coalesce(settled_by, 'unknown')"
+    ).fetchall()
+    kept = {(s, b): n for s, b, n in conn.execute("SELECT state, settled_by, calls FROM call_counts")}
+    live = {(s, b): n for s, b, n in rows}
+    out = []
+    for key in sorted(set(kept) | set(live)):
+        k, n = kept.get(key, 0), live.get(key, 0)
+        if k < n or (k > n and not archived):
+            out.append(f"settled calls {key[0]} by {key[1]}: {k} kept but {n} in the call records")
+    return out

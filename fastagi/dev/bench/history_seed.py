@@ -99,6 +99,7 @@ def seed_history(
     start_ms0 = end_ms - days * DAY_MS
     step = days * DAY_MS / max(n, 1)
     posted: dict[int, int] = defaultdict(int)
+    answered_n = 0
     transfers: list[tuple[Any, ...]]
     for lo in range(0, n, CHUNK_CALLS):
         calls, transfers = [], []
@@ -144,11 +145,19 @@ def seed_history(
             transfers.append((seq + 2, f"{pid}:{kind}", kind, line.account_id, REVENUE_ACCOUNT_ID, paid, pid, "call", None, settled_at))  # fmt: skip
             seq += 2
             posted[line.account_id] += paid
+            answered_n += answered
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(_TRANSFER_SQL, transfers)  # first: a call references its reservation
         conn.executemany(_CALL_SQL, calls)
         conn.execute("COMMIT")
     _pay(conn, accounts, posted, seq0, iso_from_ms(start_ms0 - DAY_MS))
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(  # the kept count of settled calls (tx_calls.settle's)
+        "INSERT INTO call_counts (state, settled_by, calls) VALUES (?, 'ami', ?) "
+        "ON CONFLICT (state, settled_by) DO UPDATE SET calls = call_counts.calls + excluded.calls",
+        [("rated", answered_n), ("unanswered", n - answered_n)],
+    )
+    conn.execute("COMMIT")
     return {"calls": n, "transfers": 2 * n + len(accounts)}
 
 
