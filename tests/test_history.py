@@ -376,3 +376,47 @@ def test_bench_history_reports_every_figure_on_a_small_history(tmp_path: Path) -
         assert doc[key] > 0
     assert 100 < doc["bytes_per_call"] < 5000
     assert "history_read_ratio" in proc.stdout
+
+
+def test_upgrading_a_store_with_calls_shares_their_tariffs_and_keeps_their_spend(tmp_path: Path) -> None:
+    """A version-4 file (calls with their JSON snapshot) upgraded by opening it: same calls,
+    snapshots shared, spend and the settled-call counts backfilled, the check clean."""
+    from fastagi.store.sqlite import MIGRATIONS, SCHEMA_PATH  # noqa: PLC0415
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(SCHEMA_PATH.read_text() + "".join(MIGRATIONS[v] + ";" for v in (2, 3, 4)))
+    conn.execute("PRAGMA user_version = 4")
+    body = '{"per_minute": 600, "initial_s": 60, "increment_s": 30, "connect_fee": 50, "grace_s": 0, "max_call_s": 7200}'
+    conn.executescript(
+        "INSERT INTO accounts (id, kind, credits_posted, debits_posted) VALUES (3, 'main', 10000, 1250);"
+        "UPDATE accounts SET debits_posted = 10000 WHERE id = 1; UPDATE accounts SET credits_posted = 1250 WHERE id = 2;"
+        "INSERT INTO numbers (number, name, account_id, created_at) VALUES ('4008001234', 'HQ', 3, '2025-01-01');"
+        "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, code, ref, created_at) VALUES "
+        "('ref:r1', 'posted', 1, 3, 10000, 'recharge', 'r1', '2025-01-01T00:00:00.000Z'),"
+        "('call:1.1', 'pending', 3, 2, 7200, 'call', '1.1', '2025-01-02T00:00:00.000Z'),"
+        "('call:1.2', 'pending', 3, 2, 7200, 'call', '1.2', '2025-01-02T00:01:00.000Z');"
+        "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, pending_id, code, created_at) VALUES "
+        "('call:1.1:post', 'post', 3, 2, 650, 'call:1.1', 'call', '2025-01-02T00:01:00.000Z'),"
+        "('call:1.2:post', 'post', 3, 2, 600, 'call:1.2', 'call', '2025-01-02T00:02:00.000Z');"
+    )
+    for bid in ("1.1", "1.2"):
+        conn.execute(
+            "INSERT INTO calls (billing_id, number_id, account_id, caller, dest, charged, start_ms, tariff, granted_s, "
+            "reserved, pending_id, state, start_at, settled_by) VALUES (?, 1, 3, '138', 'PJSIP/hq', 'main', 0, ?, 7200, "
+            "7200, ?, 'rated', '2025-01-02T00:00:00.000Z', 'ami')",
+            (bid, body, f"call:{bid}"),
+        )
+    conn.close()
+    doc = json.loads(extbill("number", "show", "4008001234", "--json", db=path).stdout)
+    assert doc["main"]["spent"] == "1.250" and doc["main"]["balance"] == "8.750"
+    conn = _open(path)
+    try:
+        rows = conn.execute("SELECT t.body FROM calls c JOIN tariffs t ON t.id = c.tariff_id").fetchall()
+        assert [tuple(r) for r in rows] == [(body,), (body,)]
+        assert conn.execute("SELECT count(*) FROM tariffs").fetchone()[0] == 1
+        counts = conn.execute("SELECT state, settled_by, calls FROM call_counts").fetchall()
+        assert [tuple(r) for r in counts] == [("rated", "ami", 2)]
+        assert counters.check_counters(conn) == []
+    finally:
+        conn.close()

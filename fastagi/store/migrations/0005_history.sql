@@ -27,12 +27,54 @@ CREATE TABLE IF NOT EXISTS tariffs (
     body  TEXT    NOT NULL UNIQUE
 );
 INSERT INTO tariffs (body) SELECT DISTINCT tariff FROM calls;
-ALTER TABLE calls ADD COLUMN tariff_id INTEGER REFERENCES tariffs(id);
-UPDATE calls SET tariff_id = (SELECT t.id FROM tariffs t WHERE t.body = calls.tariff);
-ALTER TABLE calls DROP COLUMN tariff;
 
+-- The calls table rebuilt (the one way SQLite changes a column's constraints): tariff_id in
+-- place of the JSON, and pending_id without its foreign key. That key had no index on this
+-- side, so deleting a reservation (archiving) scanned every call to look for a reference;
+-- pending_id is always 'call:' || billing_id, and `extbill db check` matches calls with
+-- their reservations.
+CREATE TABLE calls_new (
+    billing_id     TEXT    PRIMARY KEY,     -- the IVR channel's Asterisk uniqueid
+    number_id      INTEGER NOT NULL REFERENCES numbers(id),
+    extension_id   INTEGER REFERENCES extensions(id),
+    account_id     INTEGER NOT NULL REFERENCES accounts(id),
+    caller         TEXT    NOT NULL,
+    channel        TEXT,
+    linkedid       TEXT,
+    dest           TEXT    NOT NULL,        -- the Dial string the call was granted to
+    charged        TEXT    NOT NULL CHECK (charged IN ('main', 'ext')),
+    start_ms       INTEGER NOT NULL,        -- Unix ms of the grant: the sweeper's clock
+    granted_s      INTEGER NOT NULL CHECK (granted_s > 0),
+    reserved       INTEGER NOT NULL CHECK (reserved >= 0),
+    pending_id     TEXT,                    -- the first reservation: 'call:' || billing_id
+    state          TEXT    NOT NULL CHECK (state IN ('reserved', 'rated', 'unanswered', 'unrated')),
+    start_at       TEXT    NOT NULL,
+    answer_at      TEXT,
+    end_at         TEXT,
+    talk_s         INTEGER,
+    billed_s       INTEGER,
+    cost           INTEGER,
+    disposition    TEXT,
+    cause          TEXT,
+    settled_by     TEXT,
+    settled_at     TEXT,
+    renewals       INTEGER NOT NULL DEFAULT 0 CHECK (renewals >= 0),
+    grant_final    INTEGER NOT NULL DEFAULT 1 CHECK (grant_final IN (0, 1)),
+    callee         TEXT,
+    tariff_id      INTEGER NOT NULL REFERENCES tariffs(id)  -- the tariff snapshot the grant used
+);
+INSERT INTO calls_new (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest,
+    charged, start_ms, granted_s, reserved, pending_id, state, start_at, answer_at, end_at, talk_s,
+    billed_s, cost, disposition, cause, settled_by, settled_at, renewals, grant_final, callee, tariff_id)
+SELECT billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest,
+    charged, start_ms, granted_s, reserved, pending_id, state, start_at, answer_at, end_at, talk_s,
+    billed_s, cost, disposition, cause, settled_by, settled_at, renewals, grant_final, callee,
+    (SELECT t.id FROM tariffs t WHERE t.body = calls.tariff)
+FROM calls;
+DROP TABLE calls;
+ALTER TABLE calls_new RENAME TO calls;
+CREATE INDEX IF NOT EXISTS calls_by_number ON calls(number_id, start_at);
 -- Only open calls are looked up by state (sweeper, reconcile): settled ones stay out.
-DROP INDEX IF EXISTS calls_open;
 CREATE INDEX IF NOT EXISTS calls_open ON calls(start_at) WHERE state = 'reserved';
 -- `calls NUMBER --ext KEY` pages by extension without walking the number's other calls.
 CREATE INDEX IF NOT EXISTS calls_by_extension ON calls(extension_id, start_at) WHERE extension_id IS NOT NULL;
