@@ -602,24 +602,27 @@ def test_stray_bridge_leave_and_skewed_timestamps_do_not_distort_talk():
     assert end.ended_us == end.hangup_us == TE + 10_000
 
 
-def test_harness_ids_find_the_caller_as_the_dialling_channel():
-    """An id that is not a Uniqueid gets its caller from the Dial, or before any Dial from the first channel seen."""
-    hid = "e2e-answered"
+def test_the_caller_is_the_channel_the_billing_id_names_and_no_other():
+    """The billing id is the IVR channel's Uniqueid, whatever its shape (a channel id an AMI
+    client chose, a UUID, fits): that channel's Hangup ends the call. An id that names no
+    channel ends no call: no other channel (the one that dialled, the first seen) is taken
+    for the caller."""
+    uuid_id = "0b6e2a52-6f0d-4a3e-9a57-1c2d3e4f5a6b"
 
-    def rename(e):
+    def rename(e, new_uid):
         e = dict(e)
         for key in ("ChanVariable", "DestChanVariable"):
             if e.get(key) == f"EXTBILL_ID={BID}":
-                e[key] = f"EXTBILL_ID={hid}"
+                e[key] = f"EXTBILL_ID={uuid_id}"
         for key in ("Uniqueid", "Linkedid"):
             if e.get(key) == BID:
-                e[key] = "ivr-71549480cc08"
+                e[key] = new_uid
         return e
 
-    (end,) = ends(run([rename(e) for e in answered_via_local()])[1])
-    assert end.billing_id == hid and end.talk_ms == 42_501 and end.hangup_us == TE + 10_000
-    (end,) = ends(run([rename(e) for e in caller_hangs_up_in_ivr()])[1])
-    assert end.billing_id == hid and end.dial_status is None
+    (end,) = ends(run([rename(e, uuid_id) for e in answered_via_local()])[1])
+    assert end.billing_id == uuid_id and end.talk_ms == 42_501 and end.hangup_us == TE + 10_000
+    c, facts = run([rename(e, "ivr-71549480cc08") for e in answered_via_local()])
+    assert ends(facts) == [] and c.counters.malformed == 0
 
 
 # -- properties -------------------------------------------------------------
@@ -665,15 +668,22 @@ def test_permuted_stream_talk_is_bounded_and_natural_order_is_exact(perm, data):
 
 # -- recorded streams -----------------------------------------------------------
 
-RECORDED = sorted(FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
-# What the streams recorded by tests/e2e (Asterisk 22, Local channels, harness ids) must give.
+RECORDED = sorted(FIXTURES.glob("*.json"))
+# What the streams recorded by tests/e2e (Asterisk 22, Local channels; the billing id is
+# the IVR channel's Uniqueid, as the server hands it out) must give.
 RECORDED_EXPECT: dict[str, dict[str, dict[str, object]]] = {
-    "answered.json": {"e2e-answered": {"dial_status": "ANSWER", "talk_ms": 3502}},
-    "cut-at-limit.json": {"e2e-limit": {"dial_status": "ANSWER", "talk_ms": 6006}},  # L(6000)
-    "busy.json": {"e2e-busy": {"dial_status": "BUSY", "talk_ms": 0, "answered_us": None}},
-    "no-answer.json": {"e2e-noanswer": {"dial_status": "NOANSWER", "talk_ms": 0}},
+    "answered.json": {"ivr-1796136157.705613447": {"dial_status": "ANSWER", "talk_ms": 3499}},
+    "cut-at-limit.json": {"ivr-1796136194.155054132": {"dial_status": "ANSWER", "talk_ms": 6004}},  # L(6000)
+    "busy.json": {"ivr-1796136209.869347947": {"dial_status": "BUSY", "talk_ms": 0, "answered_us": None}},
+    "no-answer.json": {"ivr-1796136211.96302845": {"dial_status": "NOANSWER", "talk_ms": 0}},
     "caller-hangup-in-ivr.json": {},  # hung up before any grant: no call
 }
+
+
+def test_the_recorded_streams_are_shipped():
+    """The replay tests below need them: tests/e2e/test_dialplan_smoke.py and
+    test_scenarios.py record them (EXTBILL_E2E_RECORD=1)."""
+    assert {p.name for p in RECORDED} >= set(RECORDED_EXPECT), FIXTURES
 
 
 def dialled_and_hung_up(events: list[dict]) -> set[str]:
@@ -693,8 +703,7 @@ def dialled_and_hung_up(events: list[dict]) -> set[str]:
 
 @pytest.mark.parametrize(
     "path",
-    RECORDED
-    or [pytest.param(None, marks=pytest.mark.skip(reason="no recorded streams in tests/fixtures/ami/"))],
+    RECORDED,
     ids=lambda p: getattr(p, "name", "none"),
 )
 def test_recorded_stream_replays_cleanly(path):

@@ -18,8 +18,8 @@ import pytest
 from fastagi.core.ami import CallEnd, Correlator
 from fastagi.dev.bench.ami_peer import CallChannels
 from fastagi.dev.bench.check import check_ledger
-from fastagi.dev.bench.cli import REQUIRED_KEYS
 from fastagi.dev.bench.mix import CallMix
+from fastagi.dev.bench.report import REQUIRED_KEYS
 from fastagi.dev.bench.seed import DataSet, seed_file
 from fastagi.store import tariff_snapshots, tx_calls
 from fastagi.store.sqlite import _configure, _in_read, _in_transaction
@@ -83,6 +83,9 @@ def test_short_run_reports_every_figure_and_a_consistent_ledger(tmp_path: Path) 
     assert details["counts"]["prompted"] > 0  # the arrears calls were refused
     assert details["talk_time_matches"] and details["revenue_matches_costs"]
     assert "setups_per_s" in proc.stdout  # the table
+    # serve ran as it runs in production (info logs, its own sweeper), and the table says so
+    assert doc["settings"]["serve_log_level"] == "info" and doc["settings"]["serve_sweep_interval_s"] == 30
+    assert "log level info, the sweeper every 30 s (serve's defaults)" in proc.stdout
 
 
 def test_fake_ami_events_give_the_correlator_the_simulated_talk_time() -> None:
@@ -442,6 +445,77 @@ def test_asterisk_reference_without_an_asterisk_root_fails_before_the_run(tmp_pa
     assert proc.returncode == 2
     assert "--asterisk: cannot run the real-Asterisk reference" in proc.stderr
     assert "seeded" not in proc.stderr and "setups_per_s" not in proc.stdout  # nothing ran
+
+
+def test_process_per_call_reference_fails_the_run_when_a_call_crashes(tmp_path: Path) -> None:
+    """A reference process that dies (here: its database is not one) fails the reference
+    with the reason and the process's own stderr, instead of counting as a setup."""
+    import asyncio  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    from fastagi.dev.bench.ppc import process_per_call  # noqa: PLC0415
+    from fastagi.dev.bench.procs import BenchError  # noqa: PLC0415
+
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database\n" * 100)
+    with pytest.raises(BenchError) as err:
+        asyncio.run(process_per_call(str(bad), CallMix(DataSet(2, 4), seed=5), 5.0, 2, 4))
+    text = str(err.value)
+    assert "process-per-call reference: call 1732650000." in text
+    assert "exited 1" in text and "its stderr:" in text and "DatabaseError" in text
+
+
+def test_process_per_call_reference_fails_the_run_on_a_wrong_answer(tmp_path: Path) -> None:
+    """A call the reference ends other than the server would (here: numbers it does not
+    have, so it prompts where the mix expects a Dial) fails the reference."""
+    import asyncio  # noqa: PLC0415
+
+    import pytest  # noqa: PLC0415
+
+    from fastagi.dev.bench.ppc import process_per_call  # noqa: PLC0415
+    from fastagi.dev.bench.procs import BenchError  # noqa: PLC0415
+
+    db = str(tmp_path / "one.db")
+    seed_file(db, DataSet(numbers=1, extensions=4))
+    # the mix draws from 50 numbers: nearly every call is to a number this file does not have
+    mix = CallMix(DataSet(numbers=50, extensions=4), seed=5)
+    with pytest.raises(BenchError, match=r"with EXTBILL_RESULT prompt, expected dial"):
+        asyncio.run(process_per_call(db, mix, 10.0, 1, 10))
+
+
+def test_raw_reference_group_commits_as_serve_does_and_leaves_a_consistent_ledger(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The raw ceiling does serve's work the way serve's store commits it: BATCH_OPS_MAX
+    operations per COMMIT, not one COMMIT per transaction; every call it granted is settled."""
+    from fastagi.core.ledger_check import ledger_discrepancies  # noqa: PLC0415
+    from fastagi.dev.bench import raw  # noqa: PLC0415
+    from fastagi.store.ledger_check import ledger_facts  # noqa: PLC0415
+    from fastagi.store.sqlite import BATCH_OPS_MAX  # noqa: PLC0415
+
+    db = str(tmp_path / "raw.db")
+    ds = DataSet(numbers=4, extensions=6)
+    seed_file(db, ds)
+    commits: list[str] = []
+    real_connect = sqlite3.connect
+
+    def observed(*args, **kwargs):  # the real connection, its statements counted
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None)
+        return conn
+
+    monkeypatch.setattr(raw.sqlite3, "connect", observed)
+    r = raw.raw_setups_per_s(db, CallMix(ds, seed=9), 0.3, concurrency=100)
+    monkeypatch.undo()
+    assert r["raw_setups"] >= BATCH_OPS_MAX and r["raw_dialed"] > 0
+    # per batch of 64 calls: one COMMIT of routes, one of answers, one of settlements
+    assert len(commits) <= 3 * (r["raw_setups"] // BATCH_OPS_MAX + 1), (len(commits), r["raw_setups"])
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        assert ledger_discrepancies(_in_read(conn, ledger_facts, ()), quiescent=True) == []
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -123,7 +123,7 @@ def test_a_writer_killed_while_holding_the_lock_does_not_leave_it_held(tmp_path:
         holder.wait(5)
         t0 = time.monotonic()
         lock.acquire()
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 5.0  # released with its holder, not held on
         lock.release()
     finally:
         holder.kill()

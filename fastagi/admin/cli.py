@@ -15,9 +15,9 @@ from importlib.metadata import entry_points
 from typing import Any, NoReturn
 
 from fastagi.core.ledger import LedgerError
-from fastagi.core.money import AmountError, format_amount, parse_amount
+from fastagi.core.money import AmountError, format_amount, money_fields, parse_amount
 from fastagi.core.numbers import NumberRuleError
-from fastagi.core.period import PeriodError
+from fastagi.core.period import PeriodError, status_text
 from fastagi.core.rating import PlanError, Tariff
 from fastagi.runtime.config import ConfigError
 from fastagi.runtime.log import configure as configure_logging
@@ -66,38 +66,6 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
-def _money_fields(d: Any) -> Any:
-    """Render minor-unit money fields as decimal strings for output."""
-    money_keys = {
-        "balance",
-        "reserved",
-        "available",
-        "spent",
-        "min_balance",
-        "monthly_minimum",
-        "owed",
-        "low_balance",
-        "amount",
-        "effect",
-        "per_minute",
-        "connect_fee",
-        "cost",
-        "reserve",
-    }
-    if isinstance(d, dict):
-        return {
-            k: (
-                format_amount(v)
-                if k in money_keys and isinstance(v, int) and not isinstance(v, bool)
-                else _money_fields(v)
-            )
-            for k, v in d.items()
-        }
-    if isinstance(d, list):
-        return [_money_fields(x) for x in d]
-    return d
-
-
 def _print_json(doc: Any) -> None:
     print(json.dumps(doc, ensure_ascii=False, indent=2))
 
@@ -136,7 +104,7 @@ async def cmd_plan_rate(store: SqliteStore, a: argparse.Namespace) -> int:
 
 
 async def cmd_plan_list(store: SqliteStore, a: argparse.Namespace) -> int:
-    plans = _money_fields(await store.read(tx_admin.list_plans))
+    plans = money_fields(await store.read(tx_admin.list_plans))
     if a.json:
         _print_json(plans)
         return 0
@@ -195,17 +163,12 @@ async def cmd_number_set(store: SqliteStore, a: argparse.Namespace) -> int:
 
 def _status(doc: dict[str, Any]) -> str:
     """'active', 'suspended', or why a number that owes is suspended (money fields as ints)."""
-    if doc["owed"]:
-        return (
-            f"suspended: owes {format_amount(doc['owed'])} of the monthly minimum of "
-            f"{', '.join(doc['owed_months'])}; the next recharge pays it first"
-        )
-    return doc["status"]
+    return status_text(doc["status"], doc["owed"], doc["owed_months"])
 
 
 async def cmd_number_show(store: SqliteStore, a: argparse.Namespace) -> int:
     raw = await store.read(tx_admin.balance, a.number)
-    doc = _money_fields(raw)
+    doc = money_fields(raw)
     if a.json:
         _print_json(doc)
         return 0
@@ -238,7 +201,7 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
     doc = await store.read(tx_admin.balance, a.number)
     if a.json:
         _print_json(
-            _money_fields(
+            money_fields(
                 {
                     "number": doc["number"],
                     "status": doc["status"],
@@ -258,7 +221,7 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
     print(
         f"{doc['number']}  {doc['name']}  [{_status(doc)}]  minimum balance {format_amount(doc['min_balance'])}"
     )
-    _print_accounts(_money_fields(doc))
+    _print_accounts(money_fields(doc))
     return 0
 
 
@@ -318,7 +281,7 @@ async def cmd_transfer(store: SqliteStore, a: argparse.Namespace) -> int:
 
 
 async def cmd_statement(store: SqliteStore, a: argparse.Namespace) -> int:
-    rows = _money_fields(await store.read(tx_admin.statement, a.number, a.key, a.limit, a.before, a.archive))
+    rows = money_fields(await store.read(tx_admin.statement, a.number, a.key, a.limit, a.before, a.archive))
     if a.json:
         _print_json(rows)
     else:
@@ -350,8 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True, parser_class=_Parser
     )
     _sub(db, "init", cmd_db_init, "create (or migrate) the database")
-    from fastagi.admin import cli_history  # noqa: PLC0415  (it builds on this module's helpers)
+    from fastagi.admin import cli_db, cli_history  # noqa: PLC0415  (they build on this module's helpers)
 
+    cli_db.add_parsers(db, _sub)
     cli_history.add_db_parsers(db, _sub)
 
     plan = subs.add_parser("plan", help="rate plans").add_subparsers(

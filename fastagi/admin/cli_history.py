@@ -1,5 +1,6 @@
-"""History at scale in the CLI: page options of `calls` and `statement`, `db archive`,
-and `db check`'s kept-counter check (store/counters.py)."""
+"""History at scale in the CLI: page options of `calls` and `statement`, and `db archive`.
+
+(`db check`, admin/cli_db.py, also checks the kept counters: store/counters.py.)"""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
-from fastagi.store import archive, counters
+from fastagi.store import archive
 from fastagi.store.pages import PAGE_ROWS_DEFAULT, PAGE_ROWS_MAX
-
-EXIT_DISCREPANCIES = 1
 
 
 def _limit(text: str) -> int:
@@ -57,24 +56,7 @@ async def cmd_db_archive(store: Any, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_db_check(store: Any, a: argparse.Namespace) -> int:
-    found = await store.read(counters.check_counters)
-    if found:
-        for line in found:
-            print(f"discrepancy: {line}")
-        print(f"extbill db check: {len(found)} discrepancies in {store.path}")
-        return EXIT_DISCREPANCIES
-    print("ledger consistent: every account's counters agree with its transfers")
-    return 0
-
-
 def add_db_parsers(db: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
     p = sub(db, "archive", cmd_db_archive, "move settled calls started before a date to an archive file")
     p.add_argument("--before", type=_day, required=True, metavar="YYYY-MM-DD", help="UTC day")
     p.add_argument("file", help="the archive (an SQLite file; created, or added to)")
-    sub(
-        db,
-        "check",
-        cmd_db_check,
-        "rebuild every account's counters from its transfers and compare (exit 1 if any differ)",
-    )

@@ -7,7 +7,6 @@ Every refusal exits 2 with one line per problem on stderr and changes nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from collections.abc import Callable
@@ -16,13 +15,10 @@ from typing import Any
 from fastagi.core.money import AmountError, format_amount, parse_amount
 from fastagi.core.period import check_month
 from fastagi.runtime.clock import now_ms
-from fastagi.store import tx_money, tx_outbox
+from fastagi.store import bulk_file, tx_money, tx_outbox
 from fastagi.store.base import StoreError
 
 EXIT_REFUSED = 2
-CSV_FIELDS = ("number", "key", "amount", "ref")
-CSV_BYTES_MAX = 4 * 1024 * 1024  # a bulk file larger than this is not a quota list
-REF_CHARS_MAX = 100
 
 
 def _month(text: str) -> str:
@@ -124,39 +120,10 @@ def read_bulk_file(path: str) -> tuple[list[tuple[int, str]], list[tx_money.Bulk
     """Parse `number,key,amount,ref` rows (a header line is optional): (bad rows, good rows)."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read(CSV_BYTES_MAX + 1)
+            raw = fh.read(bulk_file.CSV_BYTES_MAX + 1)
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from None
-    if len(raw) > CSV_BYTES_MAX:
-        raise StoreError(f"{path} is larger than {CSV_BYTES_MAX // 1024 // 1024} MB")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise StoreError(f"{path} is not UTF-8 text") from None
-    errors: list[tuple[int, str]] = []
-    rows: list[tx_money.BulkRow] = []
-    reader = csv.reader(text.splitlines())
-    for fields in reader:
-        line = reader.line_num
-        cells = [c.strip() for c in fields]
-        if not any(cells) or (line == 1 and [c.lower() for c in cells] == list(CSV_FIELDS)):
-            continue
-        if len(cells) != len(CSV_FIELDS):
-            errors.append((line, f"expected 4 fields number,key,amount,ref, found {len(cells)}"))
-            continue
-        number, key, amount_text, ref = cells
-        try:
-            amount = parse_amount(amount_text)
-        except AmountError as exc:
-            errors.append((line, str(exc)))
-            continue
-        if not ref or len(ref) > REF_CHARS_MAX:
-            errors.append(
-                (line, f"ref is required (1 to {REF_CHARS_MAX} characters): it makes the row idempotent")
-            )
-            continue
-        rows.append(tx_money.BulkRow(line, number, key or None, amount, ref))
-    return errors, rows
+    return bulk_file.parse(bulk_file.decode(raw, path))
 
 
 async def cmd_recharge_csv(store: Any, a: argparse.Namespace) -> int:

@@ -6,10 +6,9 @@ microseconds. A call is keyed by its billing id, which the dialplan copies into
 `__EXTBILL_ID` so every channel of the call carries it in `ChanVariable`
 (`channelvars=EXTBILL_ID`).
 
-The caller channel: the one whose Uniqueid is the billing id (production: the
-id is the IVR channel's Uniqueid). An id not shaped like a Uniqueid (a test
-harness's "e2e-busy") names no channel; its caller is the channel that dialled
-with it, or, before any Dial, the first channel seen carrying it.
+The caller channel: the one whose Uniqueid is the billing id (the server hands
+out the IVR channel's Uniqueid, core/ids.py). No other channel is ever taken for
+the caller: an id that names no channel ends no call.
 
 Talk time (never ANSWEREDTIME or CDR billsec: both include the IVR):
 - starts at the callee's answer: the earliest of a DialEnd ANSWER on the
@@ -41,7 +40,6 @@ MALFORMED_KEPT_MAX = 100  # recent Malformed reasons kept for the I/O shell to l
 TIMELINE_PER_CALL_MAX = 256  # bridge/hangup signals kept per call (a call has a handful)
 DIAL_ENDS_PER_CALL_MAX = 32
 TIMESTAMP_RE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?")  # Asterisk writes "%ld.%06lu"
-UNIQUEID_RE = re.compile(r"(?:\S+-)?[0-9]+\.[0-9]+")  # "1732650000.12", "systemname-1732650000.12"
 CAUSE_RE = re.compile(r"[0-9]{1,4}")  # a Hangup's Cause; compiled once, not looked up per event
 
 ANSWER = "ANSWER"
@@ -122,22 +120,16 @@ class Counters:
 
 @dataclass(slots=True)
 class _Call:
-    strict: bool  # the id is a Uniqueid: it names the caller channel
     last_seen_us: int
-    first_uid: tuple[int, str] | None = None  # earliest (ts, Uniqueid) carrying the id
-    first_dialer: tuple[int, str] | None = None  # earliest (ts, Uniqueid) dialling with it
     # Sets: a duplicated event adds nothing.
     dial_ends: set[tuple[int, str, str]] = field(default_factory=set)  # (ts, dialer, status)
     timeline: set[tuple[int, int, str, str]] = field(default_factory=set)  # (ts, rank, uid, bridge)
     answered_emitted: bool = False
     callee: str | None = None  # see CallAnswered.callee
 
-    def caller(self, bid: str) -> str | None:
-        if self.strict:
-            return bid
-        if self.first_dialer is not None:
-            return self.first_dialer[1]
-        return None if self.first_uid is None else self.first_uid[1]
+    @staticmethod
+    def caller(bid: str) -> str:
+        return bid  # the billing id is the caller channel's Uniqueid
 
     def answered_us(self, caller: str | None) -> int | None:
         dialled = [t for t, d, st in self.dial_ends if d == caller and st == ANSWER]
@@ -338,15 +330,10 @@ class Correlator:
                 self.counters.late += 1
                 return []
             kind = (name or "").lower()
-            ts = parse_timestamp_us(ev.get("timestamp"))
-            uid = ev.get("uniqueid")
             if kind not in _RELEVANT:
-                # Only noted as "a channel carrying the id" (caller of a non-Uniqueid id).
-                if ts is not None and isinstance(uid, str) and uid.strip():
-                    call = self._track(bid, ts)
-                    call.first_uid = _earliest(call.first_uid, (ts, uid.strip()))
                 self.counters.ignored += 1
                 return []
+            ts = parse_timestamp_us(ev.get("timestamp"))
             if ts is None:
                 raise _Bad("bad_timestamp")
             return self._apply(kind, ev, bid, _text(ev, "uniqueid") or "", ts)
@@ -367,14 +354,11 @@ class Correlator:
         cause = int(cause_text) if cause_text and CAUSE_RE.fullmatch(cause_text) else None
 
         call = self._track(bid, ts)
-        call.first_uid = _earliest(call.first_uid, (ts, uid))
-        if kind in ("dialbegin", "dialend"):
-            call.first_dialer = _earliest(call.first_dialer, (ts, uid))
-            if kind == "dialend":
-                self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
-                if status == ANSWER and call.callee is None:
-                    call.callee = _text(ev, "destuniqueid", required=False) or None
-        else:
+        if kind == "dialend":
+            self._add(call.dial_ends, (ts, uid, status), DIAL_ENDS_PER_CALL_MAX)
+            if status == ANSWER and call.callee is None:
+                call.callee = _text(ev, "destuniqueid", required=False) or None
+        elif kind != "dialbegin":
             self._add(call.timeline, (ts, _RANKS[kind], uid, bridge or ""), TIMELINE_PER_CALL_MAX)
 
         out: list[Fact] = []
@@ -395,8 +379,7 @@ class Correlator:
     def _track(self, bid: str, ts: int) -> _Call:
         call = self._calls.get(bid)
         if call is None:
-            strict = UNIQUEID_RE.fullmatch(bid) is not None
-            call = self._calls[bid] = _Call(strict=strict, last_seen_us=ts)
+            call = self._calls[bid] = _Call(last_seen_us=ts)
             while len(self._calls) > self._calls_max:
                 old, _ = self._calls.popitem(last=False)
                 self._remember_ended(old)  # a late Hangup must not bill it as unanswered
@@ -467,7 +450,3 @@ def _talk_end(
         if rank != _ENTER and uid != caller and answered <= ts <= hangup_us
     ]
     return min(others, default=hangup_us)
-
-
-def _earliest(a: tuple[int, str] | None, b: tuple[int, str]) -> tuple[int, str]:
-    return b if a is None or b < a else a

@@ -11,7 +11,7 @@ the no-overdraw rule a second time (assertions in pairs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 
@@ -102,22 +102,8 @@ def apply_posted(debit: Account, credit: Account, amount: int) -> tuple[Account,
     _check_pair(debit.id, credit.id)
     _check_funds(debit, amount)
     return (
-        Account(
-            debit.id,
-            debit.kind,
-            debit.debits_pending,
-            debit.debits_posted + amount,
-            debit.credits_pending,
-            debit.credits_posted,
-        ),
-        Account(
-            credit.id,
-            credit.kind,
-            credit.debits_pending,
-            credit.debits_posted,
-            credit.credits_pending,
-            credit.credits_posted + amount,
-        ),
+        replace(debit, debits_posted=debit.debits_posted + amount),
+        replace(credit, credits_posted=credit.credits_posted + amount),
     )
 
 
@@ -166,21 +152,15 @@ def apply_resolve(
     if debit.debits_pending < pending_amount or credit.credits_pending < pending_amount:
         raise InvalidTransfer("reservation is larger than the accounts' pending counters")
     return (
-        Account(
-            debit.id,
-            debit.kind,
-            debit.debits_pending - pending_amount,
-            debit.debits_posted + posted_amount,
-            debit.credits_pending,
-            debit.credits_posted,
+        replace(
+            debit,
+            debits_pending=debit.debits_pending - pending_amount,
+            debits_posted=debit.debits_posted + posted_amount,
         ),
-        Account(
-            credit.id,
-            credit.kind,
-            credit.debits_pending,
-            credit.debits_posted,
-            credit.credits_pending - pending_amount,
-            credit.credits_posted + posted_amount,
+        replace(
+            credit,
+            credits_pending=credit.credits_pending - pending_amount,
+            credits_posted=credit.credits_posted + posted_amount,
         ),
     )
 

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 SCALE = 1000  # minor units per yuan
 DECIMALS = 3  # digits after the point, at the edges
@@ -48,3 +49,40 @@ def format_amount(minor: int) -> str:
     sign = "-" if minor < 0 else ""
     whole, frac = divmod(abs(minor), SCALE)
     return f"{sign}{whole}.{frac:0{DECIMALS}d}"
+
+
+# Keys whose integer values are money in every document the CLI and the API print.
+MONEY_KEYS = frozenset(
+    {
+        "balance",
+        "reserved",
+        "available",
+        "spent",
+        "min_balance",
+        "monthly_minimum",
+        "owed",
+        "low_balance",
+        "amount",
+        "effect",
+        "per_minute",
+        "connect_fee",
+        "cost",
+        "reserve",
+    }
+)
+
+
+def money_fields(doc: Any) -> Any:
+    """A document (dicts and lists) with its money fields (MONEY_KEYS) as decimal text."""
+    if isinstance(doc, dict):
+        return {
+            k: (
+                format_amount(v)
+                if k in MONEY_KEYS and isinstance(v, int) and not isinstance(v, bool)
+                else money_fields(v)
+            )
+            for k, v in doc.items()
+        }
+    if isinstance(doc, list):
+        return [money_fields(x) for x in doc]
+    return doc

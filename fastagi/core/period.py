@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fastagi.core.money import format_amount
+
 DEFAULT_TIME_ZONE = "Asia/Shanghai"
 _MONTH_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 TIME_ZONE_CHARS_MAX = 64
@@ -107,3 +109,14 @@ def minimum_charge(minimum: int, spent: int, available: int) -> MinimumCharge:
 def collect(owed: int, available: int) -> int:
     """How much of an owed amount money now in main pays: all it can, up to what is owed."""
     return max(0, min(owed, available))
+
+
+def status_text(status: str, owed: int, owed_months: list[str]) -> str:
+    """'active', 'suspended', or why a number that owes is suspended: the words of `balance`,
+    `number show` and the console's number page."""
+    if owed:
+        return (
+            f"suspended: owes {format_amount(owed)} of the monthly minimum of "
+            f"{', '.join(owed_months)}; the next recharge pays it first"
+        )
+    return status

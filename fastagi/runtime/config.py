@@ -208,29 +208,37 @@ def load(
     """Defaults, then the TOML file, then EXTBILL_* variables, then command-line flags."""
     env = os.environ if env is None else env
     known = {f.name: f for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    # the value each key takes and the layer it comes from: only the winning layer's value
+    # is parsed and checked, so a valid flag overrides a malformed variable or file entry
+    chosen: dict[str, tuple[Any, str]] = {}
     if config_file:
-        try:
-            with open(config_file, "rb") as fh:
-                doc = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file}: {exc}") from None
-        for key, value in doc.items():
+        for key, value in _read_file(config_file).items():
             if key not in known:
                 raise ConfigError(f"config file {config_file}: unknown key {key!r}")
-            values[key] = _coerce(key, value, known[key].type, config_file)
-    for key, f in known.items():
+            chosen[key] = (value, config_file)
+    for key in known:
         if env_name(key) in env:
-            values[key] = _coerce(key, env[env_name(key)], f.type, env_name(key))
+            chosen[key] = (env[env_name(key)], env_name(key))
     for key, value in (overrides or {}).items():
         if value is not None:
-            values[key] = _coerce(key, value, known[key].type, "command line")
+            chosen[key] = (value, "command line")
+    values = {key: _coerce(key, value, known[key].type, source) for key, (value, source) in chosen.items()}
     try:
         return replace(Settings(), **values)
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (check --config, {env_name(str(exc).split(':')[0])} and flags)") from None
+        key, _, problem = str(exc).partition(":")
+        source = chosen[key][1] if key in chosen else "default"
+        raise ConfigError(f"{key} ({source}):{problem}") from None
+
+
+def _read_file(config_file: str) -> dict[str, Any]:
+    try:
+        with open(config_file, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {config_file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {config_file}: {exc}") from None
 
 
 def describe() -> str:

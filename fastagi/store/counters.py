@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import sqlite3
 
-from fastagi.core.money import format_amount
-
 SHOWN_MAX = 50  # discrepancies listed at most
 
 COUNTERS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted", "spent")
@@ -52,10 +50,8 @@ def check_counters(conn: sqlite3.Connection) -> list[str]:
         kept, rebuilt = row[2:7], row[7:12]
         for name, k, r in zip(COUNTERS, kept, rebuilt, strict=True):
             if k != r:
-                found.append(
-                    f"account {row[0]} ({row[1]}): {name} is {format_amount(k)} in its row but "
-                    f"{format_amount(r)} from its transfers"
-                )
+                # worded as core/ledger_check.py words the four it also checks
+                found.append(f"account {row[0]}: {name} is {k} on its row, {r} from its transfers")
     missing = conn.execute(
         "SELECT count(*) FROM transfers t WHERE NOT EXISTS (SELECT 1 FROM accounts a "
         "WHERE a.id = t.debit_account_id) OR NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = t.credit_account_id)"

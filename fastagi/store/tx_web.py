@@ -43,9 +43,13 @@ def _scope_ids(
         return row[0], None
     if ext is None:
         raise StoreError("a branch user needs --ext (the extension key it may see)")
-    erow = conn.execute("SELECT id FROM extensions WHERE number_id=? AND key=?", (row[0], ext)).fetchone()
+    erow = conn.execute(
+        "SELECT id, removed_at FROM extensions WHERE number_id=? AND key=?", (row[0], ext)
+    ).fetchone()
     if erow is None:
         raise NotFound(f"number {number} has no extension {ext}")
+    if erow["removed_at"] is not None:  # the words of tx_admin._ext_row
+        raise NotFound(f"extension {ext} of {number} was removed on {erow['removed_at'][:10]}")
     return row[0], erow[0]
 
 

@@ -45,9 +45,13 @@ def _state(conn: sqlite3.Connection, number: str, ext: str | None) -> dict[str, 
             "ivr": doc["ivr"],
             "ext_billing": doc["ext_billing"],
             "min_balance": format_amount(doc["min_balance"]),
+            "monthly_minimum": format_amount(doc["monthly_minimum"]),
+            "owed": format_amount(doc["owed"]),
         }
     e = next((e for e in doc["extensions"] if e["key"] == ext), None)
     if e is None:  # (no bare next(): a StopIteration cannot cross the store's future)
+        # a removed extension is refused in the store's words ("... was removed on ...")
+        tx_admin._ext_row(conn, tx_admin._number_row(conn, number)["id"], number, ext)
         raise NotFound(f"number {number} has no extension {ext}")
     low = conn.execute(
         "SELECT e.low_balance FROM extensions e JOIN numbers n ON n.id = e.number_id "
@@ -93,7 +97,7 @@ def _audit(
 def _audited(
     conn: sqlite3.Connection,
     actor: Actor,
-    action: str,
+    action: str | Callable[[Any], str],
     number: str,
     ext: str | None,
     idem_key: str | None,
@@ -101,7 +105,10 @@ def _audited(
     *,
     watch_main: bool = False,
 ) -> Any:
-    """Run op() between two snapshots of what it changes and log both."""
+    """Run op() between two snapshots of what it changes and log both.
+
+    `action` may be a function of op's result (a reclaim of "all" names the amount taken).
+    """
     targets = [None] if ext is None else ([None, ext] if watch_main else [ext])
 
     def snap() -> dict[str, Any]:
@@ -110,7 +117,8 @@ def _audited(
 
     before = snap()
     result = op()
-    _audit(conn, actor, action, number, ext, before, snap(), idem_key)
+    what = action(result) if callable(action) else action
+    _audit(conn, actor, what, number, ext, before, snap(), idem_key)
     return result
 
 
@@ -137,7 +145,8 @@ def set_number(
     conn: sqlite3.Connection, actor: Actor, number: str, ref: str | None, changes: dict[str, Any]
 ) -> None:
     """tx_admin.set_number with `changes` (its keyword arguments), audited."""
-    shown = {k: (format_amount(v) if k == "min_balance" else v) for k, v in changes.items() if v is not None}
+    money = ("min_balance", "monthly_minimum")
+    shown = {k: (format_amount(v) if k in money else v) for k, v in changes.items() if v is not None}
     what = "set " + ", ".join(f"{k}={v}" for k, v in shown.items())
     _audited(conn, actor, what, number, None, ref, lambda: tx_admin.set_number(conn, number, **changes))
 

@@ -14,6 +14,7 @@ from typing import Any
 from fastagi.store import tx_admin
 from fastagi.store.base import NotFound
 from fastagi.store.pages import statement_rows
+from fastagi.store.tx_ledger import load_account
 
 PAGE_ROWS_MAX = 500  # rows per page of calls or statement, at most
 NUMBERS_LISTED_MAX = 1000
@@ -168,11 +169,15 @@ def daily_spend(conn: sqlite3.Connection, number: str, ext: str, since_day: str)
 
 
 def extension_info(conn: sqlite3.Connection, number: str, ext: str) -> dict[str, Any]:
-    """The extension's row of `balance` plus its low-balance threshold (configured or default)."""
+    """The extension's row of `balance` plus its low-balance threshold (configured or default).
+
+    A removed extension is not in `balance`: its page still shows its account as it was left
+    (its money went back to main), with status "removed" and when.
+    """
     doc = tx_admin.balance(conn, number)
     e = next((e for e in doc["extensions"] if e["key"] == ext), None)
     if e is None:
-        raise NotFound(f"number {number} has no extension {ext}")
+        e = _removed(conn, number, ext)
     row = conn.execute(
         "SELECT e.low_balance, coalesce(e.plan_id, n.plan_id) FROM extensions e "
         "JOIN numbers n ON n.id = e.number_id WHERE n.number=? AND e.key=?",
@@ -180,7 +185,33 @@ def extension_info(conn: sqlite3.Connection, number: str, ext: str) -> dict[str,
     ).fetchone()
     plan = tx_admin.load_plan(conn, row[1])
     threshold = tx_admin.low_balance_threshold_of(plan.tariff if plan else None, row[0])
-    return {**e, "low_balance": threshold, "low_balance_set": row[0] is not None, "number_name": doc["name"]}
+    return {
+        "removed_at": None,
+        **e,
+        "low_balance": threshold,
+        "low_balance_set": row[0] is not None,
+        "number_name": doc["name"],
+    }
+
+
+def _removed(conn: sqlite3.Connection, number: str, ext: str) -> dict[str, Any]:
+    _, _, ext_id, account_id = _ids(conn, number, ext)  # NotFound names an unknown one
+    assert account_id is not None  # (an extension was asked for)
+    e = conn.execute("SELECT key, name, dest, removed_at FROM extensions WHERE id=?", (ext_id,)).fetchone()
+    acc = load_account(conn, account_id)
+    spent = conn.execute(
+        "SELECT coalesce(sum(amount), 0) FROM transfers WHERE kind='post' AND debit_account_id=?",
+        (account_id,),
+    ).fetchone()[0]
+    return {
+        **dict(e),
+        "plan": None,
+        "balance": acc.balance,
+        "reserved": acc.reserved,
+        "available": acc.available,
+        "spent": spent,
+        "status": "removed",
+    }
 
 
 def in_progress(conn: sqlite3.Connection, number: str, ext: str | None) -> list[dict[str, Any]]:

@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fastagi.core.money import format_amount, parse_amount
+from fastagi.core.money import format_amount, money_fields, parse_amount
 from fastagi.runtime.credentials import token_hash
 from fastagi.store import tx_web, tx_web_actions
 from fastagi.web import params
-from fastagi.web.docs import balance_document, money_fields
+from fastagi.web.docs import balance_document
 from fastagi.web.errors import REFUSALS, BadRequest, status_of
 from fastagi.web.openapi import OPENAPI
 from fastagi.web.scope import Access, Principal
@@ -68,10 +68,16 @@ async def balance(request: Request, access: Access) -> Response:
     return JSONResponse(balance_document(doc))
 
 
-async def _body(request: Request, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > BODY_BYTES_MAX:
-        raise BadRequest(f"the request body is over {BODY_BYTES_MAX} bytes")
+async def _body(
+    request: Request, allowed: tuple[str, ...], required: tuple[str, ...], limit: int = BODY_BYTES_MAX
+) -> dict[str, Any]:
+    chunks, size = [], 0
+    async for chunk in request.stream():  # stop reading at the limit, not after the whole body
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 
 from fastagi.core.money import format_amount
 from fastagi.runtime.clock import now_ms
-from fastagi.web import api, auth, console, metrics
+from fastagi.web import api, api_money, auth, console, console_money, metrics
 
 HERE = Path(__file__).resolve().parent
 
@@ -76,10 +76,11 @@ def create_app(
     templates.filters["money"] = format_amount
     app = Starlette(
         routes=[
-            Mount("/api/v1", routes=api.routes()),
+            Mount("/api/v1", routes=[*api_money.routes(), *api.routes()]),
             Route("/metrics", _metrics),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
             *console.routes(),
+            *console_money.routes(),
         ]
     )
     app.state.web = WebState(

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from fastagi.core.money import parse_amount
+from fastagi.core.period import status_text
 from fastagi.runtime import credentials
 from fastagi.store import tx_web, tx_web_actions
 from fastagi.web import auth, chart, export, i18n, params
@@ -80,8 +81,14 @@ def back(request: Request, url: str, kind: str, text: str) -> RedirectResponse:
 Page = Callable[[Request, auth.Session, Access], Awaitable[Response]]
 
 
-def page(fn: Page, *, post: bool = False) -> Callable[[Request], Awaitable[Response]]:
-    """Sign-in required; POSTs checked (Origin, CSRF); refusals shown in the user's language."""
+def page(
+    fn: Page, *, post: bool = False, form_on: str | None = None
+) -> Callable[[Request], Awaitable[Response]]:
+    """Sign-in required; POSTs checked (Origin, CSRF); refusals shown in the user's language.
+
+    A refused form goes back to the page it is on: `form_on` (a path with the action's
+    path parameters, e.g. "/n/{number}"), else the action's path less its last part.
+    """
 
     async def run(request: Request) -> Response:
         web = request.app.state.web
@@ -102,8 +109,11 @@ def page(fn: Page, *, post: bool = False) -> Callable[[Request], Awaitable[Respo
             status = status_of(exc)
             if status == 404 or not post:
                 return render(request, "error.html", session, status, message=str(exc))
-            # back to the page the form is on: the action's path less its last part
-            return back(request, request.url.path.rsplit("/", 1)[0] or "/", "error", str(exc))
+            if form_on is not None:
+                url = form_on.format(**request.path_params)
+            else:
+                url = request.url.path.rsplit("/", 1)[0] or "/"
+            return back(request, url, "error", str(exc))
 
     return run
 
@@ -205,7 +215,15 @@ async def number_page(request: Request, session: auth.Session, access: Access) -
     doc = await access.balance(number)
     live = await access.in_progress(number)
     return render(
-        request, "number.html", session, doc=doc, live=live, form_token=await _form_token(request, session)
+        request,
+        "number.html",
+        session,
+        doc=doc,
+        status_line=status_text(doc["status"], doc["owed"], doc["owed_months"]),
+        periods=await access.periods(number),
+        removed=await access.removed_extensions(number),
+        live=live,
+        form_token=await _form_token(request, session),
     )
 
 

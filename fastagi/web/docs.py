@@ -5,26 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastagi.core.money import format_amount
-
-MONEY_KEYS = frozenset(
-    ("balance", "reserved", "available", "spent", "min_balance", "amount", "effect", "cost", "low_balance")
-)
-
-
-def money_fields(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {
-            k: (
-                format_amount(v)
-                if k in MONEY_KEYS and isinstance(v, int) and not isinstance(v, bool)
-                else money_fields(v)
-            )
-            for k, v in d.items()
-        }
-    if isinstance(d, list):
-        return [money_fields(x) for x in d]
-    return d
+from fastagi.core.money import money_fields
 
 
 def balance_document(doc: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ _NUMBER = {
     "required": True,
     "schema": {"type": "string", "example": "4008001234"},
 }
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "example": "1"}}
 _IDEM = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -94,6 +95,55 @@ OPENAPI: dict[str, Any] = {
             {"ext": {"type": "string"}, "amount": _MONEY},
             ["ext", "amount"],
         ),
+        "/numbers/{number}/reclaims": _money_post(
+            "move an extension's available money back to the main account (without amount: all of it; "
+            "money held by calls in progress is never taken)",
+            {"ext": {"type": "string"}, "amount": _MONEY},
+            ["ext"],
+        ),
+        "/numbers/{number}/extensions/{key}": {
+            "delete": {
+                "summary": "remove an extension: its money goes back to the main account, its history "
+                "(statement, calls) stays readable; refused (409) while it has a call in progress",
+                "parameters": [_NUMBER, _KEY, _IDEM],
+                "responses": {
+                    "200": _json({"type": "object"}, "removed (or the first answer to this Idempotency-Key)"),
+                    **_REFUSALS,
+                    "409": _ERROR,
+                    "422": _ERROR,
+                },
+            }
+        },
+        "/numbers/{number}/recharges/bulk": _money_post(
+            "recharge many accounts of this number at once: every row applied in one transaction, or "
+            "none (400 lists every bad row by its place); each row's ref is its own idempotency key",
+            {
+                "rows": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 10_000,
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "number": {"type": "string", "description": "optional; this number only"},
+                            "key": {"type": "string", "description": "extension key; empty for main"},
+                            "amount": _MONEY,
+                            "ref": {"type": "string", "minLength": 1, "maxLength": 100},
+                        },
+                        "required": ["amount", "ref"],
+                    },
+                }
+            },
+            ["rows"],
+        ),
+        "/numbers/{number}/periods": {
+            "get": {
+                "summary": "the closed months of the monthly minimum, newest first (as `extbill period "
+                "list N --json`)",
+                "parameters": [_NUMBER],
+                "responses": {"200": _json({"type": "object"}), **_REFUSALS},
+            }
+        },
         "/numbers/{number}/calls": {
             "get": {
                 "summary": "call records, newest first",

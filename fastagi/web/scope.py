@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastagi.store import tx_admin, tx_web_actions, tx_web_reads
+from fastagi.store import tx_admin, tx_outbox, tx_web_actions, tx_web_money, tx_web_reads
 from fastagi.store.base import NotFound
 from fastagi.store.tx_web_actions import Actor
 
@@ -121,3 +121,47 @@ class Access:
     def set_low_balance_op(self, number: str, ext: str, low: int, ref: str | None) -> tuple[Any, ...]:
         self.check_ext(number, ext)
         return (tx_web_actions.set_low_balance, self.p.actor, number, ext, low, ref)
+
+    # ---- HQ's money tasks (tx_money's rules and words, audited) ---------------------------
+
+    def check_operator(self) -> None:
+        """The platform's own pages (the notification outbox): anyone else finds nothing there."""
+        if self.p.role != "operator":
+            raise NotFound("no such page")
+
+    async def periods(self, number: str) -> list[dict[str, Any]]:
+        self.check_number(number)
+        return await self.reads.read(tx_web_money.periods, number)
+
+    async def removed_extensions(self, number: str) -> list[dict[str, Any]]:
+        self.check_number(number)
+        return await self.reads.read(tx_web_money.removed_extensions, number)
+
+    async def check_bulk(self, number: str, rows: list[Any]) -> list[tuple[int, str]]:
+        """Every bad row of a bulk file for `number` (rows of other numbers are unknown here)."""
+        self.check_number(number)
+        return await self.reads.read(tx_web_money.check_bulk, number, rows)
+
+    async def events(self, failed_only: bool) -> list[dict[str, Any]]:
+        self.check_operator()
+        return await self.reads.read(tx_outbox.list_events, failed_only)
+
+    def set_monthly_minimum_op(self, number: str, amount: int, ref: str | None) -> tuple[Any, ...]:
+        self.check_number(number)
+        return (tx_web_money.set_monthly_minimum, self.p.actor, number, amount, ref)
+
+    def reclaim_op(self, number: str, ext: str, amount: int | None, ref: str) -> tuple[Any, ...]:
+        self.check_number(number)
+        return (tx_web_money.reclaim, self.p.actor, number, ext, amount, ref)
+
+    def remove_extension_op(self, number: str, ext: str, ref: str | None) -> tuple[Any, ...]:
+        self.check_number(number)
+        return (tx_web_money.remove_extension, self.p.actor, number, ext, ref)
+
+    def bulk_recharge_op(self, number: str, rows: list[Any], ref: str | None) -> tuple[Any, ...]:
+        self.check_number(number)
+        return (tx_web_money.bulk_recharge, self.p.actor, number, rows, ref)
+
+    def retry_event_op(self, outbox_id: int, ref: str | None) -> tuple[Any, ...]:
+        self.check_operator()
+        return (tx_web_money.retry_event, self.p.actor, outbox_id, ref)

@@ -80,7 +80,10 @@ class StubAgi:
                 args.append(headers[f"agi_arg_{i}"])
                 i += 1
             self.requests.append({"script": script, "args": args, "time": time.time(), "headers": headers})
-            for name, value in (self.decide(script, args) or {}).items():
+            answer = self.decide(script, args) or {}
+            if "EXTBILL_ID" in answer:  # as the server does: the billing id is the IVR channel's Uniqueid
+                answer = {**answer, "EXTBILL_ID": headers["agi_uniqueid"]}
+            for name, value in answer.items():
                 writer.write(f'SET VARIABLE {name} "{value}"\n'.encode())
                 await writer.drain()
                 reply = await self._reply(reader)
@@ -114,9 +117,10 @@ def contract(routes: dict[str, Answer], digit_timeout: str = "3") -> Decide:
     return decide
 
 
-def grant(call_id: str, dest: str, limit_ms: int, warn_ms: int = 0, ring_s: int = 10) -> Answer:
+def grant(dest: str, limit_ms: int, warn_ms: int = 0, ring_s: int = 10) -> Answer:
+    """A Dial grant; its EXTBILL_ID is filled in by StubAgi from the request's agi_uniqueid."""
     return {
-        "EXTBILL_ID": call_id,
+        "EXTBILL_ID": "",
         "EXTBILL_DEST": dest,
         "EXTBILL_LIMIT_MS": str(limit_ms),
         "EXTBILL_WARN_MS": str(warn_ms),
@@ -197,7 +201,7 @@ def test_key_1_dials_branch_and_reports_talk_time(asterisk: Asterisk) -> None:
     """A caller who hears the welcome and presses 1 is connected to the granted branch under its
     time limit, the branch's channels carry the billing id, and at hangup the server gets
     millisecond answer and end times matching the bridge, about 3 s of talk."""
-    routes = {"1": grant("e2e-answered", branch("talk-1-3"), 60000)}
+    routes = {"1": grant(branch("talk-1-3"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=30)
     assert stub is not None
     assert [r["script"] for r in stub.requests] == ["lookup", "route", "hangup"]
@@ -212,10 +216,11 @@ def test_key_1_dials_branch_and_reports_talk_time(asterisk: Asterisk) -> None:
     assert dial and "L(60000)" in dial[0] and "U(extbill-answered^" in dial[0]
     # The callee's channels carry the billing id (inherited __EXTBILL_ID, channelvars).
     callee = [e for e in call.of("Newexten") if e.get("Context") == BRANCH_CONTEXT]
-    assert callee and all(e.get("ChanVariable") == "EXTBILL_ID=e2e-answered" for e in callee)
+    ivr_id = stub.of("route")[0]["headers"]["agi_uniqueid"]
+    assert callee and all(e.get("ChanVariable") == f"EXTBILL_ID={ivr_id}" for e in callee)
 
     rep = hangup_report(stub)
-    assert rep["id"] == "e2e-answered"
+    assert rep["id"] == ivr_id
     assert rep["dialstatus"] == "ANSWER"
     assert rep["answered"] is not None
     talk = rep["ended"] - rep["answered"]
@@ -244,10 +249,8 @@ def test_fastagi_server_down_fails_closed(asterisk: Asterisk) -> None:
     [
         pytest.param(None, id="closed-without-answer"),
         pytest.param({"EXTBILL_RESULT": "yes"}, id="unknown-result"),
-        pytest.param(dict(grant("e2e-bad", branch("talk-0-1"), 0)), id="zero-limit"),
-        pytest.param(
-            dict(grant("e2e-bad", branch("talk-0-1") + ",,L(99999999)", 60000)), id="dest-smuggles-options"
-        ),
+        pytest.param(dict(grant(branch("talk-0-1"), 0)), id="zero-limit"),
+        pytest.param(dict(grant(branch("talk-0-1") + ",,L(99999999)", 60000)), id="dest-smuggles-options"),
     ],
 )
 def test_bad_route_answers_fail_closed(asterisk: Asterisk, answer: Answer) -> None:
@@ -271,7 +274,7 @@ def test_limit_warns_then_cuts(asterisk: Asterisk) -> None:
     still playing."""
     # The zh warning prompt (3.5 s) is longer than the 3 s warning: it still plays when
     # the limit hits, which must not stretch the reported talk time.
-    routes = {"1": grant("e2e-limit", branch("talk-1-30"), 6000, warn_ms=3000)}
+    routes = {"1": grant(branch("talk-1-30"), 6000, warn_ms=3000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=40)
     assert stub is not None
     played = [name for name, _ in asterisk.played(call)]
@@ -299,20 +302,24 @@ def test_limit_warns_then_cuts(asterisk: Asterisk) -> None:
 def test_busy_branch(asterisk: Asterisk) -> None:
     """When the chosen branch is busy the caller is not connected and the server is told the call
     ended BUSY without an answer time."""
-    routes = {"1": grant("e2e-busy", branch("busy"), 60000)}
+    routes = {"1": grant(branch("busy"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=30)
     assert stub is not None
     assert call.dial_statuses() == ["BUSY"]
     assert not call.bridged()
     rep = hangup_report(stub)
-    assert rep["id"] == "e2e-busy" and rep["dialstatus"] == "BUSY" and rep["answered"] is None
+    assert (
+        rep["id"] == stub.of("route")[0]["headers"]["agi_uniqueid"]
+        and rep["dialstatus"] == "BUSY"
+        and rep["answered"] is None
+    )
     record("busy", call)
 
 
 def test_no_answer_branch(asterisk: Asterisk) -> None:
     """When the chosen branch does not answer within the ring timeout the caller is not connected
     and the server is told the call ended NOANSWER without an answer time."""
-    routes = {"1": grant("e2e-noanswer", branch("noanswer"), 60000, ring_s=2)}
+    routes = {"1": grant(branch("noanswer"), 60000, ring_s=2)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=30)
     assert stub is not None
     assert call.dial_statuses() == ["NOANSWER"]
@@ -325,7 +332,7 @@ def test_no_answer_branch(asterisk: Asterisk) -> None:
 def test_caller_hangs_up_in_ivr(asterisk: Asterisk) -> None:
     """A caller who hangs up during the welcome without pressing a key is never routed or dialled,
     and only the number lookup reaches the server."""
-    routes = {"1": grant("e2e-never", branch("talk-0-1"), 60000)}
+    routes = {"1": grant(branch("talk-0-1"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="", hold=2)
     assert stub is not None
     assert [r["script"] for r in stub.requests] == ["lookup"]
@@ -339,7 +346,7 @@ def test_invalid_key_retries_then_dials(asterisk: Asterisk) -> None:
     welcome again, and pressing 1 on the second try connects them to the branch."""
     # 9 is not an extension: invalid-extension, welcome again; the caller then presses 1
     # (SendDTMF 'w' = 0.5 s pause; digits during a Playback are ignored, so wait it out).
-    routes = {"1": grant("e2e-retry", branch("talk-0-1"), 60000)}
+    routes = {"1": grant(branch("talk-0-1"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="9" + "w" * 16 + "1", hold=40)
     assert stub is not None
     assert [r["args"] for r in stub.of("route")] == [[KNOWN, "9", "1"], [KNOWN, "1", "2"]]
@@ -356,7 +363,7 @@ def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> 
     # once (connection refused) and the channel goes away normally.
     async def main() -> tuple[Call, StubAgi]:
         stub: StubAgi
-        base = contract({"1": grant("e2e-gone", branch("talk-0-1"), 60000)})
+        base = contract({"1": grant(branch("talk-0-1"), 60000)})
 
         def decide(script: str, args: list[str]) -> Answer:
             if script == "route" and stub.server is not None:
@@ -377,7 +384,8 @@ def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> 
         for e in call.of("Newexten")
         if e.get("Context") == "extbill-hangup" and e.get("Application") == "AGI"
     ]
-    assert handler and "/hangup,e2e-gone,ANSWER," in handler[0]["AppData"]
+    ivr_id = next(r["headers"]["agi_uniqueid"] for r in stub.requests if r["script"] == "route")
+    assert handler and f"/hangup,{ivr_id},ANSWER," in handler[0]["AppData"]
     assert call.var("AGISTATUS") == "FAILURE"
 
 
@@ -386,7 +394,7 @@ def test_caller_hangs_up_while_talking(asterisk: Asterisk) -> None:
     and matches the time they were bridged."""
     # The caller presses 1 at 1.5 s and hangs up 5 s later, while the branch (which
     # would talk 30 s) is still on the line: the talk ends with the caller's hangup.
-    routes = {"1": grant("e2e-caller-bye", branch("talk-0-30"), 60000)}
+    routes = {"1": grant(branch("talk-0-30"), 60000)}
     call, stub = run_call(asterisk, routes, KNOWN, dtmf="1", hold=5)
     assert stub is not None
     assert call.bridged()

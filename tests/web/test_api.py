@@ -186,6 +186,16 @@ def test_openapi_document(server: Server) -> None:
         "/numbers/{number}/transfers",
         "/numbers/{number}/calls",
         "/numbers/{number}/extensions/{key}/statement",
+        "/numbers/{number}/reclaims",
+        "/numbers/{number}/extensions/{key}",
+        "/numbers/{number}/recharges/bulk",
+        "/numbers/{number}/periods",
     }
-    idem = [p for p in paths["/numbers/{number}/recharges"]["post"]["parameters"] if p["in"] == "header"]
-    assert idem[0]["name"] == "Idempotency-Key" and idem[0]["required"]
+    for path, method in [
+        ("/numbers/{number}/recharges", "post"),
+        ("/numbers/{number}/reclaims", "post"),
+        ("/numbers/{number}/extensions/{key}", "delete"),
+        ("/numbers/{number}/recharges/bulk", "post"),
+    ]:
+        idem = [p for p in paths[path][method]["parameters"] if p["in"] == "header"]
+        assert idem[0]["name"] == "Idempotency-Key" and idem[0]["required"], path

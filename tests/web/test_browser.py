@@ -93,6 +93,24 @@ def test_hq_recharges_an_extension_and_sees_balance_and_audit(browser: Browser, 
     expect(row).to_contain_text("hq")
 
 
+def test_hq_reclaims_from_an_extension_and_sees_balance_and_audit(browser: Browser, server: Server) -> None:
+    page = signed_in(browser, server, "hq")
+    main, ext = float(cell(page, "main")), float(cell(page, "ext-1"))
+    assert ext >= 5
+    page.select_option("#reclaim-form select[name=ext]", "1")
+    page.fill("#reclaim-form input[name=amount]", "5")
+    page.click("#reclaim-form button")
+    expect(page.locator(".flash")).to_have_text(
+        f"reclaimed 5.000 from extension 1 to the main account of {N}"
+    )
+    assert float(cell(page, "ext-1")) == pytest.approx(ext - 5)
+    assert float(cell(page, "main")) == pytest.approx(main + 5)
+    page.click("text=Audit log")
+    row = page.locator("#audit tbody tr").first
+    expect(row).to_contain_text("reclaim 5.000 ext 1 -> main")
+    expect(row).to_contain_text("hq")
+
+
 def test_double_click_recharges_once(browser: Browser, server: Server) -> None:
     page = signed_in(browser, server, "hq")
     before = float(cell(page, "main"))

@@ -180,7 +180,18 @@ PAGES = [
     "/n/{n}/e/{e}",
     "/n/{n}/e/{e}/calls.csv",
 ]
-FORMS = ["/n/{n}/recharge", "/n/{n}/transfer", "/n/{n}/settings", "/n/{n}/e/{e}/low-balance"]
+FORMS = [
+    "/n/{n}/recharge",
+    "/n/{n}/transfer",
+    "/n/{n}/settings",
+    "/n/{n}/e/{e}/low-balance",
+    "/n/{n}/monthly-minimum",
+    "/n/{n}/reclaim",
+    "/n/{n}/remove-extension",
+    "/n/{n}/recharges/bulk",
+]
+# HQ's money forms: a branch user gets 404 on them for its own number too
+NUMBER_FORMS = [f for f in FORMS if "/e/" not in f]
 # user: (number, ext) pairs it may NOT see
 FOREIGN = {
     "hq": [(OTHER_NUMBER, "9")],
@@ -201,7 +212,15 @@ def test_scope_matrix_console(server: Server, login: str) -> None:
         for path in PAGES + FORMS:
             url = path.format(n=number, e=ext)
             if path in FORMS:
-                r = c.post(url, data={"csrf": csrf_of(html), "form_token": "x", "amount": "1", "ext": ext})
+                data = {
+                    "csrf": csrf_of(html),
+                    "form_token": "x",
+                    "amount": "1",
+                    "ext": ext,
+                    "monthly_minimum": "1",
+                }
+                files = {"file": ("f.csv", f"{number},{ext},1,scope-{login}\n".encode())}
+                r = c.post(url, data=data, files=files if path.endswith("/bulk") else None)
             else:
                 r = c.get(url)
             assert r.status_code == 404, (login, url, r.status_code)
@@ -217,25 +236,37 @@ def test_branch_sees_only_its_extension(server: Server, login: str) -> None:
     for path in ("/n/{n}", "/n/{n}/live", "/n/{n}/audit"):
         assert c.get(path.format(n=number)).status_code == 404
     html = c.get(r.headers["location"]).text
-    data = {"csrf": csrf_of(html), "form_token": form_token_of(html), "amount": "1", "ext": ""}
-    assert c.post(f"/n/{number}/recharge", data=data).status_code == 404
+    ext = "1" if login == "br1" else "9"
+    for form in NUMBER_FORMS:
+        data = {"csrf": csrf_of(html), "form_token": form_token_of(html), "amount": "1", "ext": ext}
+        assert c.post(form.format(n=number), data=data).status_code == 404, form
+    assert c.get("/events").status_code == 404
+    assert c.get(r.headers["location"]).status_code == 200  # its own extension is still there
 
 
 @pytest.mark.parametrize(
     "path",
-    ["balance", "calls", "calls?ext=9", "extensions/9/statement"],
+    ["balance", "calls", "calls?ext=9", "extensions/9/statement", "periods"],
 )
 def test_scope_matrix_api(server: Server, path: str) -> None:
     """An API token of one number gets 404 on every path of another."""
     c = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.tokens['pay']}"})
     assert c.get(f"/api/v1/numbers/{OTHER_NUMBER}/{path}").status_code == 404
-    for post in ("recharges", "transfers"):
+    for post in ("recharges", "transfers", "reclaims"):
         r = c.post(
             f"/api/v1/numbers/{OTHER_NUMBER}/{post}",
             json={"amount": "1", "ext": "9"},
             headers={"Idempotency-Key": f"scope-{post}"},
         )
         assert r.status_code == 404
+    r = c.post(
+        f"/api/v1/numbers/{OTHER_NUMBER}/recharges/bulk",
+        json={"rows": [{"key": "9", "amount": "1", "ref": "scope-bulk"}]},
+        headers={"Idempotency-Key": "scope-bulk"},
+    )
+    assert r.status_code == 404
+    r = c.delete(f"/api/v1/numbers/{OTHER_NUMBER}/extensions/9", headers={"Idempotency-Key": "scope-rm"})
+    assert r.status_code == 404
 
 
 def test_no_sql_built_from_strings() -> None:
@@ -244,7 +275,7 @@ def test_no_sql_built_from_strings() -> None:
     for py in (root / "web").glob("*.py"):
         text = py.read_text()
         assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE)\b\s", text), py
-    for name in ("tx_web.py", "tx_web_reads.py", "tx_web_actions.py", "tx_web_metrics.py"):
+    for name in ("tx_web.py", "tx_web_reads.py", "tx_web_actions.py", "tx_web_metrics.py", "tx_web_money.py"):
         text = (root / "store" / name).read_text()
         assert not re.search(r'execute\(\s*f"', text), name
         assert ".format(" not in text and "%s" not in text, name

@@ -265,6 +265,12 @@ class FakeAmi:
             self._server.close()
             await self._server.wait_closed()
 
+    def disconnect(self) -> None:
+        """Drop the logged-in client's connection, as an Asterisk restart does; it may log in again."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
     def send(self, data: bytes) -> bool:
         """Queue events for the logged-in client; False when none is connected (they are lost)."""
         w = self._writer

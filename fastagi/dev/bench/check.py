@@ -1,11 +1,19 @@
-"""After a run: is the ledger consistent, and was every granted call settled exactly once?"""
+"""After a run: is the ledger consistent, and was every granted call settled exactly once?
+
+The ledger part is `extbill db check`'s own (store/ledger_check.py + core/ledger_check.py):
+the account rows against their counters rebuilt from the transfers, resolutions counted
+per reservation from the rows. On top of it, the run's own expectations: the load
+generator's counts of granted, answered and unanswered calls and of talk time.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from typing import Any
 
-from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, all_accounts
+from fastagi.core.ledger_check import expectation_discrepancies, ledger_discrepancies
+from fastagi.store.ledger_check import ledger_facts
+from fastagi.store.sqlite import _in_read
 
 
 def check_ledger(db: str, expect: dict[str, int]) -> dict[str, Any]:
@@ -13,74 +21,44 @@ def check_ledger(db: str, expect: dict[str, int]) -> dict[str, Any]:
 
     `expect` is the load generator's own count: granted, answered, unanswered, talk_s_total.
     """
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
     try:
-        accounts = all_accounts(conn)
-        total = sum(a.credits_posted - a.debits_posted for a in accounts)
-        pending_left = sum(a.debits_pending + a.credits_pending for a in accounts)
-        overdrawn = sum(
-            1 for a in accounts if a.guarded and a.debits_pending + a.debits_posted > a.credits_posted
-        )
-        q = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
-        calls = q("SELECT count(*) FROM calls")
-        open_calls = q("SELECT count(*) FROM calls WHERE state='reserved'")
-        pendings = q("SELECT count(*) FROM transfers WHERE kind='pending' AND code='call'")
-        resolving = q("SELECT count(*) FROM transfers WHERE pending_id IS NOT NULL")
-        # every call's reservation has exactly one resolving transfer
-        not_once = q(
-            "SELECT count(*) FROM calls c WHERE (SELECT count(*) FROM transfers t "
-            "WHERE t.pending_id = c.pending_id) != 1"
-        )
-        by_state = dict(conn.execute("SELECT state, count(*) FROM calls GROUP BY state").fetchall())
-        by_path = dict(
-            conn.execute(
-                "SELECT coalesce(settled_by, '-'), count(*) FROM calls GROUP BY settled_by"
-            ).fetchall()
-        )
-        talk_s = q("SELECT coalesce(sum(talk_s), 0) FROM calls WHERE state='rated'")
-        cost = q("SELECT coalesce(sum(cost), 0) FROM calls")
-        revenue = next(a for a in accounts if a.id == REVENUE_ACCOUNT_ID)
+        f = _in_read(conn, ledger_facts, ())
     finally:
         conn.close()
-    ledger_consistent = total == 0 and pending_left == 0 and overdrawn == 0 and open_calls == 0
-    # every granted call (as the load generator counted them) has exactly one resolving transfer
+    ledger = ledger_discrepancies(f, quiescent=True)
+    exp = expectation_discrepancies(f, expect)
+    # every granted call has exactly one resolution per reservation, counted from the rows
     settled_exactly_once = (
-        calls == expect["granted"]
-        and pendings == calls
-        and resolving == calls
-        and not_once == 0
-        and open_calls == 0
-    )
-    # ... and was resolved the way its simulated end calls for: answered ones rated for the
-    # talk time simulated, unanswered ones voided; revenue is the sum of the calls' costs
-    talk_time_matches = talk_s == expect["talk_s_total"]
-    revenue_matches_costs = revenue.credits_posted == cost and revenue.credits_pending == 0
-    billed_as_simulated = (
-        by_state.get("rated", 0) == expect["answered"]
-        and by_state.get("unanswered", 0) == expect["unanswered"]
-        and talk_time_matches
-        and revenue_matches_costs
+        not exp["calls"]
+        and not f.resolved_twice
+        and not f.call_mismatches
+        and f.open_reservations == 0
+        and f.open_calls == 0
+        and f.resolutions == f.reservations
     )
     return {
-        "ledger_consistent": ledger_consistent,
+        "ledger_consistent": not ledger,
         "settled_exactly_once": settled_exactly_once,
-        "billed_as_simulated": billed_as_simulated,
-        "talk_time_matches": talk_time_matches,
-        "revenue_matches_costs": revenue_matches_costs,
+        # ... and resolved the way its simulated end calls for: answered ones rated for the
+        # talk time simulated, unanswered ones voided; revenue is the sum of the calls' costs
+        "billed_as_simulated": not (exp["states"] or exp["talk_time"] or exp["revenue"]),
+        "talk_time_matches": not exp["talk_time"],
+        "revenue_matches_costs": not exp["revenue"],
+        "discrepancies": ledger + exp["calls"] + exp["states"] + exp["talk_time"] + exp["revenue"],
         "ledger": {
-            "sum_credits_minus_debits": total,
-            "pending_left": pending_left,
-            "overdrawn_accounts": overdrawn,
-            "calls": calls,
-            "open_calls": open_calls,
-            "reservations": pendings,
-            "resolutions": resolving,
-            "calls_not_resolved_once": not_once,
-            "calls_by_state": by_state,
-            "calls_by_settlement_path": by_path,
-            "talk_s_rated": talk_s,
+            "sum_credits_minus_debits": sum(a.credits_posted - a.debits_posted for a in f.accounts),
+            "pending_left": sum(a.debits_pending + a.credits_pending for a in f.accounts),
+            "calls": f.calls,
+            "open_calls": f.open_calls,
+            "reservations": f.reservations,
+            "resolutions": f.resolutions,
+            "reservations_resolved_more_than_once": len(f.resolved_twice),
+            "calls_by_state": f.calls_by_state,
+            "calls_by_settlement_path": f.calls_by_path,
+            "talk_s_rated": f.talk_s_rated,
             "talk_s_expected": expect["talk_s_total"],
-            "revenue_posted": revenue.credits_posted,
-            "costs": cost,
+            "revenue_posted": f.revenue.credits_posted,
+            "costs": f.costs,
         },
     }

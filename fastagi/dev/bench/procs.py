@@ -20,11 +20,20 @@ def free_port() -> int:
 
 
 def serve_command(
-    db: str, agi_port: int, *, workers: int, log_level: str = "warning", ami: tuple[str, ...] = ()
+    db: str,
+    agi_port: int,
+    *,
+    workers: int,
+    log_level: str | None = None,
+    sweep_interval_s: int | None = None,
+    ami: tuple[str, ...] = (),
 ) -> list[str]:
     """`extbill serve` as the benchmark runs it: its own file and port, JSON logs, no demo
-    data, no sweeps during the run, room for every connection the load opens. `ami`: the
-    --ami-* options, if it is to log in to an AMI peer."""
+    data, room for every connection the load opens; serve's own log level and sweeper
+    unless `log_level` / `sweep_interval_s` say otherwise. `ami`: the --ami-* options, if
+    it is to log in to an AMI peer."""
+    own: tuple[str, ...] = ("--log-level", log_level) if log_level else ()
+    own += ("--sweep-interval-s", str(sweep_interval_s)) if sweep_interval_s else ()
     return [
         sys.executable,
         "-m",
@@ -36,12 +45,9 @@ def serve_command(
         f"127.0.0.1:{agi_port}",
         *ami,
         "--no-demo",
-        "--log-level",
-        log_level,
+        *own,
         "--log-format",
         "json",
-        "--sweep-interval-s",
-        "3600",
         "--connections-max",
         "5000",
         "--workers",

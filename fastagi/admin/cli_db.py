@@ -1,0 +1,49 @@
+"""`extbill db check`: the ledger rebuilt from its transfers and compared with every row.
+
+Exit 0 and a summary when all agree; exit 1 and one line per discrepancy otherwise
+(the same check the benchmark runs after its load, store/ledger_check.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from fastagi.core.ledger_check import ledger_discrepancies
+from fastagi.store.counters import check_counters
+from fastagi.store.ledger_check import SHOWN_MAX, ledger_facts
+
+EXIT_DISCREPANCIES = 1
+
+
+async def cmd_db_check(store: Any, a: argparse.Namespace) -> int:
+    f = await store.read(ledger_facts)
+    found = ledger_discrepancies(f)
+    # the kept counters (spend, settled-call counts) too; the four balance counters it
+    # shares with ledger_facts are worded the same, so they are listed once
+    found += [line for line in await store.read(check_counters) if line not in found]
+    if found:
+        for line in found:
+            print(f"discrepancy: {line}")
+        print(
+            f"extbill db check: {len(found)} discrepancies in {store.path} "
+            f"(at most {SHOWN_MAX} of each kind are listed)"
+        )
+        return EXIT_DISCREPANCIES
+    print(
+        f"ledger consistent: {len(f.accounts)} accounts agree with their transfers; "
+        f"{f.reservations} reservations, {f.resolutions} resolved once each, "
+        f"{f.open_reservations} open; {f.calls} calls ({f.open_calls} in progress) "
+        f"agree with their reservations"
+    )
+    return 0
+
+
+def add_parsers(db: Any, sub: Callable[..., argparse.ArgumentParser]) -> None:
+    sub(
+        db,
+        "check",
+        cmd_db_check,
+        "rebuild every balance from the transfers and compare (exit 1 if any differ)",
+    )
