@@ -1,12 +1,14 @@
-"""The ledger: double entry, no overdraw, two-phase reservations; pure rules and the real SQLite store."""
+"""The ledger: double entry, no overdraw, two-phase reservations; pure rules and the real stores
+(SQLite and PostgreSQL: the `db` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import uuid
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,8 +30,8 @@ from fastagi.core.ledger import (
 from fastagi.core.rating import Tariff
 from fastagi.core.records import CallFacts
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.base import Conflict, NotFound, StoreError
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.base import Conflict, Contended, NotFound
+from fastagi.store.factory import open_store
 
 # =============================== the pure rules ==============================================
 
@@ -197,10 +199,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def _open_with_number(
-    path: Path, *, plan: Tariff | None = None, ext_billing: bool = False
-) -> SqliteStore:
-    store = await SqliteStore.open(str(path))
+async def _open_with_number(db: str, *, plan: Tariff | None = None, ext_billing: bool = False) -> Any:
+    store = await open_store(db)
     await store.run(tx_admin.add_plan, "std", plan or Tariff(per_minute=600))
     await store.run(tx_admin.add_number, NUMBER, "HQ", "std", 0, "zh", "PJSIP/100", 5)
     for k in KEYS:
@@ -210,8 +210,12 @@ async def _open_with_number(
     return store
 
 
-def _dump(conn: sqlite3.Connection) -> list[str]:
-    return list(conn.iterdump())
+DUMPED_TABLES = ("accounts", "transfers", "numbers", "extensions", "calls", "suspension_events", "outbox")
+
+
+def _dump(conn: sqlite3.Connection) -> list[tuple]:
+    """Every row of the ledger's tables (both engines): what "changed nothing" compares."""
+    return [(t, *r) for t in DUMPED_TABLES for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()]
 
 
 def _accounts(conn: sqlite3.Connection) -> list[Account]:
@@ -254,12 +258,14 @@ store_ops = st.one_of(
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(store_ops, min_size=1, max_size=25))
-def test_random_sequences_on_the_real_store_keep_the_books(tmp_path: Path, ops: list[tuple]) -> None:
+def test_random_sequences_on_the_real_store_keep_the_books(
+    new_db: Callable[[], str], ops: list[tuple]
+) -> None:
     """Any sequence of recharges, moves, reservations and settlements keeps the total zero and no
     customer account negative; a refused operation leaves the database byte-for-byte unchanged."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / f"{uuid.uuid4().hex}.db")
+        store = await _open_with_number(new_db())
         try:
             ids = await store.read(_account_ids)
             reservations: list[tuple[str, int]] = []  # (pending id, amount)
@@ -329,16 +335,16 @@ def test_random_sequences_on_the_real_store_keep_the_books(tmp_path: Path, ops: 
     run(scenario())
 
 
-def test_transfers_are_immutable(tmp_path: Path) -> None:
+def test_transfers_are_immutable(db: str) -> None:
     """Once written, a transfer row can be neither updated nor deleted, even by direct SQL."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / "x.db")
+        store = await _open_with_number(db)
         try:
             await store.run(tx_admin.recharge, NUMBER, None, 1_000, "r")
-            with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="immutable"):
                 await store.run(lambda c: c.execute("UPDATE transfers SET amount = 1"))
-            with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+            with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="immutable"):
                 await store.run(lambda c: c.execute("DELETE FROM transfers"))
             rows = await store.read(lambda c: c.execute("SELECT amount FROM transfers").fetchall())
             assert [r[0] for r in rows] == [1_000]
@@ -348,11 +354,11 @@ def test_transfers_are_immutable(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_a_reservation_is_resolved_at_most_once(tmp_path: Path) -> None:
+def test_a_reservation_is_resolved_at_most_once(db: str) -> None:
     """Post, void or expire after a reservation was already settled returns False and moves no money."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / "x.db")
+        store = await _open_with_number(db)
         try:
             ids = await store.read(_account_ids)
             await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)
@@ -402,11 +408,11 @@ def test_a_reservation_is_resolved_at_most_once(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_idempotent_repeat_changes_nothing_and_a_changed_repeat_is_a_conflict(tmp_path: Path) -> None:
+def test_idempotent_repeat_changes_nothing_and_a_changed_repeat_is_a_conflict(db: str) -> None:
     """The same recharge or move repeated with its ref is a no-op; the same ref with another amount is refused."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / "x.db")
+        store = await _open_with_number(db)
         try:
             first = await store.run(tx_admin.recharge, NUMBER, None, 5_000, "pay-1")
             assert first.created
@@ -437,20 +443,19 @@ def test_idempotent_repeat_changes_nothing_and_a_changed_repeat_is_a_conflict(tm
 
 @pytest.mark.parametrize("ext_money, expected_calls", [(10_000, 16), (599, 0), (600, 1)])
 def test_parallel_reservations_never_overdraw_an_extension(
-    tmp_path: Path, ext_money: int, expected_calls: int
+    db: str, ext_money: int, expected_calls: int
 ) -> None:
     """50 calls routed at once to one extension reserve at most its balance; the rest hear arrears,
     even though the main account has plenty of money."""
     # 0.6/min, 60/60, calls capped at one minute: every granted call reserves exactly 0.600.
     plan = Tariff(per_minute=600, max_call_s=60)
-    path = tmp_path / "x.db"
 
     async def scenario() -> None:
-        setup = await _open_with_number(path, plan=plan, ext_billing=True)
+        setup = await _open_with_number(db, plan=plan, ext_billing=True)
         await setup.run(tx_admin.recharge, NUMBER, None, 1_000_000, None)
         await setup.run(tx_admin.recharge, NUMBER, "1", ext_money, None)
-        # several connections, so the reservations really race through SQLite's locking
-        stores = [setup] + [await SqliteStore.open(str(path)) for _ in range(4)]
+        # several connections, so the reservations really race through the database's locking
+        stores = [setup] + [await open_store(db) for _ in range(4)]
         try:
             decisions = await asyncio.gather(
                 *(
@@ -488,12 +493,12 @@ def test_parallel_reservations_never_overdraw_an_extension(
 # ---- call setup's fast paths: the same effects with fewer statements ---------------------------
 
 
-def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
+def test_reserve_has_the_effect_of_a_pending_transfer(db: str) -> None:
     """tx_ledger.reserve (call setup) writes the same transfer row and counters as transfer(pending=True);
     an amount over what is available, or a reused id, is refused and changes nothing."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / "x.db")
+        store = await _open_with_number(db)
         try:
             ids = await store.read(_account_ids)
             await store.run(tx_admin.recharge, NUMBER, "1", 10_000, None)
@@ -530,7 +535,9 @@ def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
                         c, "c", tx_ledger.load_account(c, ids["2"]), rev, 6_001, "call", "rc"
                     )
                 )
-            with pytest.raises(sqlite3.IntegrityError):  # the UNIQUE id still guards a reused id
+            with pytest.raises(
+                (sqlite3.IntegrityError, psycopg.IntegrityError)
+            ):  # the UNIQUE id guards a reused id
                 await store.run(
                     lambda c: tx_ledger.reserve(
                         c, "b", tx_ledger.load_account(c, ids["2"]), rev, 1, "call", "rb"
@@ -548,11 +555,18 @@ def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
                         c, "e", tx_ledger.load_account(c, ids["2"]), ids["2"], 1, "call", "re"
                     )
                 )
+            # A stale read never overwrites newer counters: the reservation adds to what the row
+            # holds now, and is refused when that can no longer pay (PostgreSQL: the guarded
+            # update finds the account changed; SQLite: the schema's no-overdraw CHECK).
             stale = await store.read(tx_ledger.load_account, ids["2"])
             await store.run(tx_admin.recharge, NUMBER, "2", 1, None)
+            await store.run(tx_ledger.reserve, "f", stale, rev, 1, "call", "rf")
+            e2 = await store.read(tx_ledger.load_account, ids["2"])
+            assert (e2.balance, e2.reserved) == (10_001, 4_001)
+            await store.run(tx_ledger.transfer, "g", ids["2"], rev, 6_000, "call", "rg", pending=True)
             after_recharge = await store.read(_dump)
-            with pytest.raises(StoreError, match="changed since"):  # never overwrite newer counters
-                await store.run(tx_ledger.reserve, "f", stale, rev, 1, "call", "rf")
+            with pytest.raises((Contended, sqlite3.IntegrityError), match="changed since|CHECK constraint"):
+                await store.run(tx_ledger.reserve, "h", stale, rev, 1_000, "call", "rh")
             assert await store.read(_dump) == after_recharge
             before = after_recharge
             assert await store.read(_dump) == before
@@ -562,12 +576,12 @@ def test_reserve_has_the_effect_of_a_pending_transfer(tmp_path: Path) -> None:
     run(scenario())
 
 
-def test_resolve_refuses_what_is_not_a_reservation(tmp_path: Path) -> None:
+def test_resolve_refuses_what_is_not_a_reservation(db: str) -> None:
     """resolve (one read for the reservation, its resolution and both accounts) refuses an unknown id
     and a posted transfer, and refuses to post money through a void."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / "x.db")
+        store = await _open_with_number(db)
         try:
             ids = await store.read(_account_ids)
             await store.run(tx_admin.recharge, NUMBER, "1", 10_000, "r1")
@@ -684,16 +698,15 @@ def _views(conn: sqlite3.Connection, number: str, key: str) -> tuple[object, ...
     )
 
 
-def test_call_setup_views_read_what_the_rows_hold(tmp_path: Path) -> None:
+def test_call_setup_views_read_what_the_rows_hold(db: str) -> None:
     """number_view / route_views (one joined statement each) hold exactly what the rows say, and a
     change made through another connection (the `extbill` CLI) shows in the very next read."""
-    path = tmp_path / "x.db"
 
     async def scenario() -> None:
         store = await _open_with_number(
-            path, plan=Tariff(per_minute=600, initial_s=30, increment_s=6), ext_billing=True
+            db, plan=Tariff(per_minute=600, initial_s=30, increment_s=6), ext_billing=True
         )
-        cli = await SqliteStore.open(str(path))  # another process, as far as caching goes
+        cli = await open_store(db)  # another process, as far as caching goes
         try:
             await store.run(tx_admin.add_plan, "own", Tariff(per_minute=900, connect_fee=100))
             await store.run(tx_admin.add_number, "4008005678", "Bare", None, 0, "en", None, 9)
@@ -739,13 +752,13 @@ def test_call_setup_views_read_what_the_rows_hold(tmp_path: Path) -> None:
     ],
 )
 def test_balance_low_threshold_follows_the_extensions_plan(
-    tmp_path: Path, own_plan: str | None, low_balance: int | None, threshold: int
+    db: str, own_plan: str | None, low_balance: int | None, threshold: int
 ) -> None:
     """Settling an extension's call reports balance.low against its own plan's first blocks, else its
     number's, unless a threshold is configured."""
 
     async def scenario() -> None:
-        store = await _open_with_number(tmp_path / "x.db", ext_billing=True)
+        store = await _open_with_number(db, ext_billing=True)
         try:
             await store.run(tx_admin.add_plan, "own", Tariff(per_minute=900, initial_s=30, connect_fee=100))
             await store.run(tx_admin.recharge, NUMBER, None, 100_000, None)

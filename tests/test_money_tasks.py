@@ -1,4 +1,5 @@
-"""HQ's money tasks through the real command line on a real SQLite file: the monthly minimum,
+"""HQ's money tasks through the real command line on a real database (an SQLite file, and
+PostgreSQL): the monthly minimum,
 owed amounts, claw-back, removing an extension, bulk recharge. Every refusal exits 2 with one
 line and changes nothing."""
 
@@ -14,24 +15,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from fastagi.core.period import month_of, month_window_ms, previous_month
 from fastagi.core.records import CallFacts
 from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_calls, tx_money
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.factory import is_pg, open_store
 
 NUMBER = "4008005555"
 OTHER = "4008006666"
 TZ = "Asia/Shanghai"
 
 
-def extbill(*args: str, db: Path, check: bool = True) -> subprocess.CompletedProcess:
+def extbill(*args: str, db: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "EXTBILL_DB"}
     proc = subprocess.run(
-        [sys.executable, "-m", "fastagi", *args, "--db", str(db)],
-        cwd=db.parent,
+        [sys.executable, "-m", "fastagi", *args, "--db", db],
+        cwd=Path(__file__).parent if is_pg(db) else Path(db).parent,
         env=env,
         capture_output=True,
         text=True,
@@ -42,15 +44,26 @@ def extbill(*args: str, db: Path, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
-def dump(db: Path) -> list[str]:
+def sql(db: str, query: str) -> list[tuple]:
+    """Rows of one query, read directly from the database (either engine)."""
+    if is_pg(db):
+        with psycopg.connect(db) as pg:
+            return [tuple(r) for r in pg.execute(query)]
     conn = sqlite3.connect(db)
     try:
-        return list(conn.iterdump())
+        return [tuple(r) for r in conn.execute(query)]
     finally:
         conn.close()
 
 
-def refused(db: Path, *args: str, match: str) -> str:
+TABLES = ("accounts", "transfers", "numbers", "extensions", "calls", "period_closes", "outbox", "plans")
+
+
+def dump(db: str) -> list[tuple]:
+    return [(t, *r) for t in TABLES for r in sql(db, f"SELECT * FROM {t} ORDER BY 1, 2")]
+
+
+def refused(db: str, *args: str, match: str) -> str:
     """The command exits 2 with exactly one line on stderr naming the problem; nothing changes."""
     before = dump(db)
     proc = extbill(*args, db=db, check=False)
@@ -61,7 +74,7 @@ def refused(db: Path, *args: str, match: str) -> str:
     return lines[0]
 
 
-def show(db: Path, number: str = NUMBER) -> dict[str, Any]:
+def show(db: str, number: str = NUMBER) -> dict[str, Any]:
     return json.loads(extbill("number", "show", number, "--json", db=db).stdout)
 
 
@@ -69,47 +82,56 @@ def ext_of(doc: dict, key: str) -> dict:
     return next(e for e in doc["extensions"] if e["key"] == key)
 
 
-def outbox(db: Path) -> list[tuple[str, dict]]:
-    conn = sqlite3.connect(db)
-    try:
-        return [(t, json.loads(p)) for t, p in conn.execute("SELECT type, payload FROM outbox ORDER BY id")]
-    finally:
-        conn.close()
+def outbox(db: str) -> list[tuple[str, dict]]:
+    return [(t, json.loads(p)) for t, p in sql(db, "SELECT type, payload FROM outbox ORDER BY id")]
 
 
 def this_month() -> str:
     return month_of(now_ms(), TZ)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A number with extension billing on, extensions 1 and 2, 200 on main, 30 on extension 1."""
-    db = tmp_path_factory.mktemp("money") / "t.db"
-    for args in (
-        ["db", "init"],
-        ["plan", "add", "std", "--per-minute", "0.6"],
-        ["number", "add", NUMBER, "--name", "HQ", "--plan", "std", "--default-dest", "PJSIP/100"],
-        ["number", "add", OTHER, "--name", "Other", "--plan", "std"],
-        ["ext", "add", NUMBER, "1", "--name", "Beijing", "--dest", "PJSIP/201"],
-        ["ext", "add", NUMBER, "2", "--name", "Shanghai", "--dest", "PJSIP/202"],
-        ["number", "set", NUMBER, "--ext-billing", "on", "--monthly-minimum", "100"],
-        ["recharge", NUMBER, "200", "--ref", "init-main"],
-        ["transfer", NUMBER, "1", "30", "--ref", "init-t1"],
-    ):
-        extbill(*args, db=db)
-    return db
+TEMPLATE_STEPS = (
+    ["db", "init"],
+    ["plan", "add", "std", "--per-minute", "0.6"],
+    ["number", "add", NUMBER, "--name", "HQ", "--plan", "std", "--default-dest", "PJSIP/100"],
+    ["number", "add", OTHER, "--name", "Other", "--plan", "std"],
+    ["ext", "add", NUMBER, "1", "--name", "Beijing", "--dest", "PJSIP/201"],
+    ["ext", "add", NUMBER, "2", "--name", "Shanghai", "--dest", "PJSIP/202"],
+    ["number", "set", NUMBER, "--ext-billing", "on", "--monthly-minimum", "100"],
+    ["recharge", NUMBER, "200", "--ref", "init-main"],
+    ["transfer", NUMBER, "1", "30", "--ref", "init-t1"],
+)
+_TEMPLATES: dict[str, str] = {}  # engine -> the database the steps above built, once
 
 
 @pytest.fixture
-def db(template: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "x.db"
-    shutil.copyfile(template, target)
-    return target
+def db(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A number with extension billing on, extensions 1 and 2, 200 on main, 30 on extension 1:
+    a copy of a template database (an SQLite file, or a PostgreSQL database's TEMPLATE)."""
+    if engine == "sqlite":
+        if engine not in _TEMPLATES:
+            _TEMPLATES[engine] = str(request.getfixturevalue("tmp_path_factory").mktemp("money") / "t.db")
+            for args in TEMPLATE_STEPS:
+                extbill(*args, db=_TEMPLATES[engine])
+        target = str(tmp_path / "x.db")
+        shutil.copyfile(_TEMPLATES[engine], target)
+        return target
+    server = request.getfixturevalue("pg_server")
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        if engine not in _TEMPLATES:
+            conn.execute("CREATE DATABASE money_template TEMPLATE template0")
+            _TEMPLATES[engine] = server.url("money_template")
+            for args in TEMPLATE_STEPS:
+                extbill(*args, db=_TEMPLATES[engine])
+        name = f"money_{tmp_path.name.lower().replace('-', '_')[:40]}_{os.getpid()}"
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE money_template")
+    return server.url(name)
 
 
-def in_store(db: Path, fn: Any, *args: Any) -> Any:
+def in_store(db: str, fn: Any, *args: Any) -> Any:
     async def go() -> Any:
-        store = await SqliteStore.open(str(db), create=False)
+        store = await open_store(db, create=False)
         try:
             return await store.run(fn, *args)
         finally:
@@ -118,11 +140,11 @@ def in_store(db: Path, fn: Any, *args: Any) -> Any:
     return asyncio.run(go())
 
 
-def call(db: Path, billing_id: str, digits: str, talk_s: int, *, end: bool = True) -> int:
+def call(db: str, billing_id: str, digits: str, talk_s: int, *, end: bool = True) -> int:
     """A real call through call setup and settlement; returns what it cost (or reserved, if open)."""
 
     async def go() -> int:
-        store = await SqliteStore.open(str(db), create=False)
+        store = await open_store(db, create=False)
         try:
             d = await store.run(tx_calls.route, billing_id, NUMBER, digits, 1, "13800000000", None, None)
             assert d.action == "dial", d
@@ -148,12 +170,12 @@ def call(db: Path, billing_id: str, digits: str, talk_s: int, *, end: bool = Tru
 # ---- the monthly minimum -------------------------------------------------------------------
 
 
-def test_a_month_not_yet_over_is_refused(db: Path) -> None:
+def test_a_month_not_yet_over_is_refused(db: str) -> None:
     refused(db, "period", "close", this_month(), match=f"month {this_month()} is not over yet in {TZ}")
     refused(db, "period", "close", this_month(), "--number", NUMBER, match="is not over yet")
 
 
-def test_a_closed_month_charges_the_minimum_once_and_the_statement_shows_its_month(db: Path) -> None:
+def test_a_closed_month_charges_the_minimum_once_and_the_statement_shows_its_month(db: str) -> None:
     month = previous_month(this_month())
     out = extbill("period", "close", month, "--number", NUMBER, db=db).stdout
     assert f"{NUMBER} {month}: spent 0.000 of a minimum of 100.000: charged 100.000, main paid 100.000" in out
@@ -185,13 +207,13 @@ def test_a_closed_month_charges_the_minimum_once_and_the_statement_shows_its_mon
     ) in outbox(db)
 
 
-def close_this_month(db: Path) -> list[dict[str, Any]]:
+def close_this_month(db: str) -> list[dict[str, Any]]:
     """Close the current month as if its end had come (the clock is the only thing injected)."""
     month = this_month()
     return in_store(db, tx_money.close_period, month, month_window_ms(month, TZ)[1] + 1000, NUMBER)
 
 
-def test_spend_of_main_and_extensions_counts_towards_the_minimum(db: Path) -> None:
+def test_spend_of_main_and_extensions_counts_towards_the_minimum(db: str) -> None:
     """Billed calls of the month, main and every extension together, count towards the minimum."""
     extbill("number", "set", NUMBER, "--monthly-minimum", "2", db=db)
     spent = call(db, "c1", "1", 90) + call(db, "c2", "", 60)  # extension 1 pays 1.200, main 0.600
@@ -201,7 +223,7 @@ def test_spend_of_main_and_extensions_counts_towards_the_minimum(db: Path) -> No
     assert show(db)["main"]["balance"] == f"{float(before) - 0.2:.3f}"
 
 
-def test_a_month_with_spend_above_the_minimum_charges_nothing(db: Path) -> None:
+def test_a_month_with_spend_above_the_minimum_charges_nothing(db: str) -> None:
     extbill("number", "set", NUMBER, "--monthly-minimum", "1.5", db=db)
     call(db, "c1", "1", 180)  # 1.800 on extension 1
     before = show(db)["main"]["balance"]
@@ -213,7 +235,7 @@ def test_a_month_with_spend_above_the_minimum_charges_nothing(db: Path) -> None:
     assert close_this_month(db)[0]["closed_now"] is False
 
 
-def test_serve_closes_each_numbers_last_month_once(db: Path) -> None:
+def test_serve_closes_each_numbers_last_month_once(db: str) -> None:
     """close_due (serve's periodic task) closes the month just over, once; a later pass does nothing."""
     _, end = month_window_ms(this_month(), TZ)
     first = in_store(db, tx_money.close_due, end + 60_000)
@@ -225,7 +247,7 @@ def test_serve_closes_each_numbers_last_month_once(db: Path) -> None:
     assert show(db)["main"]["balance"] == "70.000"
 
 
-def test_owed_minimum_suspends_the_number_and_the_next_recharge_pays_it_first(db: Path) -> None:
+def test_owed_minimum_suspends_the_number_and_the_next_recharge_pays_it_first(db: str) -> None:
     extbill("number", "set", NUMBER, "--monthly-minimum", "300", db=db)
     month = previous_month(this_month())
     out = extbill("period", "close", month, "--number", NUMBER, db=db).stdout
@@ -259,7 +281,7 @@ def test_owed_minimum_suspends_the_number_and_the_next_recharge_pays_it_first(db
 # ---- claw-back and removal -----------------------------------------------------------------
 
 
-def test_reclaim_takes_only_available_money_never_a_calls_reservation(db: Path) -> None:
+def test_reclaim_takes_only_available_money_never_a_calls_reservation(db: str) -> None:
     held = call(db, "live", "1", 0, end=False)  # a call in progress on extension 1
     assert held == 30_000  # 30.000 at 0.6/min: it holds all of it
     refused(db, "reclaim", NUMBER, "1", match="has nothing available to reclaim (30.000 is held by calls")
@@ -275,7 +297,7 @@ def test_reclaim_takes_only_available_money_never_a_calls_reservation(db: Path) 
     assert dump(db) == before
 
 
-def test_reclaim_an_amount_and_refusals(db: Path) -> None:
+def test_reclaim_an_amount_and_refusals(db: str) -> None:
     assert "reclaimed 12.500" in extbill("reclaim", NUMBER, "1", "12.5", db=db).stdout
     assert ext_of(show(db), "1")["balance"] == "17.500" and show(db)["main"]["balance"] == "182.500"
     refused(db, "reclaim", NUMBER, "1", "17.501", match="has only 17.500 available")
@@ -284,13 +306,13 @@ def test_reclaim_an_amount_and_refusals(db: Path) -> None:
     refused(db, "reclaim", NUMBER, "2", match="has nothing available to reclaim")
 
 
-def test_ext_remove_returns_the_money_keeps_history_and_waits_for_calls(db: Path) -> None:
+def test_ext_remove_returns_the_money_keeps_history_and_waits_for_calls(db: str) -> None:
     call(db, "c1", "1", 60)  # 0.600 spent on extension 1
     call(db, "live", "1", 0, end=False)
     refused(db, "ext", "remove", NUMBER, "1", match="has a call in progress")
 
     async def end_live() -> None:
-        store = await SqliteStore.open(str(db), create=False)
+        store = await open_store(db, create=False)
         try:
             facts = CallFacts("live", False, 0, None, "2026-01-01T00:00:00.000Z", "NOANSWER", None, "hangup")
             await store.run(tx_calls.settle, facts)
@@ -314,9 +336,7 @@ def test_ext_remove_returns_the_money_keeps_history_and_waits_for_calls(db: Path
     # the key can be given to a new extension, which starts empty; the old history stays readable
     extbill("ext", "add", NUMBER, "1", "--name", "New", "--dest", "PJSIP/301", db=db)
     assert ext_of(show(db), "1")["balance"] == "0.000"
-    conn = sqlite3.connect(db)
-    aside = conn.execute("SELECT key FROM extensions WHERE removed_at IS NOT NULL").fetchone()[0]
-    conn.close()
+    ((aside,),) = sql(db, "SELECT key FROM extensions WHERE removed_at IS NOT NULL")
     assert aside == "1~1"
     assert json.loads(extbill("statement", NUMBER, aside, "--json", db=db).stdout) == history
 
@@ -324,7 +344,7 @@ def test_ext_remove_returns_the_money_keeps_history_and_waits_for_calls(db: Path
 # ---- bulk recharge -------------------------------------------------------------------------
 
 
-def test_bulk_recharge_applies_every_row_once(db: Path, tmp_path: Path) -> None:
+def test_bulk_recharge_applies_every_row_once(db: str, tmp_path: Path) -> None:
     f = tmp_path / "quota.csv"
     f.write_text(
         f"number,key,amount,ref\n{NUMBER},1,10,q-1\n{NUMBER},2,2.5,q-2\n{NUMBER},,100,q-3\n{OTHER},,7,q-4\n"
@@ -344,7 +364,7 @@ def test_bulk_recharge_applies_every_row_once(db: Path, tmp_path: Path) -> None:
     assert dump(db) == before
 
 
-def test_a_bad_bulk_file_applies_nothing_and_reports_every_bad_row(db: Path, tmp_path: Path) -> None:
+def test_a_bad_bulk_file_applies_nothing_and_reports_every_bad_row(db: str, tmp_path: Path) -> None:
     f = tmp_path / "bad.csv"
     f.write_text(
         "\n".join(
@@ -373,7 +393,7 @@ def test_a_bad_bulk_file_applies_nothing_and_reports_every_bad_row(db: Path, tmp
     assert dump(db) == before
 
 
-def test_cli_refusals_exit_2_with_one_line_and_change_nothing(db: Path, tmp_path: Path) -> None:
+def test_cli_refusals_exit_2_with_one_line_and_change_nothing(db: str, tmp_path: Path) -> None:
     refused(db, "period", "close", "2026-13", match="is not a month like 2026-11")
     refused(
         db, "period", "close", previous_month(this_month()), "--number", "4000000000", match="unknown number"
@@ -390,7 +410,7 @@ def test_cli_refusals_exit_2_with_one_line_and_change_nothing(db: Path, tmp_path
     refused(db, "events", "retry", "x1", match="is not an event number")
 
 
-def test_balance_low_is_written_once_per_crossing_for_an_extension_and_for_main(db: Path) -> None:
+def test_balance_low_is_written_once_per_crossing_for_an_extension_and_for_main(db: str) -> None:
     """Default thresholds: ten first blocks at the base tariff, 6.000 at 0.6/min."""
     low = lambda: [p for t, p in outbox(db) if t == "balance.low"]  # noqa: E731
     call(db, "c1", "1", 60 * 39)  # extension 1: 30.000 - 23.400 = 6.600, above 6.000

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ from fastagi.core.quota import (
 from fastagi.core.rating import Tariff, cost, seconds_max
 from fastagi.core.records import CallFacts
 from fastagi.store import tx_admin, tx_calls, tx_quota
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.factory import open_store
 
 tariffs = st.builds(
     Tariff,
@@ -164,8 +162,8 @@ def aio(fn):
     return wrapper
 
 
-async def _store(path: Path, ext_money: int) -> SqliteStore:
-    store = await SqliteStore.open(str(path))
+async def _store(db: str, ext_money: int) -> Any:
+    store = await open_store(db)
     await store.run(tx_admin.add_plan, "p", T)
     await store.run(tx_admin.add_number, NUMBER, "HQ", "p", 0, "zh", "PJSIP/hq", 5)
     await store.run(tx_admin.set_number, NUMBER, ext_billing=True)
@@ -175,21 +173,21 @@ async def _store(path: Path, ext_money: int) -> SqliteStore:
     return store
 
 
-async def _route(store: SqliteStore, bid: str, supervised: bool | None = True, quota_s: int = 10) -> Any:
+async def _route(store: Any, bid: str, supervised: bool | None = True, quota_s: int = 10) -> Any:
     return await store.run(
         tx_calls.route, bid, NUMBER, "1", 1, "13800138000", f"PJSIP/trunk-{bid}", bid, quota_s, supervised
     )
 
 
-async def _ext(store: SqliteStore) -> dict[str, Any]:
+async def _ext(store: Any) -> dict[str, Any]:
     doc = await store.read(tx_admin.balance, NUMBER)
     return next(e for e in doc["extensions"] if e["key"] == "1")
 
 
 @aio
-async def test_four_calls_share_ten_yuan(tmp_path: Path) -> None:
+async def test_four_calls_share_ten_yuan(db: str) -> None:
     """An extension holding 10.000 bridges four concurrent callers: each holds one chunk."""
-    store = await _store(tmp_path / "q.db", 10_000)
+    store = await _store(db, 10_000)
     try:
         decisions = [await _route(store, f"1767225600.{i}", quota_s=300) for i in range(4)]
         assert [d.action for d in decisions] == ["dial"] * 4
@@ -202,9 +200,9 @@ async def test_four_calls_share_ten_yuan(tmp_path: Path) -> None:
 
 
 @aio
-async def test_the_lease_decides_whether_setup_grants_a_chunk(tmp_path: Path) -> None:
+async def test_the_lease_decides_whether_setup_grants_a_chunk(db: str) -> None:
     """Without a supervisor holding the lease, setup grants everything (final); with it, a chunk."""
-    store = await _store(tmp_path / "q.db", 10_000)
+    store = await _store(db, 10_000)
     try:
         d = await _route(store, "1767225600.1", supervised=None)
         assert (d.granted_s, d.final, d.supervised) == (1_000, True, False)
@@ -231,11 +229,10 @@ def _ended(bid: str, talk_ms: int) -> CallFacts:
 
 
 @aio
-async def test_renewals_reserve_chunks_and_settlement_posts_the_real_cost_across_them(tmp_path: Path) -> None:
+async def test_renewals_reserve_chunks_and_settlement_posts_the_real_cost_across_them(db: str) -> None:
     """Three renewals of 10 s, 25 s of talk: 0.250 posted over the chunks in order, the rest
     released, each chunk resolved once, and a repeated renewal number changes nothing."""
-    path = tmp_path / "q.db"
-    store = await _store(path, 1_000)
+    store = await _store(db, 1_000)
     bid = "1767225600.7"
     try:
         await _route(store, bid)
@@ -249,16 +246,16 @@ async def test_renewals_reserve_chunks_and_settlement_posts_the_real_cost_across
         assert (res.state, res.talk_s, res.cost) == ("rated", 25, 250)
         ext = await _ext(store)
         assert (ext["balance"], ext["reserved"], ext["available"]) == (750, 0, 750)
+        rows = await store.read(
+            lambda c: c.execute(
+                "SELECT p.id, p.amount, r.kind, r.amount FROM transfers p JOIN transfers r "
+                "ON r.pending_id = p.id WHERE p.ref = ? AND p.kind = 'pending' ORDER BY p.seq",
+                (bid,),
+            ).fetchall()
+        )
     finally:
         await store.close()
-    conn = sqlite3.connect(path)
-    rows = conn.execute(
-        "SELECT p.id, p.amount, r.kind, r.amount FROM transfers p JOIN transfers r ON r.pending_id = p.id "
-        "WHERE p.ref = ? AND p.kind = 'pending' ORDER BY p.seq",
-        (bid,),
-    ).fetchall()
-    conn.close()
-    assert rows == [
+    assert [tuple(r) for r in rows] == [
         (f"call:{bid}", 100, "post", 100),
         (f"call:{bid}:r1", 100, "post", 100),
         (f"call:{bid}:r2", 100, "post", 50),
@@ -267,10 +264,10 @@ async def test_renewals_reserve_chunks_and_settlement_posts_the_real_cost_across
 
 
 @aio
-async def test_a_renewal_the_account_cannot_pay_makes_the_grant_final(tmp_path: Path) -> None:
+async def test_a_renewal_the_account_cannot_pay_makes_the_grant_final(db: str) -> None:
     """The money runs out: the last renewal gets what is left (final), then nothing more,
     and a recharge makes the call renewable again."""
-    store = await _store(tmp_path / "q.db", 150)
+    store = await _store(db, 150)
     bid = "1767225600.8"
     try:
         d = await _route(store, bid)
@@ -290,8 +287,8 @@ async def test_a_renewal_the_account_cannot_pay_makes_the_grant_final(tmp_path: 
 
 
 @aio
-async def test_a_settled_call_is_never_renewed(tmp_path: Path) -> None:
-    store = await _store(tmp_path / "q.db", 1_000)
+async def test_a_settled_call_is_never_renewed(db: str) -> None:
+    store = await _store(db, 1_000)
     bid = "1767225600.9"
     try:
         await _route(store, bid)
@@ -304,9 +301,9 @@ async def test_a_settled_call_is_never_renewed(tmp_path: Path) -> None:
 
 
 @aio
-async def test_the_sweeper_and_unanswered_calls_close_every_chunk(tmp_path: Path) -> None:
+async def test_the_sweeper_and_unanswered_calls_close_every_chunk(db: str) -> None:
     """Void (unanswered) and expire (sweeper) resolve every chunk, not only the first."""
-    store = await _store(tmp_path / "q.db", 1_000)
+    store = await _store(db, 1_000)
     try:
         await _route(store, "1767225600.10")
         await store.run(tx_quota.renew, "1767225600.10", 1, 10)
@@ -322,11 +319,11 @@ async def test_the_sweeper_and_unanswered_calls_close_every_chunk(tmp_path: Path
 
 
 @pytest.mark.parametrize("renewals", [0, 2])
-def test_calls_shows_the_granted_total_and_renewal_count(tmp_path: Path, renewals: int) -> None:
+def test_calls_shows_the_granted_total_and_renewal_count(db: str, renewals: int) -> None:
     """`extbill calls --json` shows each call's granted total and how often it was renewed."""
 
     async def main() -> list[dict[str, Any]]:
-        store = await _store(tmp_path / "q.db", 1_000)
+        store = await _store(db, 1_000)
         try:
             await _route(store, "1767225600.12")
             for seq in range(1, renewals + 1):
@@ -360,11 +357,11 @@ class FakeAmi:
         return [a for a in self.actions if a.get("Variable") == variable]
 
 
-async def _supervised(path: Path, ext_money: int, quota_s: int = 2) -> tuple[SqliteStore, Any, FakeAmi]:
+async def _supervised(db: str, ext_money: int, quota_s: int = 2) -> tuple[Any, Any, FakeAmi]:
     from fastagi.runtime.clock import now_ms
     from fastagi.service.supervisor import Supervisor
 
-    store = await _store(path, ext_money)
+    store = await _store(db, ext_money)
     ami = FakeAmi()
     sup = Supervisor(store, ami, quota_s=quota_s, renew_before_s=1, holder="test")
     await sup.start()
@@ -383,10 +380,10 @@ async def _until(cond: Any, timeout_s: float = 15.0) -> None:
 
 
 @aio
-async def test_the_supervisor_renews_and_moves_the_callees_cut_off_after_reserving(tmp_path: Path) -> None:
+async def test_the_supervisor_renews_and_moves_the_callees_cut_off_after_reserving(db: str) -> None:
     """An answered call on 2 s chunks: each renewal is reserved first, then the callee's
     TIMEOUT(absolute) moves to the new end and the caller's EXTBILL_LIMIT_MS follows."""
-    store, sup, ami = await _supervised(tmp_path / "q.db", 1_000)
+    store, sup, ami = await _supervised(db, 1_000)
     try:
         await _until(lambda: len(ami.of("TIMEOUT(absolute)")) >= 2)
         moves = ami.of("TIMEOUT(absolute)")
@@ -403,9 +400,9 @@ async def test_the_supervisor_renews_and_moves_the_callees_cut_off_after_reservi
 
 
 @aio
-async def test_a_gone_callee_stops_the_supervision(tmp_path: Path) -> None:
+async def test_a_gone_callee_stops_the_supervision(db: str) -> None:
     """ "No such channel" for the callee: the call is over; nothing more is renewed."""
-    store, sup, ami = await _supervised(tmp_path / "q.db", 1_000)
+    store, sup, ami = await _supervised(db, 1_000)
     ami.gone.add("callee-1")
     try:
         await _until(lambda: len(ami.of("TIMEOUT(absolute)")) == 1)
@@ -418,10 +415,10 @@ async def test_a_gone_callee_stops_the_supervision(tmp_path: Path) -> None:
 
 
 @aio
-async def test_a_final_grant_is_warned_by_a_whisper_and_not_renewed(tmp_path: Path) -> None:
+async def test_a_final_grant_is_warned_by_a_whisper_and_not_renewed(db: str) -> None:
     """An extension holding 3 s: the call's grant turns final, the warning is whispered into
     the caller's channel through ChanSpy, and no cut-off moves past the money."""
-    store, sup, ami = await _supervised(tmp_path / "q.db", 30)
+    store, sup, ami = await _supervised(db, 30)
     try:
         await _until(lambda: any(a["Action"] == "Originate" for a in ami.actions))
         (whisper,) = [a for a in ami.actions if a["Action"] == "Originate"]
@@ -438,9 +435,9 @@ async def test_a_final_grant_is_warned_by_a_whisper_and_not_renewed(tmp_path: Pa
 
 
 @aio
-async def test_no_renewal_while_ami_is_down(tmp_path: Path) -> None:
+async def test_no_renewal_while_ami_is_down(db: str) -> None:
     """With AMI down nothing could move the cut-off, so nothing more is reserved."""
-    store, sup, ami = await _supervised(tmp_path / "q.db", 1_000, quota_s=6)
+    store, sup, ami = await _supervised(db, 1_000, quota_s=6)
     ami.connected = False
     try:
         await asyncio.sleep(5.3)  # past the first renewal time (1 s before the 6 s end)
@@ -454,12 +451,12 @@ async def test_no_renewal_while_ami_is_down(tmp_path: Path) -> None:
 
 
 @aio
-async def test_the_supervisors_timers_stay_proportional_to_live_calls(tmp_path: Path) -> None:
+async def test_the_supervisors_timers_stay_proportional_to_live_calls(db: str) -> None:
     """Calls that end within their first chunk (most calls) leave no growing timer heap behind."""
     from fastagi.runtime.clock import now_ms
     from fastagi.service import supervisor as sv
 
-    store = await _store(tmp_path / "q.db", 1_000)
+    store = await _store(db, 1_000)
     sup = sv.Supervisor(store, FakeAmi(), quota_s=300, renew_before_s=30, holder="test")
     try:
         for i in range(5_000):
@@ -469,5 +466,20 @@ async def test_the_supervisors_timers_stay_proportional_to_live_calls(tmp_path: 
             sup.on_ended(bid)
         assert sup.watched() == set()
         assert len(sup._heap) <= sv.HEAP_SLACK + 1  # noqa: SLF001  (the bound is the point)
+    finally:
+        await store.close()
+
+
+@aio
+async def test_the_lease_is_per_asterisk(db: str) -> None:
+    """With several Asterisk servers on one database, a call gets chunks only while a supervisor
+    of its own Asterisk (its uniqueid's systemname) holds the lease."""
+    store = await _store(db, 10_000)
+    try:
+        await store.run(tx_quota.take_lease, "serve-a", 2**62, "pbx-a")
+        on_a = await _route(store, "pbx-a-1767225600.1", supervised=None)
+        on_b = await _route(store, "pbx-b-1767225600.1", supervised=None)
+        assert (on_a.granted_s, on_a.supervised) == (10, True)
+        assert (on_b.final, on_b.supervised) == (True, False)  # nobody renews pbx-b's calls
     finally:
         await store.close()

@@ -1,4 +1,5 @@
-"""Settlement on a real SQLite file: every call rated exactly once, whichever path ends it.
+"""Settlement on a real database (SQLite and PostgreSQL): every call rated exactly once, whichever
+path ends it.
 
 The paths: AMI events through the pure Correlator and `Settlement.on_ami_fact`, the
 dialplan's hangup handler (`settle(CallFacts(settled_by="hangup"))`), reconcile after an
@@ -25,7 +26,7 @@ from fastagi.core.rating import Tariff, billed_seconds, cost, first_block_cost
 from fastagi.core.records import CallFacts
 from fastagi.service.settlement import Settlement, iso_from_ms
 from fastagi.store import tx_admin, tx_calls, tx_ledger
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.factory import open_store
 
 NUMBER = "4008001234"
 CALLER = "13800138000"
@@ -49,10 +50,10 @@ def aio(fn):
 # ---- a number with two billed extensions, on a real file ----------------------------------
 
 
-async def open_store(
-    path: Path, *, ext1: int = EXT1_FUNDS, ext2: int = EXT2_FUNDS, tariff: Tariff = TARIFF
-) -> SqliteStore:
-    store = await SqliteStore.open(str(path))
+async def open_seeded(
+    db: str, *, ext1: int = EXT1_FUNDS, ext2: int = EXT2_FUNDS, tariff: Tariff = TARIFF
+) -> Any:
+    store = await open_store(db)
     await store.run(tx_admin.add_plan, "std", tariff)
     await store.run(tx_admin.add_number, NUMBER, "HQ", "std", 0, "zh", "PJSIP/hq", 5)
     await store.run(tx_admin.set_number, NUMBER, ext_billing=True)
@@ -70,7 +71,7 @@ def bid_of(n: int) -> str:
     return f"1767225600.{n}"  # the caller IVR channel's Uniqueid = the billing id
 
 
-async def start_call(store: SqliteStore, n: int, digits: str = "1") -> Any:
+async def start_call(store: Any, n: int, digits: str = "1") -> Any:
     d = await store.run(
         tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER, f"PJSIP/trunk-{n:08x}", bid_of(n)
     )
@@ -78,20 +79,20 @@ async def start_call(store: SqliteStore, n: int, digits: str = "1") -> Any:
     return d
 
 
-async def call_row(store: SqliteStore, bid: str) -> dict[str, Any]:
+async def call_row(store: Any, bid: str) -> dict[str, Any]:
     return await store.read(
         lambda c: dict(c.execute("SELECT * FROM calls WHERE billing_id=?", (bid,)).fetchone())
     )
 
 
-async def accounts(store: SqliteStore) -> dict[str, dict[str, int]]:
+async def accounts(store: Any) -> dict[str, dict[str, int]]:
     doc = await store.read(tx_admin.balance, NUMBER)
     out = {"main": doc["main"]}
     out.update({e["key"]: e for e in doc["extensions"]})
     return out
 
 
-async def resolutions(store: SqliteStore, bid: str) -> list[dict[str, Any]]:
+async def resolutions(store: Any, bid: str) -> list[dict[str, Any]]:
     return await store.read(
         lambda c: [
             dict(r)
@@ -100,17 +101,17 @@ async def resolutions(store: SqliteStore, bid: str) -> list[dict[str, Any]]:
     )
 
 
-async def snapshot(store: SqliteStore) -> dict[str, list[tuple]]:
+async def snapshot(store: Any) -> dict[str, list[tuple]]:
     def read(c):
         return {
-            t: [tuple(r) for r in c.execute(f"SELECT * FROM {t} ORDER BY rowid")]
+            t: [tuple(r) for r in c.execute(f"SELECT * FROM {t} ORDER BY 1")]
             for t in ("accounts", "transfers", "calls", "extensions", "numbers")
         }
 
     return await store.read(read)
 
 
-async def ledger_sums(store: SqliteStore) -> tuple[int, int, int]:
+async def ledger_sums(store: Any) -> tuple[int, int, int]:
     accs = await store.read(tx_ledger.all_accounts)
     return (
         sum(a.credits_posted - a.debits_posted for a in accs),
@@ -210,9 +211,9 @@ async def feed(settlement: Settlement, corr: Correlator, events: list[dict[str, 
 
 
 @aio
-async def test_answered_call_posts_cost_releases_rest_and_records_it(tmp_path: Path) -> None:
+async def test_answered_call_posts_cost_releases_rest_and_records_it(db: str) -> None:
     """HQ sees extension 1 charged 1.250 for a 95 s call (60 + 2x30 s billed + 0.050 connect), nothing left reserved, and a complete call record."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         d = await start_call(store, 1, "1")
         before = await accounts(store)
@@ -246,9 +247,9 @@ async def test_answered_call_posts_cost_releases_rest_and_records_it(tmp_path: P
 @pytest.mark.parametrize("path", ["ami", "hangup"])
 @pytest.mark.parametrize("status", UNANSWERED)
 @aio
-async def test_unanswered_call_voids_and_costs_nothing(tmp_path: Path, status: str, path: str) -> None:
+async def test_unanswered_call_voids_and_costs_nothing(db: str, status: str, path: str) -> None:
     """HQ sees an unanswered (busy, no answer, cancelled, unavailable, congested) call cost 0.000, with the whole reservation back in the extension."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         settlement = Settlement(store)
@@ -276,10 +277,10 @@ async def test_unanswered_call_voids_and_costs_nothing(tmp_path: Path, status: s
 @pytest.mark.parametrize("answered", [True, False])
 @aio
 async def test_two_paths_settle_once_and_the_loser_changes_nothing(
-    tmp_path: Path, first: str, answered: bool
+    db: str, first: str, answered: bool
 ) -> None:
     """HQ sees one charge per call whichever of AMI and the hangup handler reports first; the second report changes no balance or record."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         bid, at = bid_of(1), T0_US + 20_000_000
@@ -325,10 +326,10 @@ async def test_two_paths_settle_once_and_the_loser_changes_nothing(
 )
 @aio
 async def test_disagreement_above_one_second_is_logged_with_both_figures(
-    tmp_path: Path, winner_ms: int, loser_ms: int, logged: bool
+    db: str, winner_ms: int, loser_ms: int, logged: bool
 ) -> None:
     """HQ's operators see a settle.disagreement warning naming both talk times when the two paths differ by more than 1 s, and no warning otherwise."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         bid, at = bid_of(1), T0_US + 5_000_000
@@ -352,9 +353,9 @@ async def test_disagreement_above_one_second_is_logged_with_both_figures(
 
 
 @aio
-async def test_disagreement_on_whether_the_call_was_answered_is_logged(tmp_path: Path) -> None:
+async def test_disagreement_on_whether_the_call_was_answered_is_logged(db: str) -> None:
     """HQ's operators see a warning when the hangup handler said unanswered but AMI saw 30 s of talk; the call stays free, charged once."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         bid, at = bid_of(1), T0_US + 5_000_000
@@ -381,114 +382,118 @@ CALL_SPEC = st.tuples(
 )
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The number, plan, extensions and recharges, set up once; each example gets a copy."""
-    path = tmp_path_factory.mktemp("template") / "template.db"
-
-    async def build() -> None:
-        await (await open_store(path)).close()
-
-    asyncio.run(build())
-    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
-    return path
+_TEMPLATES: dict[str, Path] = {}  # SQLite: the seeded file, built once per session
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+async def _seeded_copy(engine: str, db: str) -> Any:
+    """A store holding the number, plan, extensions and recharges: on SQLite a copy of a file
+    seeded once, on PostgreSQL seeded anew (a new schema per example)."""
+    if engine != "sqlite":
+        return await open_seeded(db)
+    if "sqlite" not in _TEMPLATES:
+        path = Path(tempfile.mkdtemp(prefix="extbill-template-")) / "template.db"
+        await (await open_seeded(str(path))).close()
+        assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+        _TEMPLATES["sqlite"] = path
+    shutil.copyfile(_TEMPLATES["sqlite"], db)
+    return await open_store(db, create=False)
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(specs=st.lists(CALL_SPEC, min_size=1, max_size=4), data=st.data())
-def test_any_interleaving_settles_each_call_once_at_its_rated_cost(template_db: Path, specs, data) -> None:
+def test_any_interleaving_settles_each_call_once_at_its_rated_cost(engine: str, new_db, specs, data) -> None:
     """HQ sees every call charged exactly once, at the plan's price for its talk time and never above what was reserved, however AMI events and hangup requests interleave or repeat."""
-    asyncio.run(_interleaving(template_db, specs, data))
+    asyncio.run(_interleaving(engine, new_db(), specs, data))
 
 
-async def _interleaving(template_db: Path, specs: list[tuple], data: Any) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copyfile(template_db, Path(tmp) / "x.db")
-        store = await SqliteStore.open(str(Path(tmp) / "x.db"), create=False)
-        try:
-            settlement, corr = Settlement(store), Correlator()
-            streams: list[list[tuple[str, Any]]] = []
-            expect: dict[str, tuple[str, int | None]] = {}  # bid -> (state, talk_ms or None)
-            for n, (digits, outcome, paths, dup, requests) in enumerate(specs, start=1):
-                d = await store.run(
-                    tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER, "PJSIP/t", bid_of(n)
-                )
-                if d.action != "dial":
-                    assert digits and d.prompt == "ext-in-arrears"  # earlier calls hold its money
-                    continue
-                bid, at = bid_of(n), T0_US + n * 1_000_000_000
-                if isinstance(outcome, int):
-                    events, facts = ami_answered(bid, at, outcome), hangup_answered(bid, at, outcome)
-                    expect[bid] = ("rated", outcome)
+async def _interleaving(engine: str, db: str, specs: list[tuple], data: Any) -> None:
+    store = await _seeded_copy(engine, db)
+    try:
+        settlement, corr = Settlement(store), Correlator()
+        streams: list[list[tuple[str, Any]]] = []
+        expect: dict[str, tuple[str, int | None]] = {}  # bid -> (state, talk_ms or None)
+        for n, (digits, outcome, paths, dup, requests) in enumerate(specs, start=1):
+            d = await store.run(tx_calls.route, bid_of(n), NUMBER, digits, 1, CALLER, "PJSIP/t", bid_of(n))
+            if d.action != "dial":
+                assert digits and d.prompt == "ext-in-arrears"  # earlier calls hold its money
+                continue
+            bid, at = bid_of(n), T0_US + n * 1_000_000_000
+            if isinstance(outcome, int):
+                events, facts = ami_answered(bid, at, outcome), hangup_answered(bid, at, outcome)
+                expect[bid] = ("rated", outcome)
+            else:
+                events, facts = ami_unanswered(bid, at, outcome), hangup_unanswered(bid, at, outcome)
+                expect[bid] = ("unanswered", None)
+            if dup:
+                events = [e for e in events for _ in (0, 1)] + events[-3:]
+            if paths in ("both", "ami"):
+                streams.append([("ami", e) for e in events])
+            if paths in ("both", "hangup"):
+                streams.append([("hangup", facts)] * requests)
+        with capture_logs() as logs:
+            while streams:
+                i = data.draw(st.integers(0, len(streams) - 1), label="next stream")
+                kind, item = streams[i].pop(0)
+                if not streams[i]:
+                    streams.pop(i)
+                if kind == "ami":
+                    await feed(settlement, corr, [item])
                 else:
-                    events, facts = ami_unanswered(bid, at, outcome), hangup_unanswered(bid, at, outcome)
-                    expect[bid] = ("unanswered", None)
-                if dup:
-                    events = [e for e in events for _ in (0, 1)] + events[-3:]
-                if paths in ("both", "ami"):
-                    streams.append([("ami", e) for e in events])
-                if paths in ("both", "hangup"):
-                    streams.append([("hangup", facts)] * requests)
-            with capture_logs() as logs:
-                while streams:
-                    i = data.draw(st.integers(0, len(streams) - 1), label="next stream")
-                    kind, item = streams[i].pop(0)
-                    if not streams[i]:
-                        streams.pop(i)
-                    if kind == "ami":
-                        await feed(settlement, corr, [item])
-                    else:
-                        await settlement.settle(item)
-            assert corr.take_malformed() == []
-            settled = Counter(e["billing_id"] for e in events_named(logs, "call.settled"))
-            assert settled == Counter(expect.keys())  # each exactly once
-            assert events_named(logs, "settle.disagreement") == []  # the paths agreed
-            assert await ledger_sums(store) == (0, 0, 0)  # nothing reserved, sums to zero
+                    await settlement.settle(item)
+        assert corr.take_malformed() == []
+        settled = Counter(e["billing_id"] for e in events_named(logs, "call.settled"))
+        assert settled == Counter(expect.keys())  # each exactly once
+        assert events_named(logs, "settle.disagreement") == []  # the paths agreed
+        assert await ledger_sums(store) == (0, 0, 0)  # nothing reserved, sums to zero
 
-            rows = await store.read(lambda c: [dict(r) for r in c.execute("SELECT * FROM calls")])
-            assert {r["billing_id"] for r in rows} == set(expect)
-            spent: Counter[int] = Counter()
-            resolved = await store.read(
-                lambda c: Counter(
-                    p for (p,) in c.execute("SELECT pending_id FROM transfers WHERE pending_id IS NOT NULL")
-                )
+        rows = await store.read(lambda c: [dict(r) for r in c.execute("SELECT * FROM calls")])
+        assert {r["billing_id"] for r in rows} == set(expect)
+        spent: Counter[int] = Counter()
+        resolved = await store.read(
+            lambda c: Counter(
+                p for (p,) in c.execute("SELECT pending_id FROM transfers WHERE pending_id IS NOT NULL")
             )
-            assert resolved == Counter(f"call:{b}" for b in expect)  # one resolution per call
-            for r in rows:
-                state, talk_ms = expect[r["billing_id"]]
-                assert r["state"] == state and r["settled_by"] in ("ami", "hangup")
-                # talk past the grant is the caller's leg finishing a prompt: capped at the grant
-                talk_s = 0 if talk_ms is None else min((talk_ms + 500) // 1000, r["granted_s"])
-                assert r["talk_s"] == talk_s
-                assert r["cost"] == min(cost(talk_s, TARIFF), r["reserved"])
-                assert r["cost"] <= r["reserved"]
-                spent[r["account_id"]] += r["cost"]
-            bal = await accounts(store)
-            funds = {"main": MAIN_FUNDS, "1": EXT1_FUNDS, "2": EXT2_FUNDS}
-            ids = await store.read(
-                lambda c: {
-                    **{
-                        "main": c.execute(
-                            "SELECT account_id FROM numbers WHERE number=?", (NUMBER,)
-                        ).fetchone()[0]
-                    },
-                    **{k: a for k, a in c.execute("SELECT key, account_id FROM extensions")},
-                }
-            )
-            for key, acc_id in ids.items():
-                assert bal[key]["balance"] == funds[key] - spent[acc_id]
-                assert bal[key]["reserved"] == 0
-        finally:
-            await store.close()
+        )
+        assert resolved == Counter(f"call:{b}" for b in expect)  # one resolution per call
+        for r in rows:
+            state, talk_ms = expect[r["billing_id"]]
+            assert r["state"] == state and r["settled_by"] in ("ami", "hangup")
+            # talk past the grant is the caller's leg finishing a prompt: capped at the grant
+            talk_s = 0 if talk_ms is None else min((talk_ms + 500) // 1000, r["granted_s"])
+            assert r["talk_s"] == talk_s
+            assert r["cost"] == min(cost(talk_s, TARIFF), r["reserved"])
+            assert r["cost"] <= r["reserved"]
+            spent[r["account_id"]] += r["cost"]
+        bal = await accounts(store)
+        funds = {"main": MAIN_FUNDS, "1": EXT1_FUNDS, "2": EXT2_FUNDS}
+        ids = await store.read(
+            lambda c: {
+                **{
+                    "main": c.execute("SELECT account_id FROM numbers WHERE number=?", (NUMBER,)).fetchone()[
+                        0
+                    ]
+                },
+                **{k: a for k, a in c.execute("SELECT key, account_id FROM extensions")},
+            }
+        )
+        for key, acc_id in ids.items():
+            assert bal[key]["balance"] == funds[key] - spent[acc_id]
+            assert bal[key]["reserved"] == 0
+    finally:
+        await store.close()
 
 
 # ---- restart mid-call: AMI never saw the dial outcome ------------------------------------
 
 
 @aio
-async def test_ami_end_without_dial_outcome_uses_the_stored_answer(tmp_path: Path) -> None:
+async def test_ami_end_without_dial_outcome_uses_the_stored_answer(db: str) -> None:
     """HQ sees a call answered before the AMI consumer restarted still charged for its talk time, not voided as unanswered."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         bid, at = bid_of(1), T0_US + 3_000_000
@@ -516,9 +521,9 @@ async def test_ami_end_without_dial_outcome_uses_the_stored_answer(tmp_path: Pat
 
 
 @aio
-async def test_ami_end_without_dial_outcome_or_stored_answer_waits(tmp_path: Path) -> None:
+async def test_ami_end_without_dial_outcome_or_stored_answer_waits(db: str) -> None:
     """HQ sees no wrong 'unanswered' record when AMI missed the dial outcome: the call stays reserved until the hangup handler settles it at its real cost."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         bid, at = bid_of(1), T0_US + 3_000_000
@@ -540,9 +545,9 @@ async def test_ami_end_without_dial_outcome_or_stored_answer_waits(tmp_path: Pat
 
 
 @aio
-async def test_call_answered_fact_is_remembered_once_and_not_after_settlement(tmp_path: Path) -> None:
+async def test_call_answered_fact_is_remembered_once_and_not_after_settlement(db: str) -> None:
     """HQ's records keep the first answer time AMI saw; a late answer event after settlement changes nothing."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         await start_call(store, 1, "1")
         bid = bid_of(1)
@@ -563,9 +568,9 @@ async def test_call_answered_fact_is_remembered_once_and_not_after_settlement(tm
 
 @pytest.mark.parametrize("policy", ["mark", "charge"])
 @aio
-async def test_reconcile_closes_gone_calls_and_leaves_live_ones(tmp_path: Path, policy: str) -> None:
+async def test_reconcile_closes_gone_calls_and_leaves_live_ones(db: str, policy: str) -> None:
     """HQ sees calls whose channels vanished while AMI was down closed by the chosen policy (released and 'unrated', or the whole grant charged), and live calls untouched."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         d_gone = await start_call(store, 1, "1")
         await start_call(store, 2, "")
@@ -599,9 +604,34 @@ async def test_reconcile_closes_gone_calls_and_leaves_live_ones(tmp_path: Path, 
 
 
 @aio
-async def test_sweeper_closes_only_reservations_older_than_ring_grant_and_grace(tmp_path: Path) -> None:
+async def test_two_asterisks_on_one_database_reconcile_only_their_own_calls(db: str) -> None:
+    """Two serves, each reading its own Asterisk's AMI (systemnames pbx-a and pbx-b), share one
+    database: a reconcile on pbx-a's AMI, which cannot see pbx-b's live calls, closes only
+    pbx-a's gone call; pbx-b's serve, gone for good, has its call closed by pbx-a's sweeper
+    once that call is past its grant (the takeover)."""
+    store = await open_seeded(db)
+    try:
+        for name in ("pbx-a-1767225600.1", "pbx-b-1767225600.1"):
+            d = await store.run(tx_calls.route, name, NUMBER, "1", 1, CALLER, "PJSIP/t", name)
+            assert d.action == "dial"
+        calls = {c["billing_id"]: c for c in await store.read(tx_calls.open_calls)}
+        start_ms = max(c["start_ms"] for c in calls.values())
+        a = Settlement(store, system_name="pbx-a")
+        assert await a.reconcile(set(), start_ms + 10_000) == 1  # pbx-a's AMI lists no live call
+        assert (await call_row(store, "pbx-a-1767225600.1"))["settled_by"] == "reconcile"
+        assert (await call_row(store, "pbx-b-1767225600.1"))["state"] == "reserved"
+        grant_s = calls["pbx-b-1767225600.1"]["granted_s"]
+        assert await a.sweep(start_ms + 1_000) == 0
+        assert await a.sweep(start_ms + (a.dial_timeout_s + grant_s + a.sweep_grace_s + 1) * 1000) == 1
+        assert (await call_row(store, "pbx-b-1767225600.1"))["settled_by"] == "sweeper"
+    finally:
+        await store.close()
+
+
+@aio
+async def test_sweeper_closes_only_reservations_older_than_ring_grant_and_grace(db: str) -> None:
     """HQ sees a forgotten reservation closed (not silently dropped) only once its ring time, granted time and grace have all passed."""
-    store = await open_store(tmp_path / "x.db")
+    store = await open_seeded(db)
     try:
         short = await start_call(store, 1, "2")  # ext 2 has little money: a short grant
         long = await start_call(store, 2, "1")
@@ -633,12 +663,12 @@ async def test_sweeper_closes_only_reservations_older_than_ring_grant_and_grace(
 
 
 @aio
-async def test_balance_low_logged_once_per_crossing(tmp_path: Path) -> None:
+async def test_balance_low_logged_once_per_crossing(db: str) -> None:
     """HQ gets one balance.low warning when an extension drops below 10 first blocks' cost, none while it stays low, and another only after a recharge lifted it above and it fell again."""
     plain = Tariff(per_minute=600, initial_s=60, increment_s=60)
     threshold = 10 * first_block_cost(plain)
     assert threshold == 6000
-    store = await open_store(tmp_path / "x.db", ext1=8000, ext2=0, tariff=plain)
+    store = await open_seeded(db, ext1=8000, ext2=0, tariff=plain)
     try:
         settlement = Settlement(store)
         n = 0
@@ -674,10 +704,10 @@ async def test_balance_low_logged_once_per_crossing(tmp_path: Path) -> None:
 
 
 @aio
-async def test_balance_low_uses_the_configured_threshold(tmp_path: Path) -> None:
+async def test_balance_low_uses_the_configured_threshold(db: str) -> None:
     """HQ can set an extension's own low-balance threshold, and balance.low follows it instead of the default."""
-    store = await open_store(
-        tmp_path / "x.db", ext1=8000, ext2=0, tariff=Tariff(per_minute=600, initial_s=60, increment_s=60)
+    store = await open_seeded(
+        db, ext1=8000, ext2=0, tariff=Tariff(per_minute=600, initial_s=60, increment_s=60)
     )
     try:
         await store.run(tx_admin.set_extension, NUMBER, "1", low_balance=7500)
@@ -696,9 +726,9 @@ async def test_balance_low_uses_the_configured_threshold(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("path", ["ami", "hangup"])
 @aio
-async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> None:
+async def test_cost_never_exceeds_the_reservation(db: str, path: str) -> None:
     """HQ sees a call reported past its grant rated at the grant and charged exactly what was reserved, never below zero."""
-    store = await open_store(tmp_path / "x.db", ext2=1500)
+    store = await open_seeded(db, ext2=1500)
     try:
         d = await start_call(store, 1, "2")
         assert (d.granted_s, d.reserve) == (120, 1250)
@@ -722,11 +752,9 @@ async def test_cost_never_exceeds_the_reservation(tmp_path: Path, path: str) -> 
 
 
 @aio
-async def test_answers_arriving_together_are_written_together_and_each_kept(
-    tmp_path: Path, monkeypatch
-) -> None:
+async def test_answers_arriving_together_are_written_together_and_each_kept(db: str, monkeypatch) -> None:
     """Forty answer events at once: every call gets its own (first) answer time, in far fewer writes."""
-    store = await open_store(tmp_path / "x.db", ext1=1_000_000_000)  # 1,000,000 CNY: twenty grants
+    store = await open_seeded(db, ext1=1_000_000_000)  # 1,000,000 CNY: twenty grants
     writes: list[int] = []
     real = tx_calls.mark_answered_many
 

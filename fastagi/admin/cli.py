@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -22,8 +21,8 @@ from fastagi.core.rating import PlanError, Tariff
 from fastagi.runtime.config import ConfigError
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.store import tx_admin
-from fastagi.store.base import StoreError
-from fastagi.store.sqlite import SqliteStore, db_path
+from fastagi.store.base import Store, StoreError
+from fastagi.store.factory import db_target, open_store
 
 EXIT_REFUSED = 2
 
@@ -73,12 +72,12 @@ def _print_json(doc: Any) -> None:
 # ---- subcommand bodies: each gets (store, args) and returns the exit status ----------------
 
 
-async def cmd_db_init(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_db_init(store: Store, a: argparse.Namespace) -> int:
     print(f"database {store.path} {'created' if store.created else 'is up to date'} (schema version 1)")
     return 0
 
 
-async def cmd_plan_add(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_plan_add(store: Store, a: argparse.Namespace) -> int:
     t = Tariff(
         per_minute=a.per_minute,
         initial_s=a.initial,
@@ -95,7 +94,7 @@ async def cmd_plan_add(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_plan_rate(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_plan_rate(store: Store, a: argparse.Namespace) -> int:
     await store.run(tx_admin.set_plan_rate, a.name, a.prefix, a.per_minute)
     print(
         f"plan {a.name}: callers starting {a.prefix or '(default)'} pay {format_amount(a.per_minute)} per minute"
@@ -103,7 +102,7 @@ async def cmd_plan_rate(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_plan_list(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_plan_list(store: Store, a: argparse.Namespace) -> int:
     plans = money_fields(await store.read(tx_admin.list_plans))
     if a.json:
         _print_json(plans)
@@ -117,7 +116,7 @@ async def cmd_plan_list(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_number_add(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_number_add(store: Store, a: argparse.Namespace) -> int:
     await store.run(
         tx_admin.add_number, a.number, a.name, a.plan, a.min_balance, a.lang, a.default_dest, a.digit_timeout
     )
@@ -132,7 +131,7 @@ async def cmd_number_add(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_number_set(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_number_set(store: Store, a: argparse.Namespace) -> int:
     await store.run(
         tx_admin.set_number,
         a.number,
@@ -166,7 +165,7 @@ def _status(doc: dict[str, Any]) -> str:
     return status_text(doc["status"], doc["owed"], doc["owed_months"])
 
 
-async def cmd_number_show(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_number_show(store: Store, a: argparse.Namespace) -> int:
     raw = await store.read(tx_admin.balance, a.number)
     doc = money_fields(raw)
     if a.json:
@@ -197,7 +196,7 @@ def _print_accounts(doc: dict[str, Any]) -> None:
         )
 
 
-async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_balance(store: Store, a: argparse.Namespace) -> int:
     doc = await store.read(tx_admin.balance, a.number)
     if a.json:
         _print_json(
@@ -225,13 +224,13 @@ async def cmd_balance(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_ext_add(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_ext_add(store: Store, a: argparse.Namespace) -> int:
     await store.run(tx_admin.add_extension, a.number, a.key, a.name, a.dest, a.plan)
     print(f"extension {a.key} ({a.name}) of {a.number} added, routes to {a.dest}")
     return 0
 
 
-async def cmd_ext_set(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_ext_set(store: Store, a: argparse.Namespace) -> int:
     await store.run(
         tx_admin.set_extension,
         a.number,
@@ -245,7 +244,7 @@ async def cmd_ext_set(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_recharge(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_recharge(store: Store, a: argparse.Namespace) -> int:
     if a.csv is not None:
         if a.number is not None or a.ref is not None:
             raise UsageError(
@@ -271,7 +270,7 @@ async def cmd_recharge(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_transfer(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_transfer(store: Store, a: argparse.Namespace) -> int:
     result = await store.run(tx_admin.move, a.number, a.key, a.amount, a.ref)
     if result.created:
         print(f"moved {format_amount(a.amount)} from the main account of {a.number} to extension {a.key}")
@@ -280,7 +279,7 @@ async def cmd_transfer(store: SqliteStore, a: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_statement(store: SqliteStore, a: argparse.Namespace) -> int:
+async def cmd_statement(store: Store, a: argparse.Namespace) -> int:
     rows = money_fields(await store.read(tx_admin.statement, a.number, a.key, a.limit, a.before, a.archive))
     if a.json:
         _print_json(rows)
@@ -300,7 +299,7 @@ async def cmd_statement(store: SqliteStore, a: argparse.Namespace) -> int:
 
 def _sub(subs: Any, name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
     p = subs.add_parser(name, help=help, description=help)
-    p.add_argument("--db", help="SQLite file (default: $EXTBILL_DB or ./extbill.db)")
+    p.add_argument("--db", help="SQLite file or postgresql:// URL (default: $EXTBILL_DB or ./extbill.db)")
     p.set_defaults(fn=fn)
     return p
 
@@ -428,13 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     if getattr(args, "own_store", False):  # serve, bench, sandbox, doctor open what they need
         return await args.fn(args)
-    create = args.fn is cmd_db_init
-    path = db_path(args.db)
-    parent = os.path.dirname(os.path.abspath(path))
-    if create and not os.path.isdir(parent):
-        # refuse here: a failed aiosqlite connect leaves its worker thread printing a traceback
-        raise StoreError(f"cannot create database {path}: directory {parent} does not exist")
-    store = await SqliteStore.open(path, create=create)
+    store = await open_store(db_target(args.db), create=args.fn is cmd_db_init)
     try:
         return await args.fn(store, args)
     finally:

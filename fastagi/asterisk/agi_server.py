@@ -28,6 +28,7 @@ from fastagi.core.agi import (
     set_variable_command,
 )
 from fastagi.runtime.config import AGI_PORT
+from fastagi.runtime.peers import PeerAllowlist, RefusalLog
 
 __all__ = [
     "AgiChannel",
@@ -163,6 +164,18 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         server = self.server
+        host = self.peer[0] if isinstance(self.peer, tuple) and self.peer else self.peer
+        if not server.allow.allows(host):
+            # before a byte is read: an unlisted peer could forge a route or a hangup
+            if server.refusals.note(str(host), server._loop.time()):
+                log.warning(
+                    "agi.peer_refused",
+                    peer=str(host),
+                    refused_total=server.refusals.refused,
+                    note="not in agi_allow (loopback and the listed addresses only); logged once per episode",
+                )
+            transport.close()
+            return
         if server._stopping or len(server._conns) >= server.limits.connections_max:
             log.warning("agi.refused", peer=self.peer, open=len(server._conns), stopping=server._stopping)
             transport.close()  # FIN: Asterisk reads EOF, sets no result variable, fails closed
@@ -330,6 +343,7 @@ class AgiServer:
         *,
         limits: ServerLimits | None = None,
         sock: socket.socket | None = None,
+        allow: PeerAllowlist | None = None,
     ) -> None:
         self.routes = dict(routes)
         # A listening socket made elsewhere: serve's processes share one (host/port unused)
@@ -337,6 +351,8 @@ class AgiServer:
         self.host = host
         self.port = port
         self.limits = limits or ServerLimits()
+        self.allow = allow or PeerAllowlist()  # who may connect: loopback unless told more
+        self.refusals = RefusalLog()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._server: asyncio.Server | None = None
         self._conns: set[_Connection] = set()

@@ -17,3 +17,15 @@ _BILLING_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % BILLING_ID_CHARS_MAX)
 
 def is_billing_id(text: str) -> bool:
     return _BILLING_ID_RE.fullmatch(text) is not None
+
+
+_SYSTEM_RE = re.compile(r"(.+)-[0-9]+\.[0-9]+")
+
+
+def system_of(billing_id: str) -> str:
+    """The Asterisk a call lives on: its uniqueid's systemname prefix (asterisk.conf), "" for none.
+
+    Several Asterisk servers sharing one database each set their own systemname: their call
+    ids then never collide, and each serve reconciles only its own Asterisk's calls."""
+    m = _SYSTEM_RE.fullmatch(billing_id)
+    return m.group(1) if m else ""

@@ -7,6 +7,7 @@ refused at start with an error naming the key and where it came from.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -14,6 +15,7 @@ from typing import Any
 
 from fastagi.core.quota import QUOTA_S_DEFAULT, RENEW_BEFORE_S_DEFAULT
 from fastagi.core.vocab import UnsettledPolicy
+from fastagi.runtime.peers import PeerAllowlist, PeerListError
 
 # The defaults other modules share: their one home (Settings uses them, others import them).
 AGI_HOST = "127.0.0.1"
@@ -32,12 +34,26 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    db: str = field(default="extbill.db", metadata={"help": "SQLite database file"})
+    db: str = field(default="extbill.db", metadata={"help": "SQLite database file, or a postgresql:// URL"})
     agi_bind: str = field(default=AGI_BIND, metadata={"help": "FastAGI listen address host:port"})
+    agi_allow: str = field(
+        default="",
+        metadata={
+            "help": "who may connect to FastAGI: Asterisk servers' addresses or networks, comma "
+            "separated (empty: loopback only); others are refused unread"
+        },
+    )
     ami_host: str = field(default="127.0.0.1", metadata={"help": "Asterisk AMI host"})
     ami_port: int = field(default=5038, metadata={"help": "Asterisk AMI port"})
     ami_user: str = field(default="extbill", metadata={"help": "AMI user (manager.conf section)"})
     ami_secret: str = field(default="", metadata={"help": "AMI secret; empty disables the AMI consumer"})
+    asterisk_system_name: str = field(
+        default="",
+        metadata={
+            "help": "systemname (asterisk.conf) of the Asterisk whose AMI this serve reads; set one per "
+            "Asterisk when several share a PostgreSQL database: reconcile then closes only its calls"
+        },
+    )
     dial_timeout_s: int = field(
         default=DIAL_TIMEOUT_S, metadata={"help": "how long a branch phone may ring, s"}
     )
@@ -143,10 +159,18 @@ def _validate(s: Settings) -> None:
         # seconds past ring + grant: a shorter grace would close live calls as unrated
         raise ConfigError(f"sweep_grace_s: {s.sweep_grace_s!r} must be at least {SWEEP_GRACE_S_MIN}")
     parse_hostport(s.agi_bind, "agi_bind")
+    try:
+        PeerAllowlist.parse(s.agi_allow)
+    except PeerListError as exc:
+        raise ConfigError(f"agi_allow: {exc}") from None
     if s.http_bind:
         parse_hostport(s.http_bind, "http_bind")
     if not s.db:
         raise ConfigError("db: must not be empty")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{0,64}", s.asterisk_system_name):
+        raise ConfigError(
+            f"asterisk_system_name: {s.asterisk_system_name!r} must be up to 64 letters, digits, _, - or ."
+        )
     _validate_webhook(s)
 
 

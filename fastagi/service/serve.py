@@ -27,12 +27,14 @@ from fastagi.asterisk.call_routes import CallRoutes
 from fastagi.core.ami import CallAnswered, CallEnd, Correlator
 from fastagi.runtime.config import ConfigError, Settings, parse_hostport
 from fastagi.runtime.log import configure as configure_logging
+from fastagi.runtime.peers import PeerAllowlist
 from fastagi.service.money_tasks import MoneyTasks
 from fastagi.service.settlement import Settlement
 from fastagi.service.supervisor import Supervisor
 from fastagi.service.workers import Workers
+from fastagi.store.base import Store
 from fastagi.store.demo import DEMO_NUMBER, seed
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.factory import open_store, redact
 
 log = structlog.get_logger("extbill.serve")
 
@@ -84,7 +86,7 @@ class Service:
         self.worker = worker  # 0: the first process; others only answer FastAGI
         self.sock = sock  # a worker's listening socket, shared with the first
         self.workers: Workers | None = None
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.agi: AgiServer | None = None
         self.ami: AmiClient | None = None
         self.correlator = Correlator()
@@ -102,9 +104,9 @@ class Service:
     async def start(self) -> None:
         s = self.settings
         shared = s.workers > 1
-        self.store = await SqliteStore.open(s.db, checkpoints=self.worker == 0, shared=shared)
+        self.store = await open_store(s.db, checkpoints=self.worker == 0, shared=shared)
         if self.store.created:
-            log.info("db.created", path=s.db)
+            log.info("db.created", path=redact(s.db))
             if s.demo:
                 await self.store.run(seed)
                 log.info(
@@ -117,6 +119,7 @@ class Service:
             unsettled_policy=s.unsettled_policy,
             dial_timeout_s=s.dial_timeout_s,
             sweep_grace_s=s.sweep_grace_s,
+            system_name=s.asterisk_system_name,
         )
         routes = CallRoutes(self.store, self.settlement, dial_timeout_s=s.dial_timeout_s, quota_s=s.quota_s)
         host, port = parse_hostport(s.agi_bind, "agi_bind")
@@ -127,13 +130,14 @@ class Service:
         )
         if shared and self.sock is None:
             self.sock = listening_socket(host, port, limits.backlog)
-        self.agi = AgiServer(routes.routes(), host, port, limits=limits, sock=self.sock)
+        allow = PeerAllowlist.parse(s.agi_allow)  # validated with the settings
+        self.agi = AgiServer(routes.routes(), host, port, limits=limits, sock=self.sock, allow=allow)
         await self.agi.start()
         if self.worker:
             log.info("serve.worker_listening", agi=f"{host}:{self.agi.port}")
             self._tune_gc()
             return
-        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=s.db, workers=s.workers)
+        log.info("serve.listening", agi=f"{host}:{self.agi.port}", db=redact(s.db), workers=s.workers)
         if shared:
             assert self.sock is not None
             # the workers share this socket (passed as a file descriptor); only this process seeds
@@ -158,6 +162,7 @@ class Service:
                 quota_s=s.quota_s,
                 renew_before_s=s.renew_before_s,
                 holder=f"{socket.gethostname()}:{os.getpid()}",
+                system=s.asterisk_system_name,
             )
             await self.supervisor.start()
             routes.on_grant = self.supervisor.note_grant

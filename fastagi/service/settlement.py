@@ -16,6 +16,7 @@ import structlog
 
 from fastagi.core.ami import CallAnswered, CallEnd
 from fastagi.core.clock import iso_from_ms, ms_from_iso
+from fastagi.core.ids import system_of
 from fastagi.core.money import format_amount
 from fastagi.core.records import CallFacts, SettleResult
 from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
@@ -53,8 +54,12 @@ class Settlement:
         unsettled_policy: UnsettledPolicy = UNSETTLED_POLICY,
         dial_timeout_s: int = DIAL_TIMEOUT_S,
         sweep_grace_s: int = SWEEP_GRACE_S,
+        system_name: str = "",
     ) -> None:
         self.store = store
+        # The systemname of the Asterisk whose AMI this process reads: reconcile closes only
+        # that Asterisk's calls (others may be live on another Asterisk, another serve's).
+        self.system_name = system_name
         self.unsettled_policy = unsettled_policy
         self.dial_timeout_s = dial_timeout_s
         self.sweep_grace_s = sweep_grace_s
@@ -234,11 +239,17 @@ class Settlement:
         return result
 
     async def reconcile(self, live_ids: set[str], now_ms: int | None = None) -> int:
-        """After an AMI (re)connect: close the reservations whose channels are gone."""
+        """After an AMI (re)connect: close this Asterisk's reservations whose channels are gone.
+
+        Another Asterisk's calls (another systemname) are not in this AMI's list, live or not:
+        they are left to their own serve, or to any serve's sweeper once past their grant
+        (the takeover of a serve that is gone for good)."""
         now_ms = clock.now_ms() if now_ms is None else now_ms
         closed = 0
         for call in await self.store.read(tx_calls.open_calls):
             if call["billing_id"] in live_ids or now_ms - call["start_ms"] < RECONCILE_MIN_AGE_MS:
+                continue
+            if system_of(call["billing_id"]) != self.system_name:
                 continue
             result = await self.expire(call["billing_id"], SettledBy.RECONCILE)
             closed += bool(result and result.settled_now)
@@ -246,7 +257,10 @@ class Settlement:
         return closed
 
     async def sweep(self, now_ms: int | None = None) -> int:
-        """Close reservations older than ring time + grant + grace: never silently dropped."""
+        """Close reservations older than ring time + grant + grace: never silently dropped.
+
+        Whichever Asterisk they live on: no call outlives its grant, so past it one is over
+        even if the serve that granted it is gone."""
         now_ms = clock.now_ms() if now_ms is None else now_ms
         closed = 0
         for call in await self.store.read(tx_calls.open_calls):

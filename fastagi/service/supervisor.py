@@ -101,8 +101,10 @@ class Supervisor:
         quota_s: int,
         renew_before_s: int,
         holder: str,
+        system: str = "",
     ) -> None:
         self.store = store
+        self.system = system  # the systemname of the Asterisk whose AMI this supervisor holds
         self.ami = ami
         self.quota_s = quota_s
         self.renew_before_s = renew_before_s
@@ -133,7 +135,7 @@ class Supervisor:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks, self._watches, self._heap = [], {}, []
         with contextlib.suppress(Exception):
-            await self.store.run(tx_quota.drop_lease, self.holder)
+            await self.store.run(tx_quota.drop_lease, self.holder, self.system)
 
     async def _lease_loop(self) -> None:
         while True:
@@ -144,12 +146,14 @@ class Supervisor:
         """Hold the lease while AMI is up, drop it when AMI is down."""
         try:
             if self.ami.connected:
-                await self.store.run(tx_quota.take_lease, self.holder, now_ms() + int(LEASE_TTL_S * 1000))
+                await self.store.run(
+                    tx_quota.take_lease, self.holder, now_ms() + int(LEASE_TTL_S * 1000), self.system
+                )
                 if not self._held:
                     log.info("supervisor.lease_taken", note="new calls get chunks, renewed mid-call")
                 self._held = True
             elif self._held:
-                await self.store.run(tx_quota.drop_lease, self.holder)
+                await self.store.run(tx_quota.drop_lease, self.holder, self.system)
                 log.warning(
                     "supervisor.lease_dropped",
                     note="AMI is down: new calls get all they can pay, cut by Dial's L()",

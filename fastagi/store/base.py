@@ -29,6 +29,11 @@ class NotADatabase(StoreError):
     pass
 
 
+class Contended(StoreError):
+    """An account changed between its read and its write (another transaction, PostgreSQL's
+    READ COMMITTED): the PostgreSQL store runs the operation again; SQLite never raises it."""
+
+
 @dataclass(frozen=True, slots=True)
 class TransferResult:
     transfer_id: str
@@ -43,6 +48,9 @@ class Store(Protocol):
     Each operation is a function of a DB-API connection run inside one transaction:
     `run` commits it, `read` never writes.
     """
+
+    path: str  # what the database is called in messages (a URL without its password)
+    created: bool  # open() created its schema
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...

@@ -25,7 +25,7 @@ WITH t AS (
 SELECT acc, sum(dp), sum(dpo), sum(cp), sum(cpo) FROM (
   SELECT d AS acc, pend AS dp, post AS dpo, 0 AS cp, 0 AS cpo FROM t
   UNION ALL
-  SELECT c, 0, 0, pend, post FROM t)
+  SELECT c, 0, 0, pend, post FROM t) AS sides
 GROUP BY acc
 """
 
@@ -63,7 +63,7 @@ LIMIT {SHOWN_MAX}
 # id): a reserved call has one open, a settled one none, and they posted what it cost.
 _CALL_MISMATCH_SQL = f"""
 WITH per_call AS (
-  SELECT p.ref AS billing_id, count(*) AS reservations, sum(r.id IS NULL) AS open,
+  SELECT p.ref AS billing_id, count(*) AS reservations, sum(CASE WHEN r.id IS NULL THEN 1 ELSE 0 END) AS open,
          coalesce(sum(r.amount), 0) AS posted
   FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id
   WHERE p.kind = 'pending' AND p.code = 'call' GROUP BY p.ref)

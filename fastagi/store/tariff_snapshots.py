@@ -57,6 +57,5 @@ def tariff_id(conn: sqlite3.Connection, body: str) -> int:
 
 
 def _insert(conn: sqlite3.Connection, body: str) -> int:
-    tid = conn.execute("INSERT INTO tariffs (body) VALUES (?)", (body,)).lastrowid
-    assert tid is not None  # an INSERT of one row always has one
+    tid: int = conn.execute("INSERT INTO tariffs (body) VALUES (?) RETURNING id", (body,)).fetchall()[0][0]
     return tid

@@ -57,12 +57,11 @@ def add_plan(conn: sqlite3.Connection, name: str, t: Tariff) -> int:
         raise StoreError("plan name must be 1 to 64 characters")
     if conn.execute("SELECT 1 FROM plans WHERE name=?", (name,)).fetchone():
         raise Conflict(f"plan {name!r} already exists")
-    new_id = conn.execute(
+    new_id: int = conn.execute(
         "INSERT INTO plans (name, per_minute, initial_s, increment_s, connect_fee, grace_s, max_call_s) "
-        "VALUES (?,?,?,?,?,?,?)",
+        "VALUES (?,?,?,?,?,?,?) RETURNING id",
         (name, t.per_minute, t.initial_s, t.increment_s, t.connect_fee, t.grace_s, t.max_call_s),
-    ).lastrowid
-    assert new_id is not None  # set by every INSERT
+    ).fetchall()[0][0]
     return new_id
 
 
@@ -162,9 +161,10 @@ def add_number(
     account_id = new_account(conn, AccountKind.MAIN)
     nid = conn.execute(
         "INSERT INTO numbers (number, name, lang, ivr, ext_billing, min_balance, default_dest, "
-        "digit_timeout_s, plan_id, account_id, suspended, created_at) VALUES (?,?,?,1,0,?,?,?,?,?,0,?)",
+        "digit_timeout_s, plan_id, account_id, suspended, created_at) VALUES (?,?,?,1,0,?,?,?,?,?,0,?) "
+        "RETURNING id",
         (number, name, lang, min_balance, default_dest, digit_timeout_s, pid, account_id, now_iso()),
-    ).lastrowid
+    ).fetchall()[0][0]
     update_suspension(conn, load_account(conn, account_id), reason="created", number_id=nid)
 
 

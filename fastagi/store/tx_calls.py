@@ -14,6 +14,7 @@ import structlog
 
 from fastagi.core.calls import Decision, decide_lookup, decide_route
 from fastagi.core.clock import ms_from_iso
+from fastagi.core.ids import system_of
 from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.rating import billed_seconds, cost
@@ -63,7 +64,8 @@ def route(
     start_at = now_iso()  # one clock read: the record's time, the sweeper's and the lease's
     start_ms = ms_from_iso(start_at)
     if supervised is None:
-        supervised = lease_until_ms(conn) > start_ms
+        # a supervisor of the call's own Asterisk (its uniqueid's systemname) must hold the lease
+        supervised = lease_until_ms(conn, system_of(billing_id)) > start_ms
     d = decide_route(nv, digits, try_no, ev, caller, quota_s=quota_s, renewable=supervised)
     if d.action != "dial":
         return d
@@ -162,6 +164,16 @@ def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, s
     return cur.rowcount
 
 
+# Settling paths (AMI, hangup handler, sweeper, reconcile; on PostgreSQL several serve
+# processes) may race for one call: on PostgreSQL the first locks the row and the others wait,
+# then read the state it committed (SQLite's one writer at a time needs no lock).
+# ... locked for the settlement on PostgreSQL (the call's row only, not the shared snapshot)
+_CALL_FOR_UPDATE_SQL = (
+    "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id "
+    "WHERE c.billing_id=? /*pg FOR UPDATE OF c*/"
+)
+
+
 def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
     return SettleResult(
         row["billing_id"],
@@ -178,7 +190,7 @@ def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = No
 
 def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
     """Rate and post an ended call, or void an unanswered one: exactly once by billing id."""
-    row = conn.execute(CALL_SQL, (f.billing_id,)).fetchone()
+    row = conn.execute(_CALL_FOR_UPDATE_SQL, (f.billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {f.billing_id}")
     if row["state"] != CallState.RESERVED:
@@ -251,7 +263,7 @@ def expire(
     conn: sqlite3.Connection, billing_id: str, policy: UnsettledPolicy, settled_by: SettledBy
 ) -> SettleResult:
     """Close a reservation nobody settled: charge the whole grant, or release it and mark it unrated."""
-    row = conn.execute(CALL_SQL, (billing_id,)).fetchone()
+    row = conn.execute(_CALL_FOR_UPDATE_SQL, (billing_id,)).fetchone()
     if row is None:
         raise NotFound(f"no call {billing_id}")
     if row["state"] != CallState.RESERVED:

@@ -26,7 +26,7 @@ from fastagi.core.numbers import is_suspended
 from fastagi.core.rating import Tariff, first_block_cost
 from fastagi.runtime.clock import now_iso
 from fastagi.store import tx_outbox
-from fastagi.store.base import Conflict, NotFound, StoreError, TransferResult
+from fastagi.store.base import Conflict, Contended, NotFound, TransferResult
 
 log = structlog.get_logger("extbill.ledger")
 
@@ -37,8 +37,9 @@ _TARIFF_COLS = ("per_minute", "initial_s", "increment_s", "connect_fee", "grace_
 
 
 def new_account(conn: sqlite3.Connection, kind: AccountKind) -> int:
-    account_id = conn.execute("INSERT INTO accounts (kind) VALUES (?)", (kind.value,)).lastrowid
-    assert account_id is not None  # set by every INSERT
+    account_id: int = conn.execute(
+        "INSERT INTO accounts (kind) VALUES (?) RETURNING id", (kind.value,)
+    ).fetchall()[0][0]
     return account_id
 
 
@@ -77,13 +78,68 @@ def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
     return account_at(row, 0)  # type: ignore[return-value]
 
 
-def _save(conn: sqlite3.Connection, a: Account, spent: int = 0) -> None:
-    """Write the account's counters back; `spent`: what a call post adds to its kept spend."""
-    conn.execute(
-        "UPDATE accounts SET debits_pending=?, debits_posted=?, credits_pending=?, credits_posted=?, "
-        "spent = spent + ? WHERE id=?",
-        (a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted, spent, a.id),
+# An account's counters change by increments, never by writing back what was read: on
+# PostgreSQL (READ COMMITTED) another transaction may have changed the row since this one
+# read it, and an increment loses no update. The guard re-checks the no-overdraw rule on
+# the row as it is now (PostgreSQL re-evaluates it after waiting for the row's lock), and
+# RETURNING gives the account as written, for what follows (suspension, balance.low). Both
+# are PostgreSQL's only (/*pg*/): on SQLite (one writer at a time) the read is current, the
+# account computed from it is the account written, and the schema's CHECK is the second check.
+_APPLY_SQL = (
+    "UPDATE accounts SET debits_pending = debits_pending + :dp, debits_posted = debits_posted + :dpo, "
+    "credits_pending = credits_pending + :cp, credits_posted = credits_posted + :cpo, "
+    "spent = spent + :sp WHERE id = :id "
+    "/*pg AND (kind NOT IN ('main', 'ext') OR debits_pending + debits_posted + :dp + :dpo <= "
+    f"credits_posted + :cpo) RETURNING {', '.join(ACCOUNT_COLS)}*/"
+)
+
+
+def _apply(conn: sqlite3.Connection, old: Account, new: Account, spent: int = 0) -> Account:
+    """Write new - old to the account's row; the account as written (Contended: it cannot pay).
+
+    spent: what a call post adds to the account's kept spend (accounts.spent)."""
+    cur = conn.execute(
+        _APPLY_SQL,
+        {
+            "dp": new.debits_pending - old.debits_pending,
+            "dpo": new.debits_posted - old.debits_posted,
+            "cp": new.credits_pending - old.credits_pending,
+            "cpo": new.credits_posted - old.credits_posted,
+            "sp": spent,
+            "id": old.id,
+        },
     )
+    if cur.description is None:  # SQLite: no guard nor RETURNING needed (see above)
+        if cur.rowcount != 1:
+            raise NotFound(f"account {old.id} does not exist")
+        return new
+    row = cur.fetchone()
+    if row is None:
+        raise Contended(f"account {old.id} changed since it was read")
+    return account_at(row, 0)  # type: ignore[return-value]
+
+
+def lock_order(account: Account) -> tuple[bool, int]:
+    """The order in which a transaction writes (so locks) accounts: customer accounts by id,
+    then the house's (funding, revenue). One order everywhere, so two transactions never
+    wait for each other in a cycle; the house accounts last because every call writes
+    revenue, so each transaction holds its lock for the shortest time."""
+    return (account.id <= REVENUE_ACCOUNT_ID, account.id)
+
+
+def _apply_pair(
+    conn: sqlite3.Connection,
+    debit: tuple[Account, Account],
+    credit: tuple[Account, Account],
+    spent: int = 0,
+) -> tuple[Account, Account]:
+    """_apply to both sides of a transfer in lock order; the new (debit, credit). `spent`
+    goes to the debit side's kept spend."""
+    if lock_order(debit[0]) < lock_order(credit[0]):
+        new_debit = _apply(conn, *debit, spent)
+        return new_debit, _apply(conn, *credit)
+    new_credit = _apply(conn, *credit)
+    return _apply(conn, *debit, spent), new_credit
 
 
 def _existing(conn: sqlite3.Connection, transfer_id: str) -> sqlite3.Row | None:
@@ -144,8 +200,7 @@ def transfer(
     apply = apply_pending if pending else apply_posted
     new_debit, new_credit = apply(debit, credit, amount)  # raises LedgerError, nothing written
     _insert(conn, transfer_id, kind, debit_id, credit_id, amount, code, ref)
-    _save(conn, new_debit)
-    _save(conn, new_credit)
+    new_debit, new_credit = _apply_pair(conn, (debit, new_debit), (credit, new_credit))
     if not pending:  # a reservation moves no posted money, so it cannot change suspension
         for acc in (new_debit, new_credit):
             if acc.kind is AccountKind.MAIN:
@@ -171,23 +226,10 @@ def reserve(
     credited account's counters.
     """
     new_debit = apply_pending_debit(debit, credit_id, amount)  # raises LedgerError, nothing written
-    # Written only if the account still holds the counters the funds check used, so a stale
-    # `debit` (a caller's bug) fails instead of overwriting another transfer's effect.
-    if (
-        conn.execute(
-            "UPDATE accounts SET debits_pending=? WHERE id=? AND debits_pending=? "
-            "AND debits_posted=? AND credits_posted=?",
-            (
-                new_debit.debits_pending,
-                debit.id,
-                debit.debits_pending,
-                debit.debits_posted,
-                debit.credits_posted,
-            ),
-        ).rowcount
-        != 1
-    ):
-        raise StoreError(f"account {debit.id} changed since it was read")
+    # The conditional increment of _apply: on PostgreSQL another call may have reserved from
+    # this account since it was read; it still cannot overdraw (Contended: run again).
+    # The debit side first: customer accounts come before the house's (lock_order).
+    _apply(conn, debit, new_debit)
     if (
         conn.execute(
             "UPDATE accounts SET credits_pending = credits_pending + ? WHERE id=?", (amount, credit_id)
@@ -242,8 +284,8 @@ def resolve(
         pending_id=pending_id,
     )
     # the kept spend (accounts.spent) moves with the post, in this transaction
-    _save(conn, new_debit, posted_amount if kind is TransferKind.POST else 0)
-    _save(conn, new_credit)
+    spent = posted_amount if kind is TransferKind.POST else 0
+    new_debit, new_credit = _apply_pair(conn, (debit, new_debit), (credit, new_credit), spent)
     if new_debit.kind is AccountKind.MAIN and posted_amount:
         update_suspension(conn, new_debit, reason=code)
     return True

@@ -17,8 +17,6 @@ from fastagi.store.base import NotFound
 from fastagi.store.tariff_snapshots import tariff_from_json
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, load_account, reserve, resolve
 
-LEASE_ID = 1
-
 
 @dataclass(frozen=True, slots=True)
 class Renewal:
@@ -73,7 +71,7 @@ def renew(conn: sqlite3.Connection, billing_id: str, seq: int, quota_s: int) -> 
     account cannot pay one more block becomes final. The reservation and the new totals are
     written in this one transaction; the caller moves Asterisk's cut-off only after it commits.
     """
-    row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
+    row = conn.execute(_CALL_SQL + " /*pg FOR UPDATE OF c*/", (billing_id,)).fetchone()  # see tx_calls
     if row is None:
         raise NotFound(f"no call {billing_id}")
     if row["state"] != CallState.RESERVED:
@@ -158,20 +156,20 @@ def supervised_calls(conn: sqlite3.Connection, limit: int) -> list[Renewal]:
     return [_renewal(r, live=True, extended=False) for r in rows]
 
 
-def take_lease(conn: sqlite3.Connection, holder: str, until_ms: int) -> None:
-    """Hold (or extend) the supervisor lease until `until_ms`."""
+def take_lease(conn: sqlite3.Connection, holder: str, until_ms: int, system: str = "") -> None:
+    """Hold (or extend) the supervisor lease of Asterisk `system` until `until_ms`."""
     conn.execute(
-        "INSERT INTO supervisor_lease (id, holder, until_ms) VALUES (?,?,?) "
-        "ON CONFLICT(id) DO UPDATE SET holder=excluded.holder, until_ms=excluded.until_ms",
-        (LEASE_ID, holder, until_ms),
+        "INSERT INTO supervisor_lease (system, holder, until_ms) VALUES (?,?,?) "
+        "ON CONFLICT(system) DO UPDATE SET holder=excluded.holder, until_ms=excluded.until_ms",
+        (system, holder, until_ms),
     )
 
 
-def drop_lease(conn: sqlite3.Connection, holder: str) -> None:
-    conn.execute("DELETE FROM supervisor_lease WHERE id=? AND holder=?", (LEASE_ID, holder))
+def drop_lease(conn: sqlite3.Connection, holder: str, system: str = "") -> None:
+    conn.execute("DELETE FROM supervisor_lease WHERE system=? AND holder=?", (system, holder))
 
 
-def lease_until_ms(conn: sqlite3.Connection) -> int:
-    """Until when some process supervises calls (0: nobody)."""
-    row = conn.execute("SELECT until_ms FROM supervisor_lease WHERE id=?", (LEASE_ID,)).fetchone()
-    return 0 if row is None else row[0]
+def lease_until_ms(conn: sqlite3.Connection, system: str = "") -> int:
+    """Until when some process supervises the calls of Asterisk `system` (0: nobody)."""
+    row = conn.execute("SELECT until_ms FROM supervisor_lease WHERE system=?", (system,)).fetchone()
+    return 0 if row is None else int(row[0])

@@ -70,11 +70,12 @@ def _record(number: str, r: sqlite3.Row) -> dict[str, Any]:
 # Two fixed statements (no SQL is built from input): a later page starts below the previous
 # page's last (start_at, billing_id) as a row value, which SQLite seeks to in the
 # calls_by_number index; an "IS NULL OR" there would make every page scan from the top.
+# (PostgreSQL must be told a parameter's type where it is only tested for NULL: /*pg ::T*/.)
 _CALLS_WHERE = (
     "FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
-    "WHERE c.number_id = :n AND (:ext IS NULL OR c.extension_id = :ext) "
-    "AND (:since IS NULL OR c.start_at >= :since) AND (:until IS NULL OR c.start_at < :until) "
-    "AND (:state IS NULL OR c.state = :state) "
+    "WHERE c.number_id = :n AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
+    "AND (:since/*pg ::text*/ IS NULL OR c.start_at >= :since) AND (:until/*pg ::text*/ IS NULL OR c.start_at < :until) "
+    "AND (:state/*pg ::text*/ IS NULL OR c.state = :state) "
 )
 _CALLS_ORDER = "ORDER BY c.start_at DESC, c.billing_id DESC LIMIT :limit"
 _CALLS_FIRST_SQL = "SELECT c.*, e.key AS ext_key " + _CALLS_WHERE + _CALLS_ORDER
@@ -220,7 +221,8 @@ def in_progress(conn: sqlite3.Connection, number: str, ext: str | None) -> list[
         "SELECT c.billing_id, c.caller, c.start_at, c.answer_at, c.granted_s, c.reserved, c.charged, "
         "e.key AS ext FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
         # "+ 0": walk the open calls (the partial index calls_open), not the number's history
-        "WHERE c.state = 'reserved' AND c.number_id + 0 = :n AND (:ext IS NULL OR c.extension_id = :ext) "
+        "WHERE c.state = 'reserved' AND c.number_id + 0 = :n "
+        "AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
         "ORDER BY c.start_at DESC LIMIT :limit",
         {"n": number_id, "ext": ext_id, "limit": IN_PROGRESS_MAX},
     ).fetchall()

@@ -3,6 +3,7 @@
 It shares serve's store for writes (one writer, group commit) and opens its own SQLite
 reader for the web's reads: in WAL mode a reader never blocks call control, and an export
 of a year of calls queues on the web's reader thread, not in front of a call's lookup.
+(On PostgreSQL the web's store is a pool of its own, for the same reason.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import structlog
 import uvicorn
 
 from fastagi.runtime.config import ConfigError, parse_hostport
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.factory import open_store
 from fastagi.web.app import create_app
 from fastagi.web.metrics import count_decisions
 
@@ -29,7 +30,7 @@ HTTP_KEEPALIVE_S = 5
 class HttpServer:
     def __init__(self, service: Any) -> None:
         self.service = service
-        self.reads: SqliteStore | None = None
+        self.reads: Any = None
         self.server: uvicorn.Server | None = None
         self.sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
@@ -47,7 +48,7 @@ class HttpServer:
             self.sock = socket.create_server((host, port), family=family, backlog=HTTP_BACKLOG)
         except OSError as exc:
             raise ConfigError(f"http_bind: cannot listen on {host}:{port}: {exc.strerror}") from None
-        self.reads = await SqliteStore.open(s.db, create=False, checkpoints=False)
+        self.reads = await open_store(s.db, create=False, checkpoints=False)  # its own connections
         app = create_app(self.service.store, reads=self.reads, runtime=self._runtime, bind_host=host)
         config = uvicorn.Config(
             app,

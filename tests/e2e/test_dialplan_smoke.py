@@ -382,7 +382,10 @@ def test_server_gone_at_hangup_does_not_hold_the_channel(asterisk: Asterisk) -> 
     handler = [
         e
         for e in call.of("Newexten")
-        if e.get("Context") == "extbill-hangup" and e.get("Application") == "AGI"
+        # the handler's report goes through the failover subroutine (extbill-agi)
+        if e.get("Context") == "extbill-agi"
+        and e.get("Extension") == "hangup"
+        and e.get("Application") == "AGI"
     ]
     ivr_id = next(r["headers"]["agi_uniqueid"] for r in stub.requests if r["script"] == "route")
     assert handler and f"/hangup,{ivr_id},ANSWER," in handler[0]["AppData"]
@@ -405,3 +408,51 @@ def test_caller_hangs_up_while_talking(asterisk: Asterisk) -> None:
     assert abs(talk - (leave - enter)) < 0.5, (talk, leave - enter)
     assert 2.0 <= talk <= 5.5, talk
     record("caller-hangup-in-call", call)
+
+
+# ---- FastAGI failover: EXTBILL_AGI lists several servers (extbill-agi) --------------------------
+
+
+def test_a_dead_first_server_fails_over_to_the_second(asterisk: Asterisk) -> None:
+    """EXTBILL_AGI=<down>&<up>: every request (lookup, route, and the hangup report) reaches the
+    second server, and the caller is connected as with one server."""
+    routes = {"1": grant(branch("talk-1-3"), 60000)}
+
+    async def main() -> tuple[Call, StubAgi]:
+        async with StubAgi(contract(routes)) as stub:
+            agi = f"127.0.0.1:{free_port()}&{stub.address}"
+            return await place_call(asterisk, stub, KNOWN, agi=agi, dtmf="1", hold=30), stub
+
+    call, stub = asyncio.run(main())
+    assert [r["script"] for r in stub.requests] == ["lookup", "route", "hangup"]
+    assert call.dial_strings() == [branch("talk-1-3")] and call.dial_statuses() == ["ANSWER"]
+    assert hangup_report(stub)["id"] == stub.of("route")[0]["headers"]["agi_uniqueid"]
+
+
+def test_no_server_answering_fails_closed(asterisk: Asterisk) -> None:
+    """EXTBILL_AGI lists two servers and neither answers: the caller hears service-unavailable
+    and is never connected, as with one server down."""
+    call, _ = run_call(asterisk, None, KNOWN, agi=f"127.0.0.1:{free_port()}&127.0.0.1:{free_port()}", hold=20)
+    assert call.prompts() == ["extbill/service-unavailable"]
+    assert not call.dialed()
+
+
+def test_a_second_server_answering_after_a_half_answer_fails_over(asterisk: Asterisk) -> None:
+    """The first server takes the route request but closes before EXTBILL_RESULT (it died
+    mid-answer): the request goes to the next server, whose answer is used."""
+    routes = {"1": grant(branch("talk-1-3"), 60000)}
+    half = dict(routes["1"])  # type: ignore[arg-type]
+    del half["EXTBILL_RESULT"]
+
+    def first(script: str, args: list[str]) -> Answer:
+        return half if script == "route" else contract(routes)(script, args)
+
+    async def main() -> tuple[Call, StubAgi, StubAgi]:
+        async with StubAgi(first) as a, StubAgi(contract(routes)) as b:
+            call = await place_call(asterisk, a, KNOWN, agi=f"{a.address}&{b.address}", dtmf="1", hold=30)
+            return call, a, b
+
+    call, a, b = asyncio.run(main())
+    assert [r["script"] for r in a.requests] == ["lookup", "route", "hangup"]
+    assert [r["script"] for r in b.requests] == ["route"]
+    assert call.dial_strings() == [branch("talk-1-3")]

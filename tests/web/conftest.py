@@ -4,6 +4,7 @@ API key, the app under uvicorn on a loopback TCP port in its own thread and even
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import threading
@@ -21,7 +22,7 @@ from fastagi.runtime import credentials
 from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_admin, tx_web
 from fastagi.store.demo import DEMO_NUMBER, seed
-from fastagi.store.sqlite import SqliteStore
+from fastagi.store.factory import open_store
 from fastagi.web.app import create_app
 
 OTHER_NUMBER = "4009990000"
@@ -48,7 +49,7 @@ class Clock:
 @dataclass
 class Server:
     url: str
-    db: Path
+    db: str
     clock: Clock
     tokens: dict[str, str] = field(default_factory=dict)
     loop: asyncio.AbstractEventLoop | None = None
@@ -84,9 +85,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(tmp: Path, bind_host: str = "127.0.0.1") -> Iterator[Server]:
-    """bind_host: the address the app believes it is bound to (/metrics is open on loopback only)."""
-    db = tmp / "web.db"
+def serve(tmp: Path, bind_host: str = "127.0.0.1", db: str | None = None) -> Iterator[Server]:
+    """bind_host: the address the app believes it is bound to (/metrics is open on loopback only).
+    db: the database (default: an SQLite file in tmp)."""
+    db = db or str(tmp / "web.db")
     port = _free_port()
     srv = Server(f"http://127.0.0.1:{port}", db, Clock())
     pw_hash = credentials.hash_password(PASSWORD)
@@ -95,7 +97,7 @@ def serve(tmp: Path, bind_host: str = "127.0.0.1") -> Iterator[Server]:
     box: dict[str, Any] = {}
 
     async def main() -> None:
-        store = await SqliteStore.open(str(db))
+        store = await open_store(db)
         await store.run(_seed, hashes, srv.tokens)
         srv.loop, srv.store = asyncio.get_running_loop(), store
         app = create_app(store, clock=srv.clock, bind_host=bind_host)
@@ -118,8 +120,11 @@ def serve(tmp: Path, bind_host: str = "127.0.0.1") -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory.mktemp("web"))
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Server]:
+    db = None
+    if os.environ.get("EXTBILL_TEST_WEB_PG") == "1":  # the web suites on PostgreSQL (tests/conftest.py)
+        db = request.getfixturevalue("pg_server").new_database()
+    yield from serve(tmp_path_factory.mktemp("web"), db=db)
 
 
 def sign_in(srv: Server, login: str, password: str = PASSWORD, **kw: Any) -> httpx.Client:

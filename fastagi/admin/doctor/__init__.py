@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 
 from fastagi.admin.doctor.database import DbFacts, check_database
-from fastagi.admin.doctor.dialplan import agi_address, check_extensions
+from fastagi.admin.doctor.dialplan import agi_addresses, check_extensions
 from fastagi.admin.doctor.files import (
     DEFAULT_DATADIR,
     PROMPTS,
@@ -43,7 +43,7 @@ from fastagi.admin.doctor.findings import (
     render,
 )
 from fastagi.admin.doctor.manager import check_manager
-from fastagi.admin.doctor.network import PROBE_NUMBER, check_ami, check_fastagi, connect_host
+from fastagi.admin.doctor.network import PROBE_NUMBER, check_agi_allow, check_ami, check_fastagi, connect_host
 from fastagi.asterisk.conf import dialplan_globals, etc_reader, parse_conf
 from fastagi.runtime.config import Settings, parse_hostport
 
@@ -95,15 +95,15 @@ async def run_checks(
     ]
     # Asterisk connects to the dialplan's EXTBILL_AGI, not to agi_bind: when they differ
     # (a server on another host, 0.0.0.0 binds), the address calls really use is tried too.
-    dialplan_agi = agi_address(dialplan_globals(exts).get("EXTBILL_AGI", ""))
-    if dialplan_agi and (connect_host(dialplan_agi[0]), dialplan_agi[1]) != (
-        connect_host(bind_host),
-        bind_port,
-    ):
+    servers = agi_addresses(dialplan_globals(exts).get("EXTBILL_AGI", "")) or []
+    for n, server in enumerate(servers):
+        if (connect_host(server[0]), server[1]) == (connect_host(bind_host), bind_port):
+            continue
+        which = f"EXTBILL_AGI server {n + 1} of {len(servers)}" if len(servers) > 1 else "EXTBILL_AGI"
         agi_checks.append(
             check_fastagi(
-                f"FastAGI (the dialplan's EXTBILL_AGI={dialplan_agi[0]}:{dialplan_agi[1]})",
-                *dialplan_agi,
+                f"FastAGI (the dialplan's {which}={server[0]}:{server[1]})",
+                *server,
                 facts.number,
                 timeout_s=timeout_s,
                 fix_down=f"point EXTBILL_AGI in {etc_dir}/extensions.conf ([globals](+) after the #include) "
@@ -112,4 +112,5 @@ async def run_checks(
         )
     *agi_findings, ami_finding = await asyncio.gather(*agi_checks, check_ami(settings, timeout_s=timeout_s))
     files = check_asterisk_files(settings, etc_dir, facts.langs) if etc_dir else []
-    return [db_finding, *agi_findings, ami_finding, *files]
+    allow = check_agi_allow(bind_host, settings.agi_allow)
+    return [db_finding, *agi_findings, *([allow] if allow else []), ami_finding, *files]

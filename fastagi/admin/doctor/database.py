@@ -1,4 +1,5 @@
-"""Doctor's database check: the SQLite file opened read-only, never created or migrated."""
+"""Doctor's database check: the SQLite file opened read-only, never created or migrated
+(a postgresql:// URL: pg_database.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from fastagi.admin.doctor.findings import FAIL, OK, WARN, Finding
+from fastagi.admin.doctor.pg_database import check_pg_database
+from fastagi.store.factory import is_pg
 from fastagi.store.sqlite import SCHEMA_VERSION
 
 EXTBILL_TABLES = ("accounts", "transfers", "plans", "numbers", "extensions", "calls")
@@ -22,6 +25,8 @@ class DbFacts:
 def check_database(path: str) -> tuple[Finding, DbFacts]:
     """Opens the database read-only; never creates or migrates it."""
     facts = DbFacts()
+    if is_pg(path):
+        return check_pg_database(path, facts), facts
     init = f"extbill db init --db {path}"
     missing = _not_a_file(path, init)
     if missing is not None:

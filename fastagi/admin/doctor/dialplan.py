@@ -138,10 +138,13 @@ def _check_globals(conf: Conf, etc_dir: str) -> list[Finding]:
                 'asterisk -rx "dialplan show globals"',
             )
         )
-    elif agi_address(agi) is None:
+    elif agi_addresses(agi) is None:
         out.append(
             Finding(
-                FAIL, "extensions", f"extensions.conf: global EXTBILL_AGI={agi!r} is not host:port", fix_where
+                FAIL,
+                "extensions",
+                f"extensions.conf: global EXTBILL_AGI={agi!r} is not host:port (or several joined by &)",
+                fix_where,
             )
         )
     else:
@@ -191,8 +194,21 @@ def _check_trunk(conf: Conf, trunk_confs: list[Conf], etc_dir: str) -> Finding:
     )
 
 
+def agi_addresses(value: str) -> list[tuple[str, int]] | None:
+    """EXTBILL_AGI's servers, tried in turn by the dialplan (extbill-agi): one, or several
+    joined by "&"; None when any of them is not an address."""
+    found = [agi_address_one(v) for v in value.split("&")]
+    return None if not found or None in found else found  # type: ignore[return-value]
+
+
 def agi_address(value: str) -> tuple[str, int] | None:
-    """EXTBILL_AGI as res_agi reads it: host or host:port (4573 when omitted)."""
+    """The first server of EXTBILL_AGI (see agi_addresses), or None."""
+    servers = agi_addresses(value)
+    return servers[0] if servers else None
+
+
+def agi_address_one(value: str) -> tuple[str, int] | None:
+    """One server as res_agi reads it: host or host:port (4573 when omitted)."""
     value = value.strip()
     if not value or "/" in value or "$" in value:
         return None

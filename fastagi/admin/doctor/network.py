@@ -184,3 +184,34 @@ async def _ami_session(
     except (OSError, TimeoutError, asyncio.IncompleteReadError):
         pass
     return Finding(OK, "ami", f"AMI: {user!r} logs in at {where} and may run CoreShowChannels")
+
+
+def check_agi_allow(bind_host: str, allow_text: str) -> Finding | None:
+    """A warning when FastAGI listens beyond loopback without agi_allow (so it answers loopback
+    only, and a remote Asterisk's calls fail); None when it listens on loopback only."""
+    import ipaddress  # noqa: PLC0415
+
+    from fastagi.runtime.peers import PeerAllowlist  # noqa: PLC0415
+
+    try:  # 0.0.0.0 and :: are every address, not loopback
+        loopback_bind = ipaddress.ip_address(bind_host).is_loopback
+    except ValueError:  # a host name (or "*"): it may resolve to anything
+        loopback_bind = bind_host == "localhost"
+    if loopback_bind:
+        return None
+    allow = PeerAllowlist.parse(allow_text)
+    if allow.loopback_only:
+        return Finding(
+            WARN,
+            "fastagi",
+            f"FastAGI: agi_bind {bind_host} listens beyond loopback but agi_allow is empty, so only "
+            "loopback peers are answered: a remote Asterisk is refused",
+            'list your Asterisk servers (and 127.0.0.1 for doctor): agi_allow = "127.0.0.1, 10.0.0.5, 10.0.0.6" '
+            "(or EXTBILL_AGI_ALLOW); never "
+            "an open network: FastAGI has no password, a peer could forge route and hangup requests",
+        )
+    return Finding(
+        OK,
+        "fastagi",
+        f"FastAGI: answers agi_allow {', '.join(str(n) for n in allow.networks)} only",
+    )

@@ -12,8 +12,29 @@ import sqlite3
 from typing import Any
 
 from fastagi.core.ledger_check import expectation_discrepancies, ledger_discrepancies
+from fastagi.store.factory import is_pg
 from fastagi.store.ledger_check import ledger_facts
 from fastagi.store.sqlite import _in_read
+
+
+def _sqlite_facts(db: str) -> Any:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+    try:
+        return _in_read(conn, ledger_facts, ())
+    finally:
+        conn.close()
+
+
+def _pg_facts(url: str) -> Any:
+    import psycopg  # noqa: PLC0415
+
+    from fastagi.store.pg_conn import PgConn, configure_types, row_factory  # noqa: PLC0415
+
+    with psycopg.connect(url, row_factory=row_factory) as pg:  # one transaction, rolled back
+        configure_types(pg)
+        pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn: Any = PgConn(pg)
+        return ledger_facts(conn)
 
 
 def check_ledger(db: str, expect: dict[str, int]) -> dict[str, Any]:
@@ -21,11 +42,7 @@ def check_ledger(db: str, expect: dict[str, int]) -> dict[str, Any]:
 
     `expect` is the load generator's own count: granted, answered, unanswered, talk_s_total.
     """
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
-    try:
-        f = _in_read(conn, ledger_facts, ())
-    finally:
-        conn.close()
+    f = _pg_facts(db) if is_pg(db) else _sqlite_facts(db)
     ledger = ledger_discrepancies(f, quiescent=True)
     exp = expectation_discrepancies(f, expect)
     # every granted call has exactly one resolution per reservation, counted from the rows

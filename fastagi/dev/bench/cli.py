@@ -45,6 +45,7 @@ from fastagi.dev.bench.seed import DataSet
 from fastagi.dev.bench.seed_cache import seed
 from fastagi.dev.bench.serve_phase import run_server_phase
 from fastagi.runtime.config import Settings
+from fastagi.store.factory import is_pg
 
 EXIT_RUN_FAILED = 2  # the run could not be completed, or a reference failed: no figures
 
@@ -107,7 +108,7 @@ async def _run(a: argparse.Namespace, work: str) -> dict[str, Any]:
         f"{a.seconds:g} s at {a.concurrency} concurrent setups, {a.in_flight} calls in flight",
         file=sys.stderr,
     )
-    serve_db = _copy(template, work, "serve.db")
+    serve_db = await _serve_db(getattr(a, "db", None), template, work)
     server = await run_server_phase(a, work, serve_db)
     counts = server["counts"]
     check = check_ledger(
@@ -153,6 +154,20 @@ async def _run(a: argparse.Namespace, work: str) -> dict[str, Any]:
         "seed_s": seed_s,
         "loadavg": loadavg,
     }
+
+
+async def _serve_db(target: str | None, template: str, work: str) -> str:
+    """serve's database: a copy of the seeded file, or with --db postgresql://... that
+    (empty) PostgreSQL database, filled from the seeded file by `extbill db copy`'s code."""
+    if not (target and is_pg(target)):
+        return _copy(template, work, "serve.db")
+    from fastagi.store.copy import CopyError, copy_sqlite_to_pg  # noqa: PLC0415
+
+    try:
+        await asyncio.to_thread(copy_sqlite_to_pg, template, target)
+    except CopyError as exc:
+        raise BenchError(f"--db: {exc}") from None
+    return target
 
 
 def _copy(template: str, work: str, name: str) -> str:

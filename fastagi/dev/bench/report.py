@@ -9,6 +9,7 @@ import sqlite3
 from typing import Any
 
 from fastagi.runtime.config import Settings
+from fastagi.store.factory import is_pg
 
 DISCREPANCIES_SHOWN_MAX = 10  # in the table; the JSON has them all
 
@@ -163,6 +164,7 @@ def _settings(a: Any, p: dict[str, Any]) -> dict[str, Any]:
         "loadavg_1m_at_start": round(p["loadavg"], 2),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
+        "db": "postgresql" if getattr(a, "db", None) and is_pg(a.db) else "sqlite",
     }
 
 

@@ -7,10 +7,13 @@ ALTER TABLE calls ADD COLUMN grant_final INTEGER NOT NULL DEFAULT 1 CHECK (grant
 -- The callee channel (its uniqueid) whose hangup time a renewal moves; known from AMI.
 ALTER TABLE calls ADD COLUMN callee TEXT;
 
--- Which serve process supervises calls (renews them through its AMI connection), and until
--- when: a call set up while nobody holds the lease gets a final grant of all it can pay.
+-- Which serve process supervises the calls of one Asterisk (renews them through its AMI
+-- connection to that Asterisk), and until when. `system` is that Asterisk's systemname (the
+-- prefix of its uniqueids; "" for none): with several Asterisk servers on one database a call
+-- gets chunks only while a supervisor of its own Asterisk holds the lease, otherwise a final
+-- grant of all it can pay.
 CREATE TABLE IF NOT EXISTS supervisor_lease (
-    id        INTEGER PRIMARY KEY CHECK (id = 1),
-    holder    TEXT    NOT NULL,
+    system    TEXT                PRIMARY KEY,
+    holder    TEXT                NOT NULL,
     until_ms  INTEGER NOT NULL
 );
