@@ -280,14 +280,17 @@ async def cmd_transfer(store: Store, a: argparse.Namespace) -> int:
 
 
 async def cmd_statement(store: Store, a: argparse.Namespace) -> int:
-    rows = money_fields(await store.read(tx_admin.statement, a.number, a.key))
+    rows = money_fields(await store.read(tx_admin.statement, a.number, a.key, a.limit, a.before, a.archive))
     if a.json:
         _print_json(rows)
-        return 0
-    print(f"{'at':<25}{'what':<22}{'effect':>14}  reference")
-    for r in rows:
-        what = f"{r['code']} {r['kind']}" if r["kind"] != "posted" else r["code"]
-        print(f"{r['at']:<25}{what:<22}{r['effect']:>14}  {r['ref'] or r['id']}")
+    else:
+        print(f"{'at':<25}{'what':<22}{'effect':>14}  reference")
+        for r in rows:
+            what = f"{r['code']} {r['kind']}" if r["kind"] != "posted" else r["code"]
+            print(f"{r['at']:<25}{what:<22}{r['effect']:>14}  {r['ref'] or r['id']}")
+    from fastagi.admin.cli_history import print_next  # noqa: PLC0415  (it builds on this module)
+
+    print_next(len(rows), a.limit, lambda: str(rows[-1]["seq"]))
     return 0
 
 
@@ -309,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True, parser_class=_Parser
     )
     _sub(db, "init", cmd_db_init, "create (or migrate) the database")
-    from fastagi.admin import cli_db  # noqa: PLC0415  (it builds on this module's helpers)
+    from fastagi.admin import cli_db, cli_history  # noqa: PLC0415  (they build on this module's helpers)
 
     cli_db.add_parsers(db, _sub)
+    cli_history.add_db_parsers(db, _sub)
 
     plan = subs.add_parser("plan", help="rate plans").add_subparsers(
         dest="plan_command", required=True, parser_class=_Parser
@@ -398,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("number")
     p.add_argument("key", nargs="?")
     p.add_argument("--json", action="store_true")
+    cli_history.add_page_args(p)
 
     from fastagi.admin import (
         cli_calls,  # noqa: PLC0415  (they build on this module's helpers)

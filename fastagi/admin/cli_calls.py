@@ -10,8 +10,10 @@ from collections.abc import Callable
 from datetime import date
 from typing import Any
 
+from fastagi.admin.cli_history import add_page_args, print_next
 from fastagi.core.money import format_amount
 from fastagi.store import tx_calls
+from fastagi.store.pages import calls_cursor
 
 FIELDS = (
     "id",
@@ -48,7 +50,12 @@ def _render(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def cmd_calls(store: Any, a: argparse.Namespace) -> int:
-    records = [_render(r) for r in await store.read(tx_calls.call_records, a.number, a.ext, a.since)]
+    records = [
+        _render(r)
+        for r in await store.read(
+            tx_calls.call_records, a.number, a.ext, a.since, a.limit, a.before, a.archive
+        )
+    ]
     if a.json:
         print(json.dumps(records, ensure_ascii=False, indent=2))
     elif a.csv:
@@ -68,6 +75,7 @@ async def cmd_calls(store: Any, a: argparse.Namespace) -> int:
                 f"{r['cost'] or '-':>11}  {r['state']}"
                 f"{' ' + r['disposition'] if r['disposition'] else ''}"
             )
+    print_next(len(records), a.limit, lambda: calls_cursor(records[-1]["start"], records[-1]["id"]))
     return 0
 
 
@@ -76,6 +84,7 @@ def add_parser(subs: Any, sub: Callable) -> None:
     p.add_argument("number")
     p.add_argument("--ext", help="only this extension's calls")
     p.add_argument("--since", type=_since, help="only calls started on or after this date (YYYY-MM-DD)")
+    add_page_args(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true")
     fmt.add_argument("--csv", action="store_true")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastagi.core.ledger_check import ledger_discrepancies
+from fastagi.store.counters import check_counters
 from fastagi.store.factory import is_pg, redact
 from fastagi.store.ledger_check import SHOWN_MAX, ledger_facts
 
@@ -22,6 +23,9 @@ EXIT_DISCREPANCIES = 1
 async def cmd_db_check(store: Any, a: argparse.Namespace) -> int:
     f = await store.read(ledger_facts)
     found = ledger_discrepancies(f)
+    # the kept counters (spend, settled-call counts) too; the four balance counters it
+    # shares with ledger_facts are worded the same, so they are listed once
+    found += [line for line in await store.read(check_counters) if line not in found]
     if found:
         for line in found:
             print(f"discrepancy: {line}")

@@ -32,7 +32,9 @@ from fastagi.core.numbers import (
 from fastagi.core.period import check_time_zone
 from fastagi.core.rating import Tariff, first_block_cost
 from fastagi.runtime.clock import now_iso
+from fastagi.store.archive_read import archived_statement
 from fastagi.store.base import Conflict, NotFound, StoreError, TransferResult
+from fastagi.store.pages import check_limit, parse_statement_cursor, statement_rows
 from fastagi.store.tx_ledger import (
     FUNDING_ACCOUNT_ID,
     account_at,
@@ -449,10 +451,7 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
     ).fetchall():
         acc = load_account(conn, e["account_id"])
         plan = load_plan(conn, e["plan_id"]) or number_plan
-        spent = conn.execute(
-            "SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' AND debit_account_id=?",
-            (acc.id,),
-        ).fetchone()[0]
+        spent = _spent(conn, acc.id)
         exts.append(
             {
                 "key": e["key"],
@@ -466,9 +465,7 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
                 "status": extension_status(acc, plan),
             }
         )
-    main_spent = conn.execute(
-        "SELECT coalesce(sum(amount),0) FROM transfers WHERE kind='post' AND debit_account_id=?", (main.id,)
-    ).fetchone()[0]
+    main_spent = _spent(conn, main.id)
     return {
         "number": nrow["number"],
         "name": nrow["name"],
@@ -501,24 +498,42 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
     }
 
 
+def _spent(conn: sqlite3.Connection, account_id: int) -> int:
+    """What the account's calls cost: the kept counter (tx_ledger.resolve), not a sum of transfers."""
+    return conn.execute("SELECT spent FROM accounts WHERE id=?", (account_id,)).fetchone()[0]
+
+
 def _plan_name(conn: sqlite3.Connection, pid: int | None) -> str | None:
     if pid is None:
         return None
     return conn.execute("SELECT name FROM plans WHERE id=?", (pid,)).fetchone()[0]
 
 
-def statement(conn: sqlite3.Connection, number: str, key: str | None) -> list[dict[str, Any]]:
-    """The account's transfers, newest first, with the signed effect on the account."""
+def statement(
+    conn: sqlite3.Connection,
+    number: str,
+    key: str | None,
+    limit: int = STATEMENT_ROWS_MAX,
+    before: str | None = None,
+    archive: str | None = None,
+) -> list[dict[str, Any]]:
+    """One page of the account's transfers, newest first, with the signed effect on the account.
+
+    before: the cursor of the previous page (its last row's seq); archive: also read the
+    transfers moved to this archive file (store/archive.py), in place of their summary.
+    """
     nrow = _number_row(conn, number)
     account_id = (
         nrow["account_id"]
         if key is None
         else _ext_row(conn, nrow["id"], number, key, removed_ok=True)["account_id"]
     )
-    rows = conn.execute(
-        "SELECT * FROM transfers WHERE debit_account_id=? OR credit_account_id=? ORDER BY seq DESC LIMIT ?",
-        (account_id, account_id, STATEMENT_ROWS_MAX),
-    ).fetchall()
+    check_limit(limit)
+    before_seq = parse_statement_cursor(before)
+    if archive is None:
+        rows = statement_rows(conn, account_id, limit, before_seq)
+    else:
+        rows = archived_statement(conn, archive, account_id, limit, before_seq)
     out = []
     for r in rows:
         sign = -1 if r["debit_account_id"] == account_id else 1
@@ -526,6 +541,7 @@ def statement(conn: sqlite3.Connection, number: str, key: str | None) -> list[di
         moves = r["kind"] in ("posted", "post")
         out.append(
             {
+                "seq": r["seq"],
                 "id": r["id"],
                 "at": r["created_at"],
                 "kind": r["kind"],

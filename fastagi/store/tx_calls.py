@@ -22,8 +22,10 @@ from fastagi.core.records import CallFacts, SettleResult
 from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
 from fastagi.runtime.clock import now_iso
 from fastagi.store import tx_outbox
+from fastagi.store.archive_read import archived_calls
 from fastagi.store.base import NotFound
-from fastagi.store.tariff_snapshots import tariff_from_json, tariff_json
+from fastagi.store.pages import PAGE_ROWS_MAX, calls_rows, check_limit, parse_calls_cursor
+from fastagi.store.tariff_snapshots import cached_tariff_id, tariff_from_json, tariff_id, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve
 from fastagi.store.tx_quota import lease_until_ms, resolve_chunks
@@ -55,7 +57,7 @@ def route(
     supervised: whether a supervisor will renew the call mid-call (one chunk now) or not
     (everything the account can pay, final); None: whoever holds the lease decides.
     """
-    existing = conn.execute("SELECT * FROM calls WHERE billing_id=?", (billing_id,)).fetchone()
+    existing = conn.execute(CALL_SQL, (billing_id,)).fetchone()
     if existing is not None:
         return _repeat(existing)
     nv, ev = route_views(conn, number, digits)
@@ -80,30 +82,47 @@ def route(
     # No call holds billing_id (checked above) and the call row and its reservation are
     # only ever written together, so pending_id is new.
     reserve(conn, pending_id, debit, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id)
-    conn.execute(
-        "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
-        "dest, charged, start_ms, tariff, granted_s, reserved, pending_id, state, start_at, grant_final) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?)",
-        (
-            billing_id,
-            nv.number_id,
-            d.extension_id,
-            d.account_id,
-            caller,
-            channel,
-            linkedid,
-            d.dest,
-            d.charged,
-            start_ms,
-            tariff_json(d.tariff),
-            d.granted_s,
-            d.reserve,
-            pending_id,
-            start_at,
-            int(d.final),
-        ),
+    values = (
+        billing_id,
+        nv.number_id,
+        d.extension_id,
+        d.account_id,
+        caller,
+        channel,
+        linkedid,
+        d.dest,
+        d.charged,
+        start_ms,
+        d.granted_s,
+        d.reserve,
+        pending_id,
+        start_at,
+        int(d.final),
     )
+    body = tariff_json(d.tariff)
+    tid = cached_tariff_id(body)
+    # the remembered snapshot id is checked by the INSERT itself (tariff_snapshots.py)
+    if tid is None or conn.execute(_INSERT_CALL_SQL, (*values, tid, body)).rowcount != 1:
+        if conn.execute(_INSERT_CALL_SQL, (*values, tariff_id(conn, body), body)).rowcount != 1:
+            raise NotFound(f"tariff snapshot of call {billing_id} could not be stored")
     return d
+
+
+# The call row with its tariff snapshot selected by id and text: no row without the snapshot.
+_INSERT_CALL_SQL = (
+    "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
+    "dest, charged, start_ms, granted_s, reserved, pending_id, state, start_at, grant_final, tariff_id) "
+    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
+)
+# Kept counter of settled calls by state and path (/metrics reads it instead of counting rows).
+_COUNT_SETTLED_SQL = (
+    "INSERT INTO call_counts (state, settled_by, calls) VALUES (?, ?, 1) "
+    "ON CONFLICT (state, settled_by) DO UPDATE SET calls = call_counts.calls + 1"
+)
+# A call with its tariff snapshot's text as `tariff`.
+CALL_SQL = (
+    "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id WHERE c.billing_id=?"
+)
 
 
 def _repeat(row: sqlite3.Row) -> Decision:
@@ -148,7 +167,11 @@ def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, s
 # Settling paths (AMI, hangup handler, sweeper, reconcile; on PostgreSQL several serve
 # processes) may race for one call: on PostgreSQL the first locks the row and the others wait,
 # then read the state it committed (SQLite's one writer at a time needs no lock).
-_CALL_FOR_UPDATE_SQL = "SELECT * FROM calls WHERE billing_id=? /*pg FOR UPDATE*/"
+# ... locked for the settlement on PostgreSQL (the call's row only, not the shared snapshot)
+_CALL_FOR_UPDATE_SQL = (
+    "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id "
+    "WHERE c.billing_id=? /*pg FOR UPDATE OF c*/"
+)
 
 
 def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = None) -> SettleResult:
@@ -222,6 +245,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
             f.billing_id,
         ),
     )
+    conn.execute(_COUNT_SETTLED_SQL, (state, f.settled_by))
     return SettleResult(
         f.billing_id,
         True,
@@ -256,6 +280,7 @@ def expire(
         "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
         (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id),
     )
+    conn.execute(_COUNT_SETTLED_SQL, (state, settled_by))
     return SettleResult(
         billing_id,
         True,
@@ -338,49 +363,55 @@ def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 def call_records(
-    conn: sqlite3.Connection, number: str, ext: str | None, since: str | None
+    conn: sqlite3.Connection,
+    number: str,
+    ext: str | None,
+    since: str | None,
+    limit: int = PAGE_ROWS_MAX,
+    before: str | None = None,
+    archive: str | None = None,
 ) -> list[dict[str, Any]]:
+    """One page of the number's (or one extension's) call records, newest first.
+
+    before: the cursor of the previous page (calls_cursor of its last row); archive: also
+    read the calls moved to this archive file (store/archive.py).
+    """
     nrow = conn.execute("SELECT id FROM numbers WHERE number=?", (number,)).fetchone()
     if nrow is None:
         raise NotFound(f"unknown number {number}")
-    sql = (
-        "SELECT c.*, e.key AS ext_key FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
-        "WHERE c.number_id=?"
-    )
-    params: list[Any] = [nrow["id"]]
+    keys = {i: k for i, k in conn.execute("SELECT id, key FROM extensions WHERE number_id=?", (nrow["id"],))}
+    ext_id = None
     if ext is not None:
-        if (
-            conn.execute("SELECT 1 FROM extensions WHERE number_id=? AND key=?", (nrow["id"], ext)).fetchone()
-            is None
-        ):
+        ext_id = next((i for i, k in keys.items() if k == ext), None)
+        if ext_id is None:
             raise NotFound(f"number {number} has no extension {ext}")
-        sql += " AND e.key=?"
-        params.append(ext)
-    if since is not None:
-        sql += " AND c.start_at >= ?"
-        params.append(since)
-    sql += " ORDER BY c.start_at DESC LIMIT 10000"
-    return [
-        {
-            "id": r["billing_id"],
-            "number": number,
-            "ext": r["ext_key"],
-            "charged": r["charged"],
-            "caller": r["caller"],
-            "dest": r["dest"],
-            "start": r["start_at"],
-            "answer": r["answer_at"],
-            "end": r["end_at"],
-            "talk_s": r["talk_s"],
-            "billed_s": r["billed_s"],
-            "granted_s": r["granted_s"],
-            "renewals": r["renewals"],
-            "reserved": r["reserved"],
-            "cost": r["cost"],
-            "disposition": r["disposition"],
-            "cause": r["cause"],
-            "settled_by": r["settled_by"],
-            "state": r["state"],
-        }
-        for r in conn.execute(sql, params)
-    ]
+    check_limit(limit)
+    cursor = parse_calls_cursor(before)
+    rows = calls_rows(conn, nrow["id"], ext_id, since, limit, cursor)
+    if archive is not None:
+        rows = archived_calls(archive, rows, nrow["id"], ext_id, since, limit, cursor)
+    return [_record(r, number, keys.get(r["extension_id"])) for r in rows]
+
+
+def _record(r: dict[str, Any], number: str, ext_key: str | None) -> dict[str, Any]:
+    return {
+        "id": r["billing_id"],
+        "number": number,
+        "ext": ext_key,
+        "charged": r["charged"],
+        "caller": r["caller"],
+        "dest": r["dest"],
+        "start": r["start_at"],
+        "answer": r["answer_at"],
+        "end": r["end_at"],
+        "talk_s": r["talk_s"],
+        "billed_s": r["billed_s"],
+        "granted_s": r["granted_s"],
+        "renewals": r["renewals"],
+        "reserved": r["reserved"],
+        "cost": r["cost"],
+        "disposition": r["disposition"],
+        "cause": r["cause"],
+        "settled_by": r["settled_by"],
+        "state": r["state"],
+    }

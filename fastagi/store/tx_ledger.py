@@ -87,14 +87,17 @@ def load_account(conn: sqlite3.Connection, account_id: int) -> Account:
 # account computed from it is the account written, and the schema's CHECK is the second check.
 _APPLY_SQL = (
     "UPDATE accounts SET debits_pending = debits_pending + :dp, debits_posted = debits_posted + :dpo, "
-    "credits_pending = credits_pending + :cp, credits_posted = credits_posted + :cpo WHERE id = :id "
+    "credits_pending = credits_pending + :cp, credits_posted = credits_posted + :cpo, "
+    "spent = spent + :sp WHERE id = :id "
     "/*pg AND (kind NOT IN ('main', 'ext') OR debits_pending + debits_posted + :dp + :dpo <= "
     f"credits_posted + :cpo) RETURNING {', '.join(ACCOUNT_COLS)}*/"
 )
 
 
-def _apply(conn: sqlite3.Connection, old: Account, new: Account) -> Account:
-    """Write new - old to the account's row; the account as written (Contended: it cannot pay)."""
+def _apply(conn: sqlite3.Connection, old: Account, new: Account, spent: int = 0) -> Account:
+    """Write new - old to the account's row; the account as written (Contended: it cannot pay).
+
+    spent: what a call post adds to the account's kept spend (accounts.spent)."""
     cur = conn.execute(
         _APPLY_SQL,
         {
@@ -102,6 +105,7 @@ def _apply(conn: sqlite3.Connection, old: Account, new: Account) -> Account:
             "dpo": new.debits_posted - old.debits_posted,
             "cp": new.credits_pending - old.credits_pending,
             "cpo": new.credits_posted - old.credits_posted,
+            "sp": spent,
             "id": old.id,
         },
     )
@@ -124,14 +128,18 @@ def lock_order(account: Account) -> tuple[bool, int]:
 
 
 def _apply_pair(
-    conn: sqlite3.Connection, debit: tuple[Account, Account], credit: tuple[Account, Account]
+    conn: sqlite3.Connection,
+    debit: tuple[Account, Account],
+    credit: tuple[Account, Account],
+    spent: int = 0,
 ) -> tuple[Account, Account]:
-    """_apply to both sides of a transfer in lock order; the new (debit, credit)."""
+    """_apply to both sides of a transfer in lock order; the new (debit, credit). `spent`
+    goes to the debit side's kept spend."""
     if lock_order(debit[0]) < lock_order(credit[0]):
-        new_debit = _apply(conn, *debit)
+        new_debit = _apply(conn, *debit, spent)
         return new_debit, _apply(conn, *credit)
     new_credit = _apply(conn, *credit)
-    return _apply(conn, *debit), new_credit
+    return _apply(conn, *debit, spent), new_credit
 
 
 def _existing(conn: sqlite3.Connection, transfer_id: str) -> sqlite3.Row | None:
@@ -275,7 +283,9 @@ def resolve(
         None,
         pending_id=pending_id,
     )
-    new_debit, new_credit = _apply_pair(conn, (debit, new_debit), (credit, new_credit))
+    # the kept spend (accounts.spent) moves with the post, in this transaction
+    spent = posted_amount if kind is TransferKind.POST else 0
+    new_debit, new_credit = _apply_pair(conn, (debit, new_debit), (credit, new_credit), spent)
     if new_debit.kind is AccountKind.MAIN and posted_amount:
         update_suspension(conn, new_debit, reason=code)
     return True

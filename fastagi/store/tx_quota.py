@@ -57,8 +57,9 @@ def _renewal(row: sqlite3.Row, *, live: bool, extended: bool) -> Renewal:
 
 
 _CALL_SQL = (
-    "SELECT c.billing_id, c.account_id, c.tariff, c.granted_s, c.reserved, c.renewals, c.grant_final, "
+    "SELECT c.billing_id, c.account_id, t.body AS tariff, c.granted_s, c.reserved, c.renewals, c.grant_final, "
     "c.state, c.answer_at, c.callee, c.channel, n.lang FROM calls c JOIN numbers n ON n.id = c.number_id "
+    "JOIN tariffs t ON t.id = c.tariff_id "
     "WHERE c.billing_id=?"
 )
 

@@ -9,24 +9,31 @@ from fastagi.core.clock import ms_from_iso
 
 LAG_SAMPLE_CALLS = 100  # settlement lag: the mean over this many latest settled calls
 
+# The latest settled calls, found from the newest resolutions of their first reservation
+# (the tail of transfers, by seq) rather than by sorting every call on settled_at.
+_LAG_SQL = (
+    "SELECT c.settled_at, c.end_at FROM (SELECT pending_id FROM transfers WHERE code = 'call' "
+    "AND pending_id IS NOT NULL ORDER BY seq DESC LIMIT ?) r "
+    # a first reservation's id is 'call:' + the billing id: the call is found by its key
+    "JOIN calls c ON c.billing_id = substr(r.pending_id, 6) AND c.pending_id = r.pending_id "
+    "WHERE c.settled_at IS NOT NULL AND c.end_at IS NOT NULL"
+)
+
 
 def call_metrics(conn: sqlite3.Connection, now_ms: int) -> dict[str, Any]:
     open_count, oldest_ms = conn.execute(
         "SELECT count(*), min(start_ms) FROM calls WHERE state='reserved'"
     ).fetchone()
+    # kept counters (tx_calls.settle / expire), not a count over every call ever made
     settled = [
-        (state, by or "unknown", n)
+        (state, by, n)
         for state, by, n in conn.execute(
-            "SELECT state, settled_by, count(*) FROM calls WHERE state != 'reserved' GROUP BY state, settled_by"
+            "SELECT state, settled_by, calls FROM call_counts WHERE calls > 0 ORDER BY state, settled_by"
         )
     ]
     lags = [
         ms_from_iso(settled_at) - ms_from_iso(end_at)
-        for settled_at, end_at in conn.execute(
-            "SELECT settled_at, end_at FROM calls WHERE settled_at IS NOT NULL AND end_at IS NOT NULL "
-            "ORDER BY settled_at DESC LIMIT ?",
-            (LAG_SAMPLE_CALLS,),
-        )
+        for settled_at, end_at in conn.execute(_LAG_SQL, (LAG_SAMPLE_CALLS,))
     ]
     return {
         "in_progress": open_count,

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastagi.store import tx_admin
 from fastagi.store.base import NotFound
+from fastagi.store.pages import statement_rows
 from fastagi.store.tx_ledger import load_account
 
 PAGE_ROWS_MAX = 500  # rows per page of calls or statement, at most
@@ -126,12 +127,10 @@ def statement_page(
     """The account's transfers newest first (tx_admin.statement's rows), from before_seq down."""
     _, main_id, _, ext_account = _ids(conn, number, ext)
     account_id = main_id if ext is None else ext_account
+    assert account_id is not None  # _ids raised NotFound for an unknown extension
     n = min(limit, PAGE_ROWS_MAX)
-    rows = conn.execute(
-        "SELECT * FROM transfers WHERE (debit_account_id = :a OR credit_account_id = :a) "
-        "AND (:before/*pg ::bigint*/ IS NULL OR seq < :before) ORDER BY seq DESC LIMIT :limit",
-        {"a": account_id, "before": before_seq, "limit": n + 1},
-    ).fetchall()
+    # keyset: each page seeks the account's debit and credit indexes below before_seq (pages.py)
+    rows = statement_rows(conn, account_id, n + 1, before_seq)
     page = rows[:n]
     out = []
     for r in page:
@@ -155,12 +154,19 @@ def statement_page(
 def daily_spend(conn: sqlite3.Connection, number: str, ext: str, since_day: str) -> dict[str, int]:
     """Call charges posted to the extension per UTC day from since_day (YYYY-MM-DD) on."""
     _, _, _, account_id = _ids(conn, number, ext)
-    rows = conn.execute(
-        "SELECT substr(created_at, 1, 10) AS day, sum(amount) FROM transfers "
-        "WHERE debit_account_id = ? AND kind = 'post' AND created_at >= ? GROUP BY day",
-        (account_id, since_day),
-    )
-    return {day: total for day, total in rows}
+    # Newest first down the account's debit index, stopping at the first transfer older than
+    # since_day (seq order is time order): the cost is the window's transfers, not the history.
+    out: dict[str, int] = {}
+    for created_at, kind, amount in conn.execute(
+        "SELECT created_at, kind, amount FROM transfers WHERE debit_account_id = ? ORDER BY seq DESC",
+        (account_id,),
+    ):
+        if created_at < since_day:
+            break
+        if kind == "post":
+            day = created_at[:10]
+            out[day] = out.get(day, 0) + amount
+    return out
 
 
 def extension_info(conn: sqlite3.Connection, number: str, ext: str) -> dict[str, Any]:
@@ -214,7 +220,9 @@ def in_progress(conn: sqlite3.Connection, number: str, ext: str | None) -> list[
     rows = conn.execute(
         "SELECT c.billing_id, c.caller, c.start_at, c.answer_at, c.granted_s, c.reserved, c.charged, "
         "e.key AS ext FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
-        "WHERE c.number_id = :n AND c.state = 'reserved' AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
+        # "+ 0": walk the open calls (the partial index calls_open), not the number's history
+        "WHERE c.state = 'reserved' AND c.number_id + 0 = :n "
+        "AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
         "ORDER BY c.start_at DESC LIMIT :limit",
         {"n": number_id, "ext": ext_id, "limit": IN_PROGRESS_MAX},
     ).fetchall()

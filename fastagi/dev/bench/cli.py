@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fastagi.admin.cli_types import seconds_up_to
+from fastagi.dev.bench import history as bench_history
 from fastagi.dev.bench import renewals
 from fastagi.dev.bench.asterisk_ref import CHANNELS_MAX, REQUESTS_MAX, asterisk_problem, asterisk_reference
 from fastagi.dev.bench.check import check_ledger
@@ -68,6 +69,8 @@ def _fail(message: str) -> int:
 
 async def cmd_bench(a: argparse.Namespace) -> int:
     _quiet_logs()
+    if a.history:  # the history run alone (dev/bench/history.py)
+        return await asyncio.to_thread(bench_history.cmd_history, a)
     if a.asterisk and (problem := asterisk_problem()):
         # before the run, not after a minute of it
         return _fail(f"--asterisk: cannot run the real-Asterisk reference: {problem}")
@@ -340,6 +343,7 @@ def _add_reference_args(p: argparse.ArgumentParser) -> None:
         default=100,
         help="--asterisk: requests per channel, one after another (default 100)",
     )
+    bench_history.add_args(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,78 @@
+"""Reading an archive file (store/archive.py writes it) beside the live store.
+
+An archive is an SQLite file with the live `calls` and `transfers` columns; its pages are
+read with the live keyset statements (pages.py) and merged with the live page, so
+`calls --archive FILE` and `statement --archive FILE` page through both as one history.
+The live summary transfers that stand for the archived ones are left out of such a page.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from fastagi.store.base import StoreError
+from fastagi.store.pages import calls_rows, statement_rows
+
+ARCHIVE_FORMAT = 1  # archive_meta.format of the files this code writes and reads
+
+
+def open_archive(path: str) -> sqlite3.Connection:
+    """The archive file, read only; one clear error when it is missing or not an archive."""
+    if not os.path.isfile(path):
+        raise StoreError(f"no archive file {path}")
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        row = conn.execute("SELECT format FROM archive_meta").fetchone()
+    except sqlite3.Error:
+        raise StoreError(f"{path} is not an extbill archive") from None
+    if row is None or row[0] != ARCHIVE_FORMAT:
+        conn.close()
+        raise StoreError(f"{path} is not an extbill archive of format {ARCHIVE_FORMAT}")
+    return conn
+
+
+def archived_statement(
+    live: sqlite3.Connection, path: str, account_id: int, limit: int, before_seq: int | None
+) -> list[dict[str, Any]]:
+    """A page of the account's live and archived transfers, newest first, without the live
+    summaries of this archive (its rows stand in for them)."""
+    conn = open_archive(path)
+    try:
+        old = statement_rows(conn, account_id, limit, before_seq)
+        summaries = {r[0] for r in conn.execute("SELECT id FROM summaries")}
+    finally:
+        conn.close()
+    # read as many more live rows as summaries may be dropped, so none is skipped
+    rows = [
+        r
+        for r in statement_rows(live, account_id, limit + len(summaries), before_seq)
+        if r["id"] not in summaries
+    ]
+    seen = {r["id"] for r in rows}
+    rows += [r for r in old if r["id"] not in seen]
+    rows.sort(key=lambda r: r["seq"], reverse=True)
+    return rows[:limit]
+
+
+def archived_calls(
+    path: str,
+    live: list[dict[str, Any]],
+    number_id: int,
+    extension_id: int | None,
+    since: str | None,
+    limit: int,
+    before: tuple[str, str] | None,
+) -> list[dict[str, Any]]:
+    """The live page merged with the archive's page of the same calls, newest first."""
+    conn = open_archive(path)
+    try:
+        old = calls_rows(conn, number_id, extension_id, since, limit, before)
+    finally:
+        conn.close()
+    seen = {r["billing_id"] for r in live}  # an interrupted archive run may leave both copies
+    rows = live + [r for r in old if r["billing_id"] not in seen]
+    rows.sort(key=lambda r: (r["start_at"], r["billing_id"]), reverse=True)
+    return rows[:limit]
