@@ -13,17 +13,19 @@ from fastagi.store.factory import is_pg
 
 DISCREPANCIES_SHOWN_MAX = 10  # in the table; the JSON has them all
 
-# figure: (target, how a value meets it) - docs/rules.md rule 21
+# figure: (target, how a value meets it) - docs/rules.md rule 21. Ratios measured in one run:
+# these machines differ 2-3x from one another, so absolute rates (setups_per_s) are figures,
+# not targets; p99 at 100 setups in progress is bound by Little's law (see the table's note).
 TARGETS: dict[str, tuple[float, str]] = {
-    "setups_per_s": (1500, ">="),
-    "setup_p99_ms": (20, "<="),
     "rss_peak_mb": (150, "<="),
-    "ratio_vs_process_per_call": (20, ">="),
+    "ratio_vs_process_per_call": (100, ">="),
     "ratio_vs_raw": (0.5, ">="),
-    "paced_setup_p99_ms": (20, "<="),
+    "paced_setup_p99_ms": (10, "<="),
+    "serve_cpu_share": (0.5, "<="),  # with --asterisk: serve's CPU per FastAGI request / Asterisk's
 }
 # with --asterisk (asterisk_ref.py)
 ASTERISK_KEYS = (
+    "serve_cpu_share",
     "asterisk_agi_per_s",
     "asterisk_cpu_ms_per_agi",
     "asterisk_serve_cpu_ms_per_agi",
@@ -90,6 +92,15 @@ def build_doc(a: Any, p: dict[str, Any]) -> dict[str, Any]:
         "paced_setup_p99_ms": server["paced_setup_p99_ms"],
         "paced_setup_max_ms": server["paced_setup_max_ms"],
         **{k: v for k, v in asterisk.items() if k in ASTERISK_KEYS},
+        **(
+            {
+                "serve_cpu_share": _ratio(
+                    asterisk["asterisk_serve_cpu_ms_per_agi"], asterisk["asterisk_cpu_ms_per_agi"]
+                )
+            }
+            if asterisk.get("asterisk_cpu_ms_per_agi")
+            else {}
+        ),
         **_renew_figures(p["renew"], burst),
         "settings": _settings(a, p),
         "details": {
