@@ -15,24 +15,7 @@ from fastagi.core.money import format_amount
 from fastagi.store import tx_calls
 from fastagi.store.pages import calls_cursor
 
-FIELDS = (
-    "id",
-    "number",
-    "ext",
-    "caller",
-    "start",
-    "answer",
-    "end",
-    "talk_s",
-    "billed_s",
-    "granted_s",
-    "renewals",
-    "cost",
-    "disposition",
-    "cause",
-    "settled_by",
-    "state",
-)
+FIELDS = tx_calls.CSV_FIELDS
 
 
 def _since(text: str) -> str:

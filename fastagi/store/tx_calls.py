@@ -390,10 +390,32 @@ def call_records(
     rows = calls_rows(conn, nrow["id"], ext_id, since, limit, cursor)
     if archive is not None:
         rows = archived_calls(archive, rows, nrow["id"], ext_id, since, limit, cursor)
-    return [_record(r, number, keys.get(r["extension_id"])) for r in rows]
+    return [call_record(r, number, keys.get(r["extension_id"])) for r in rows]
 
 
-def _record(r: dict[str, Any], number: str, ext_key: str | None) -> dict[str, Any]:
+# The columns of `extbill calls --csv` and of the console's CSV export, in order.
+CSV_FIELDS = (
+    "id",
+    "number",
+    "ext",
+    "caller",
+    "start",
+    "answer",
+    "end",
+    "talk_s",
+    "billed_s",
+    "granted_s",
+    "renewals",
+    "cost",
+    "disposition",
+    "cause",
+    "settled_by",
+    "state",
+)
+
+
+def call_record(r: Any, number: str, ext_key: str | None) -> dict[str, Any]:
+    """A call as `extbill calls`, the console and the API show it (money in minor units)."""
     return {
         "id": r["billing_id"],
         "number": number,

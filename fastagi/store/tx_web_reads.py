@@ -14,6 +14,7 @@ from typing import Any
 from fastagi.store import tx_admin
 from fastagi.store.base import NotFound
 from fastagi.store.pages import statement_rows
+from fastagi.store.tx_calls import call_record
 from fastagi.store.tx_ledger import load_account
 
 PAGE_ROWS_MAX = 500  # rows per page of calls or statement, at most
@@ -42,29 +43,6 @@ def numbers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT number, name, suspended FROM numbers ORDER BY number LIMIT ?", (NUMBERS_LISTED_MAX,)
     )
     return [dict(r) for r in rows]
-
-
-def _record(number: str, r: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "id": r["billing_id"],
-        "number": number,
-        "ext": r["ext_key"],
-        "charged": r["charged"],
-        "caller": r["caller"],
-        "dest": r["dest"],
-        "start": r["start_at"],
-        "answer": r["answer_at"],
-        "end": r["end_at"],
-        "talk_s": r["talk_s"],
-        "billed_s": r["billed_s"],
-        "granted_s": r["granted_s"],
-        "reserved": r["reserved"],
-        "cost": r["cost"],
-        "disposition": r["disposition"],
-        "cause": r["cause"],
-        "settled_by": r["settled_by"],
-        "state": r["state"],
-    }
 
 
 # Two fixed statements (no SQL is built from input): a later page starts below the previous
@@ -118,7 +96,7 @@ def calls_page(
     ).fetchall()
     page = rows[: min(limit, PAGE_ROWS_MAX)]
     nxt = (page[-1]["start_at"], page[-1]["billing_id"]) if len(rows) > len(page) else None
-    return [_record(number, r) for r in page], nxt
+    return [call_record(r, number, r["ext_key"]) for r in page], nxt
 
 
 def statement_page(

@@ -14,26 +14,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastagi.core.money import format_amount
+from fastagi.store import tx_calls
 from fastagi.store.tx_web_reads import PAGE_ROWS_MAX
 from fastagi.web.scope import Access
 
-# the columns of `extbill calls --csv`
-FIELDS = (
-    "id",
-    "number",
-    "ext",
-    "caller",
-    "start",
-    "answer",
-    "end",
-    "talk_s",
-    "billed_s",
-    "cost",
-    "disposition",
-    "cause",
-    "settled_by",
-    "state",
-)
+FIELDS = tx_calls.CSV_FIELDS  # the columns of `extbill calls --csv`
 EXPORT_ROWS_MAX = 1_000_000  # one export at most; a longer one stops with a last line saying so
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
