@@ -22,6 +22,7 @@ from fastagi.runtime.config import ConfigError
 from fastagi.runtime.log import configure as configure_logging
 from fastagi.store import tx_admin
 from fastagi.store.base import Store, StoreError
+from fastagi.store.documents import balance_document
 from fastagi.store.factory import db_target, open_store
 
 EXIT_REFUSED = 2
@@ -199,23 +200,7 @@ def _print_accounts(doc: dict[str, Any]) -> None:
 async def cmd_balance(store: Store, a: argparse.Namespace) -> int:
     doc = await store.read(tx_admin.balance, a.number)
     if a.json:
-        _print_json(
-            money_fields(
-                {
-                    "number": doc["number"],
-                    "status": doc["status"],
-                    "ivr": doc["ivr"],
-                    "ext_billing": doc["ext_billing"],
-                    "min_balance": doc["min_balance"],
-                    # exactly the documented keys (docs/rules.md rule 20); spend is in `number show --json`
-                    "main": {k: doc["main"][k] for k in ("balance", "reserved", "available")},
-                    "extensions": [
-                        {k: e[k] for k in ("key", "name", "balance", "reserved", "available", "status")}
-                        for e in doc["extensions"]
-                    ],
-                }
-            )
-        )
+        _print_json(balance_document(doc))
         return 0
     print(
         f"{doc['number']}  {doc['name']}  [{_status(doc)}]  minimum balance {format_amount(doc['min_balance'])}"

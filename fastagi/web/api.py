@@ -16,8 +16,8 @@ from starlette.routing import Route
 from fastagi.core.money import format_amount, money_fields, parse_amount
 from fastagi.runtime.credentials import token_hash
 from fastagi.store import tx_web, tx_web_actions
+from fastagi.store.documents import balance_document
 from fastagi.web import params
-from fastagi.web.docs import balance_document
 from fastagi.web.errors import REFUSALS, BadRequest, status_of
 from fastagi.web.openapi import OPENAPI
 from fastagi.web.scope import Access, Principal

@@ -1,5 +1,5 @@
-"""JSON documents as the CLI prints them: money as decimal text, the balance document of
-`extbill balance N --json` (tests/web compare the two)."""
+"""The JSON documents the CLI prints and the API returns alike: `extbill balance N --json`
+(tests/web compare the two)."""
 
 from __future__ import annotations
 
