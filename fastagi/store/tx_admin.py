@@ -534,22 +534,22 @@ def statement(
         rows = statement_rows(conn, account_id, limit, before_seq)
     else:
         rows = archived_statement(conn, archive, account_id, limit, before_seq)
-    out = []
-    for r in rows:
-        sign = -1 if r["debit_account_id"] == account_id else 1
-        # Reservations and their release move no posted money: only posted and post do.
-        moves = r["kind"] in ("posted", "post")
-        out.append(
-            {
-                "seq": r["seq"],
-                "id": r["id"],
-                "at": r["created_at"],
-                "kind": r["kind"],
-                "code": r["code"],
-                "ref": r["ref"],
-                "amount": r["amount"],
-                "effect": sign * r["amount"] if moves else 0,
-                "pending_id": r["pending_id"],
-            }
-        )
-    return out
+    return [statement_entry(r, account_id) for r in rows]
+
+
+def statement_entry(r: Any, account_id: int) -> dict[str, Any]:
+    """One transfer as an account's statement shows it (the CLI, the console, the API)."""
+    sign = -1 if r["debit_account_id"] == account_id else 1
+    # Reservations and their release move no posted money: only posted and post do.
+    moves = r["kind"] in ("posted", "post")
+    return {
+        "seq": r["seq"],
+        "id": r["id"],
+        "at": r["created_at"],
+        "kind": r["kind"],
+        "code": r["code"],
+        "ref": r["ref"],
+        "amount": r["amount"],
+        "effect": sign * r["amount"] if moves else 0,
+        "pending_id": r["pending_id"],
+    }

@@ -110,22 +110,7 @@ def statement_page(
     # keyset: each page seeks the account's debit and credit indexes below before_seq (pages.py)
     rows = statement_rows(conn, account_id, n + 1, before_seq)
     page = rows[:n]
-    out = []
-    for r in page:
-        sign = -1 if r["debit_account_id"] == account_id else 1
-        moves = r["kind"] in ("posted", "post")  # as tx_admin.statement: only these move money
-        out.append(
-            {
-                "id": r["id"],
-                "at": r["created_at"],
-                "kind": r["kind"],
-                "code": r["code"],
-                "ref": r["ref"],
-                "amount": r["amount"],
-                "effect": sign * r["amount"] if moves else 0,
-                "pending_id": r["pending_id"],
-            }
-        )
+    out = [tx_admin.statement_entry(r, account_id) for r in page]
     return out, (page[-1]["seq"] if len(rows) > n else None)
 
 
