@@ -488,3 +488,27 @@ async def test_the_lease_is_per_asterisk(db: str) -> None:
         assert on_c.supervised  # covers its calls whatever their systemname
     finally:
         await store.close()
+
+
+@aio
+async def test_a_call_granted_without_a_supervisor_is_left_to_dials_own_limit(db: str) -> None:
+    """A call set up while nobody held the lease (all it can pay, final, Dial's L(x:y) warning)
+    and answered after AMI came back: the supervisor neither warns it again nor reserves more."""
+    from fastagi.runtime.clock import now_ms
+    from fastagi.service.supervisor import Supervisor
+
+    store = await _store(db, 30)  # 3 s of money: warned and re-checked at once were it supervised
+    ami = FakeAmi()
+    sup = Supervisor(store, ami, quota_s=2, renew_before_s=1, holder="test")
+    await sup.start()
+    try:
+        d = await _route(store, "1767225600.30", supervised=False)
+        assert (d.granted_s, d.final, d.supervised) == (3, True, False) and d.warning_ms == 1_500
+        sup.on_answered("1767225600.30", now_ms(), "callee-1")
+        await _until(lambda: "1767225600.30" not in sup.watched(), timeout_s=5)
+        await asyncio.sleep(2)
+        assert [a for a in ami.actions if a["Action"] != "Ping"] == []
+        assert await store.read(tx_quota.supervised_calls, 10) == []
+    finally:
+        await sup.stop()
+        await store.close()

@@ -277,8 +277,8 @@ class Supervisor:
         """Do what is due; the next wake-up, or None when the call needs us no more."""
         if w.granted_s is None:
             grant = await self.store.read(tx_quota.call_grant, w.billing_id)
-            if grant is None or not grant.live:
-                return None
+            if grant is None or not grant.live or not grant.supervised:
+                return None  # settled, or granted without a supervisor: Dial's L(x:y) ends it
             w.take(grant, None)
         assert w.granted_s is not None  # taken above
         now = now_ms()

@@ -98,6 +98,7 @@ def route(
         pending_id,
         start_at,
         int(d.final),
+        int(d.supervised),
     )
     body = tariff_json(d.tariff)
     tid = cached_tariff_id(body)
@@ -111,8 +112,9 @@ def route(
 # The call row with its tariff snapshot selected by id and text: no row without the snapshot.
 _INSERT_CALL_SQL = (
     "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
-    "dest, charged, start_ms, granted_s, reserved, pending_id, state, start_at, grant_final, tariff_id) "
-    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
+    "dest, charged, start_ms, granted_s, reserved, pending_id, state, start_at, grant_final, supervised, "
+    "tariff_id) "
+    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
 )
 # Kept counter of settled calls by state and path (/metrics reads it instead of counting rows).
 _COUNT_SETTLED_SQL = (
@@ -139,7 +141,7 @@ def _repeat(row: sqlite3.Row) -> Decision:
         reserve=row["reserved"],
         tariff=tariff_from_json(row["tariff"]),
         final=bool(row["grant_final"]),
-        supervised=not row["grant_final"] or row["renewals"] > 0,
+        supervised=bool(row["supervised"]),
     )
 
 

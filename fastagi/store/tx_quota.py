@@ -33,6 +33,7 @@ class Renewal:
     callee: str | None
     channel: str | None  # the caller's channel name (the warning is whispered to it)
     lang: str  # the number's prompt language
+    supervised: bool = True  # granted as a chunk; False: Dial's own L(x:y) warns and cuts it
 
 
 def chunk_ids(billing_id: str, pending_id: str, renewals: int) -> list[str]:
@@ -53,11 +54,12 @@ def _renewal(row: sqlite3.Row, *, live: bool, extended: bool) -> Renewal:
         row["callee"],
         row["channel"],
         row["lang"],
+        bool(row["supervised"]),
     )
 
 
 _CALL_SQL = (
-    "SELECT c.billing_id, c.account_id, t.body AS tariff, c.granted_s, c.reserved, c.renewals, c.grant_final, "
+    "SELECT c.billing_id, c.account_id, t.body AS tariff, c.granted_s, c.reserved, c.renewals, c.grant_final, c.supervised, "
     "c.state, c.answer_at, c.callee, c.channel, n.lang FROM calls c JOIN numbers n ON n.id = c.number_id "
     "JOIN tariffs t ON t.id = c.tariff_id "
     "WHERE c.billing_id=?"
@@ -147,9 +149,11 @@ def call_grant(conn: sqlite3.Connection, billing_id: str) -> Renewal | None:
 
 
 def supervised_calls(conn: sqlite3.Connection, limit: int) -> list[Renewal]:
-    """Open calls that were answered: the ones a restarted supervisor takes over."""
+    """Open supervised calls that were answered: the ones a restarted supervisor takes over."""
     rows = conn.execute(
-        _CALL_SQL.replace("WHERE c.billing_id=?", "WHERE c.state='reserved' AND c.answer_at IS NOT NULL")
+        _CALL_SQL.replace(
+            "WHERE c.billing_id=?", "WHERE c.state='reserved' AND c.answer_at IS NOT NULL AND c.supervised=1"
+        )
         + " ORDER BY c.start_at LIMIT ?",
         (limit,),
     ).fetchall()

@@ -4,6 +4,9 @@
 ALTER TABLE calls ADD COLUMN renewals INTEGER NOT NULL DEFAULT 0 CHECK (renewals >= 0);
 -- 1: nothing more will be granted (unless the account is recharged); all version-1 grants were.
 ALTER TABLE calls ADD COLUMN grant_final INTEGER NOT NULL DEFAULT 1 CHECK (grant_final IN (0, 1));
+-- 1: granted while a supervisor held the lease (renewed and warned mid-call through AMI);
+-- 0: granted all it could pay, final, warned and cut by Dial's own L(x:y), left alone.
+ALTER TABLE calls ADD COLUMN supervised INTEGER NOT NULL DEFAULT 0 CHECK (supervised IN (0, 1));
 -- The callee channel (its uniqueid) whose hangup time a renewal moves; known from AMI.
 ALTER TABLE calls ADD COLUMN callee TEXT;
 

@@ -60,15 +60,17 @@ CREATE TABLE calls_new (
     settled_at     TEXT,
     renewals       INTEGER NOT NULL DEFAULT 0 CHECK (renewals >= 0),
     grant_final    INTEGER NOT NULL DEFAULT 1 CHECK (grant_final IN (0, 1)),
+    supervised     INTEGER NOT NULL DEFAULT 0 CHECK (supervised IN (0, 1)),
     callee         TEXT,
     tariff_id      INTEGER NOT NULL REFERENCES tariffs(id)  -- the tariff snapshot the grant used
 );
 INSERT INTO calls_new (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest,
     charged, start_ms, granted_s, reserved, pending_id, state, start_at, answer_at, end_at, talk_s,
-    billed_s, cost, disposition, cause, settled_by, settled_at, renewals, grant_final, callee, tariff_id)
+    billed_s, cost, disposition, cause, settled_by, settled_at, renewals, grant_final, supervised, callee,
+    tariff_id)
 SELECT billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest,
     charged, start_ms, granted_s, reserved, pending_id, state, start_at, answer_at, end_at, talk_s,
-    billed_s, cost, disposition, cause, settled_by, settled_at, renewals, grant_final, callee,
+    billed_s, cost, disposition, cause, settled_by, settled_at, renewals, grant_final, supervised, callee,
     (SELECT t.id FROM tariffs t WHERE t.body = calls.tariff)
 FROM calls;
 DROP TABLE calls;
