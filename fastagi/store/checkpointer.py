@@ -8,8 +8,8 @@ connection of its own, runs PASSIVE checkpoints (they never block writers) on a 
 A PASSIVE checkpoint copies back the frames written before it began; under sustained
 writes new frames always follow, the WAL is never reset and grows without end (measured:
 150 MB in 3 s of recharges). So once the WAL file is over WAL_BYTES_MAX and the passive
-pass has copied everything it could, a TRUNCATE checkpoint copies the few frames left
-and empties the file: writers wait for it, briefly. When a reader pins old frames (a
+pass has copied everything it could (or the WAL is over twice the limit), a TRUNCATE
+checkpoint copies the frames left and empties the file: writers wait for it, briefly. When a reader pins old frames (a
 long read transaction), no checkpoint can finish: after STALL_TICKS ticks in a row the
 stall is logged with the WAL's size, and its end too.
 """
@@ -81,10 +81,15 @@ class Checkpointer:
     def _tick(self, conn: sqlite3.Connection) -> None:
         res = self._checkpoint(conn, "PASSIVE")
         caught_up = res is not None and res[1] == res[2]  # every frame of the WAL is in the database
-        if caught_up and self._wal_bytes() > self.wal_bytes_max:
+        wal = self._wal_bytes()
+        # Over the limit: empty the WAL once the passive pass caught up (the TRUNCATE is then
+        # short); over twice the limit, even if it did not (writers committing during every
+        # passive pass on a busy machine), so the WAL stays bounded.
+        if wal > self.wal_bytes_max and (caught_up or wal > 2 * self.wal_bytes_max):
             res = self._checkpoint(conn, "TRUNCATE")
             if res is not None and res[0] == 0:
                 self.truncates += 1
+                caught_up = True  # every frame copied back and the WAL emptied
         if caught_up:
             if self.behind >= self.stall_ticks:
                 log.info("store.checkpoint_recovered", stalled_s=round(self.behind * self.interval_s, 1))
