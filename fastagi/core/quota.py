@@ -30,10 +30,6 @@ class Grant:
     reserved: int  # total money held for it: always cost(granted_s)
     final: bool  # nothing more will be granted (unless the account is recharged)
 
-    @property
-    def limit_ms(self) -> int:
-        return self.granted_s * 1000
-
 
 def align_to_blocks(seconds: int, t: Tariff) -> int:
     """The shortest whole-block talk time covering `seconds`: the initial block, then increments."""

@@ -118,8 +118,6 @@ class Supervisor:
         self._steps: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._held = False
-        self.renewals = 0  # chunks reserved mid-call (for the benchmark and tests)
-        self.cutoff_moves = 0
 
     # -- life -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -310,7 +308,6 @@ class Supervisor:
         was_final, before = w.final, w.granted_s
         w.take(grant, before)
         if grant.extended:
-            self.renewals += 1
             log.info("call.renewed", renewal=grant.renewals, granted_s=grant.granted_s, final=grant.final)
             if not await self._move_cutoff(w):
                 return None
@@ -347,7 +344,6 @@ class Supervisor:
             if not _success(reply):
                 log.info("supervisor.call_gone", reply=_message(reply), note="settlement releases the rest")
                 return False
-        self.cutoff_moves += 1
         return True
 
     async def _warn(self, w: _Watch) -> None:

@@ -132,14 +132,6 @@ def resolve_chunks(conn: sqlite3.Connection, row: sqlite3.Row, posted: int, kind
         raise NotFound(f"call {row['billing_id']}: {left} more to post than its chunks hold")
 
 
-def mark_callee(conn: sqlite3.Connection, billing_id: str, callee: str) -> None:
-    """Remember which channel's hangup time renewals move (for a restarted supervisor)."""
-    conn.execute(
-        "UPDATE calls SET callee=? WHERE billing_id=? AND state='reserved' AND callee IS NULL",
-        (callee, billing_id),
-    )
-
-
 def call_grant(conn: sqlite3.Connection, billing_id: str) -> Renewal | None:
     """A call's grant as stored, or None when there is no such call."""
     row = conn.execute(_CALL_SQL, (billing_id,)).fetchone()
