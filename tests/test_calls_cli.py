@@ -68,7 +68,7 @@ def _ev(name: str, at_ms: int, uid: str, bid: str, **fields: str) -> dict[str, s
 
 
 async def _route(store: SqliteStore, key: str, digits: str) -> None:
-    with mock.patch.object(tx_calls, "now_iso", lambda: START[key]):
+    with mock.patch.object(tx_calls, "now_ms", lambda: ms_from_iso(START[key])):
         d = await store.run(
             tx_calls.route, BID[key], NUMBER, digits, 1, CALLER[key], f"PJSIP/trunk-{key}", BID[key]
         )

@@ -16,6 +16,7 @@ from unittest import mock
 
 import pytest
 
+from fastagi.core.clock import ms_from_iso
 from fastagi.core.rating import Tariff
 from fastagi.core.records import CallFacts
 from fastagi.store import counters, tx_admin, tx_calls
@@ -80,7 +81,7 @@ def _call(
     conn: sqlite3.Connection, bid: str, start: str, key: str, talk_ms: int, number: str = NUMBER
 ) -> None:
     """One call made and settled through the server's own store path, started at `start`."""
-    with mock.patch.object(tx_calls, "now_iso", lambda: start):
+    with mock.patch.object(tx_calls, "now_ms", lambda: ms_from_iso(start)):
         d = _tx(
             conn, tx_calls.route, bid, number, key, 1, "13800138000", f"PJSIP/trunk-{bid}", bid, 600, False
         )

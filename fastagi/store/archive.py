@@ -18,11 +18,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from fastagi.core.clock import iso_from_ms
 from fastagi.core.period import month_of
 from fastagi.runtime.clock import now_iso
 from fastagi.store.archive_read import ARCHIVE_FORMAT
 from fastagi.store.base import StoreError
 from fastagi.store.pages import TRANSFER_COLS
+from fastagi.store.rows import day_ms
 from fastagi.store.tx_quota import chunk_ids
 
 ARCHIVE_BATCH_CALLS = 2_000  # calls moved per transaction
@@ -42,23 +44,24 @@ def check_archivable(conn: sqlite3.Connection, before: str) -> None:
     """Refuse (changing nothing) while a call started before the day is not settled, or a
     number with a monthly minimum has calls in a month before it that is not closed yet
     (closing the month reads those calls' cost)."""
+    before_ms = day_ms(before)
     open_call = conn.execute(
-        "SELECT billing_id, start_at FROM calls WHERE state = 'reserved' AND start_at < ? ORDER BY start_at",
-        (before,),
+        "SELECT billing_id, start_ms FROM calls WHERE state = 'reserved' AND start_ms < ? ORDER BY start_ms",
+        (before_ms,),
     ).fetchone()
     if open_call is not None:
         raise StoreError(
-            f"call {open_call[0]} (started {open_call[1]}) is not settled yet: nothing was archived; "
+            f"call {open_call[0]} (started {iso_from_ms(open_call[1])}) is not settled yet: nothing was archived; "
             "archive an earlier day, or wait for it to be settled"
         )
     for nid, number, tz in conn.execute(
         "SELECT id, number, time_zone FROM numbers WHERE monthly_minimum > 0"
     ).fetchall():
         first = conn.execute(
-            "SELECT min(start_ms) FROM calls WHERE number_id = ? AND start_at < ?", (nid, before)
+            "SELECT min(start_ms) FROM calls WHERE number_id = ? AND start_ms < ?", (nid, before_ms)
         ).fetchone()[0]
         last = conn.execute(
-            "SELECT max(start_ms) FROM calls WHERE number_id = ? AND start_at < ?", (nid, before)
+            "SELECT max(start_ms) FROM calls WHERE number_id = ? AND start_ms < ?", (nid, before_ms)
         ).fetchone()[0]
         if first is None:
             continue
@@ -93,13 +96,18 @@ def _archive_conn(path: str, call_cols: list[str]) -> sqlite3.Connection:
         has = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if has and "archive_meta" not in has:
             raise StoreError(f"{path} is not an extbill archive")
+        fmt = conn.execute("SELECT format FROM archive_meta").fetchone() if has else None
+        if fmt is not None and fmt[0] != ARCHIVE_FORMAT:
+            raise StoreError(
+                f"{path} is an archive of format {fmt[0]} (an older extbill): archive to a new file"
+            )
         ccols = ", ".join(c for c in call_cols)
         conn.executescript(
             "BEGIN IMMEDIATE;"
             + _ARCHIVE_SCHEMA.format(tcols=", ".join(TRANSFER_COLS))
             + f"CREATE TABLE IF NOT EXISTS calls ({ccols}, PRIMARY KEY (billing_id));"
-            "CREATE INDEX IF NOT EXISTS calls_by_number ON calls(number_id, start_at);"
-            "CREATE INDEX IF NOT EXISTS calls_by_extension ON calls(extension_id, start_at);"
+            "CREATE INDEX IF NOT EXISTS calls_by_number ON calls(number_id, start_ms);"
+            "CREATE INDEX IF NOT EXISTS calls_by_extension ON calls(extension_id, start_ms);"
             "COMMIT;"
         )
         if conn.execute("SELECT count(*) FROM archive_meta").fetchone()[0] == 0:
@@ -126,7 +134,7 @@ def _summaries(transfers: list[tuple], before: str, file: str) -> list[tuple]:
     the seq of the pair's newest archived transfer (free once it is gone): a statement shows
     it where that history was."""
     pairs: dict[tuple[int, int], list[int]] = {}
-    at: dict[int, str] = {}
+    at: dict[int, int] = {}
     for t in transfers:
         seq, kind, debit, credit, amount, created = t[0], t[2], t[3], t[4], t[5], t[9]
         p = pairs.setdefault((debit, credit), [0, 0])
@@ -144,24 +152,23 @@ def _summaries(transfers: list[tuple], before: str, file: str) -> list[tuple]:
 def archive_batch(conn: sqlite3.Connection, before: str, file: str) -> dict[str, Any]:
     """Move up to ARCHIVE_BATCH_CALLS settled calls of one number started before the day."""
     check_archivable(conn, before)
+    before_ms = day_ms(before)
     nid = conn.execute(
         "SELECT n.id FROM numbers n WHERE EXISTS (SELECT 1 FROM calls c WHERE c.number_id = n.id "
-        "AND c.start_at < ?) ORDER BY n.id",
-        (before,),
+        "AND c.start_ms < ?) ORDER BY n.id",
+        (before_ms,),
     ).fetchone()
     if nid is None:
         return {"calls": 0, "transfers": 0, "summaries": 0}
     cur = conn.execute(
-        "SELECT * FROM calls WHERE number_id = ? AND start_at < ? ORDER BY start_at LIMIT ?",
-        (nid[0], before, ARCHIVE_BATCH_CALLS),
+        "SELECT * FROM calls WHERE number_id = ? AND start_ms < ? ORDER BY start_ms LIMIT ?",
+        (nid[0], before_ms, ARCHIVE_BATCH_CALLS),
     )
     call_cols = [d[0] for d in cur.description]
     calls = [tuple(r) for r in cur.fetchall()]
     ix = {c: i for i, c in enumerate(call_cols)}
     bids = [r[ix["billing_id"]] for r in calls]
-    pending = [
-        p for r in calls for p in chunk_ids(r[ix["billing_id"]], r[ix["pending_id"]], r[ix["renewals"]])
-    ]
+    pending = [p for r in calls for p in chunk_ids(r[ix["billing_id"]], r[ix["renewals"]])]
     tcols = ", ".join(TRANSFER_COLS)
     transfers = _in_chunks(conn, f"SELECT {tcols} FROM transfers WHERE id IN ({{marks}})", pending)
     transfers += _in_chunks(conn, f"SELECT {tcols} FROM transfers WHERE pending_id IN ({{marks}})", pending)

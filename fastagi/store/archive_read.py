@@ -16,7 +16,21 @@ from typing import Any
 from fastagi.store.base import StoreError
 from fastagi.store.pages import calls_rows, statement_rows
 
-ARCHIVE_FORMAT = 1  # archive_meta.format of the files this code writes and reads
+ARCHIVE_FORMAT = 2  # archive_meta.format of the files this code writes (and reads)
+ARCHIVE_FORMATS_READ = (1, 2)  # 1: times as ISO 8601 text (schema version 5)
+
+# Format 1 read through views with the live columns of today (migrations/0006): temporary
+# views shadow the file's tables for this read-only connection, so the same statements read it.
+_ISO_MS = "CAST(strftime('%s', {c}) AS INTEGER) * 1000 + CAST(substr({c}, 21, 3) AS INTEGER)"
+_FORMAT_1_VIEWS = f"""
+CREATE TEMP VIEW calls AS SELECT billing_id, number_id, extension_id, account_id, caller, channel,
+    linkedid, dest, charged, {_ISO_MS.format(c="start_at")} AS start_ms, granted_s, reserved, state,
+    {_ISO_MS.format(c="answer_at")} AS answer_ms, {_ISO_MS.format(c="end_at")} AS end_ms, talk_s,
+    billed_s, cost, disposition, cause, settled_by, {_ISO_MS.format(c="settled_at")} AS settled_ms,
+    renewals, grant_final, supervised, callee, tariff_id FROM main.calls;
+CREATE TEMP VIEW transfers AS SELECT seq, id, kind, debit_account_id, credit_account_id, amount,
+    pending_id, code, ref, {_ISO_MS.format(c="created_at")} AS created_ms FROM main.transfers;
+"""
 
 
 def open_archive(path: str) -> sqlite3.Connection:
@@ -28,9 +42,11 @@ def open_archive(path: str) -> sqlite3.Connection:
         row = conn.execute("SELECT format FROM archive_meta").fetchone()
     except sqlite3.Error:
         raise StoreError(f"{path} is not an extbill archive") from None
-    if row is None or row[0] != ARCHIVE_FORMAT:
+    if row is None or row[0] not in ARCHIVE_FORMATS_READ:
         conn.close()
         raise StoreError(f"{path} is not an extbill archive of format {ARCHIVE_FORMAT}")
+    if row[0] == 1:
+        conn.executescript(_FORMAT_1_VIEWS)
     return conn
 
 
@@ -64,7 +80,7 @@ def archived_calls(
     extension_id: int | None,
     since: str | None,
     limit: int,
-    before: tuple[str, str] | None,
+    before: tuple[int, str] | None,
 ) -> list[dict[str, Any]]:
     """The live page merged with the archive's page of the same calls, newest first."""
     conn = open_archive(path)
@@ -74,5 +90,5 @@ def archived_calls(
         conn.close()
     seen = {r["billing_id"] for r in live}  # an interrupted archive run may leave both copies
     rows = live + [r for r in old if r["billing_id"] not in seen]
-    rows.sort(key=lambda r: (r["start_at"], r["billing_id"]), reverse=True)
+    rows.sort(key=lambda r: (r["start_ms"], r["billing_id"]), reverse=True)
     return rows[:limit]

@@ -53,20 +53,22 @@ WHERE r.pending_id IS NOT NULL AND (p.id IS NULL OR p.kind != 'pending'
 LIMIT {SHOWN_MAX}
 """
 
+# A call reservation's billing id: its ref, or on the first one (no ref) its id's tail
+# after 'call:' (store/rows.py).
+_CALL_OF = "coalesce(p.ref, substr(p.id, 6))"
 _ORPHAN_RESERVATIONS_SQL = f"""
-SELECT p.id, p.ref FROM transfers p WHERE p.kind = 'pending' AND p.code = 'call'
-  AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.billing_id = p.ref)
+SELECT p.id, {_CALL_OF} FROM transfers p WHERE p.kind = 'pending' AND p.code = 'call'
+  AND NOT EXISTS (SELECT 1 FROM calls c WHERE c.billing_id = {_CALL_OF})
 LIMIT {SHOWN_MAX}
 """
 
-# Each call against its reservations (pending transfers of code 'call', ref = its billing
-# id): a reserved call has one open, a settled one none, and they posted what it cost.
+# Each call against its reservations (pending transfers of code 'call' of its billing id): a reserved call has one open, a settled one none, and they posted what it cost.
 _CALL_MISMATCH_SQL = f"""
 WITH per_call AS (
-  SELECT p.ref AS billing_id, count(*) AS reservations, sum(CASE WHEN r.id IS NULL THEN 1 ELSE 0 END) AS open,
+  SELECT {_CALL_OF} AS billing_id, count(*) AS reservations, sum(CASE WHEN r.id IS NULL THEN 1 ELSE 0 END) AS open,
          coalesce(sum(r.amount), 0) AS posted
   FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id
-  WHERE p.kind = 'pending' AND p.code = 'call' GROUP BY p.ref)
+  WHERE p.kind = 'pending' AND p.code = 'call' GROUP BY {_CALL_OF})
 SELECT c.billing_id, c.state, coalesce(c.cost, 0), coalesce(pc.reservations, 0),
        coalesce(pc.open, 0), coalesce(pc.posted, 0)
 FROM calls c LEFT JOIN per_call pc ON pc.billing_id = c.billing_id

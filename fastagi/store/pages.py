@@ -14,6 +14,7 @@ import sqlite3
 from typing import Any
 
 from fastagi.store.base import StoreError
+from fastagi.store.rows import day_ms, transfer_view
 
 PAGE_ROWS_DEFAULT = 100  # rows of one page when the user gives no --limit
 PAGE_ROWS_MAX = 10_000  # the most one page returns
@@ -29,7 +30,7 @@ TRANSFER_COLS = (
     "pending_id",
     "code",
     "ref",
-    "created_at",
+    "created_ms",
 )
 _T = ", ".join(TRANSFER_COLS)
 # Debits and credits seek their own index; a call's transfers always credit revenue, never a
@@ -54,7 +55,7 @@ def statement_rows(
     """Up to `limit` transfers of the account with seq < before_seq, newest first."""
     top = _SEQ_TOP if before_seq is None else before_seq
     rows = conn.execute(_STATEMENT_SQL, (account_id, top, limit, account_id, top, limit, limit)).fetchall()
-    return [dict(zip(TRANSFER_COLS, r, strict=True)) for r in rows]
+    return [transfer_view(dict(zip(TRANSFER_COLS, r, strict=True))) for r in rows]
 
 
 def parse_statement_cursor(text: str | None) -> int | None:
@@ -75,13 +76,18 @@ def calls_cursor(start_at: str, billing_id: str) -> str:
     return f"{start_at}{_CURSOR_SEP}{billing_id}"
 
 
-def parse_calls_cursor(text: str | None) -> tuple[str, str] | None:
+def parse_calls_cursor(text: str | None) -> tuple[int, str] | None:
+    """(start_ms, billing_id) of a calls cursor."""
     if text is None:
         return None
     start, sep, billing_id = text.partition(_CURSOR_SEP)
+    refused = StoreError(f"--before {text!r} is not a calls cursor (the text a previous page printed)")
     if not sep or not start or not billing_id or len(text) > 200:
-        raise StoreError(f"--before {text!r} is not a calls cursor (the text a previous page printed)")
-    return start, billing_id
+        raise refused
+    try:
+        return day_ms(start), billing_id
+    except StoreError:
+        raise refused from None
 
 
 def calls_rows(
@@ -90,10 +96,11 @@ def calls_rows(
     extension_id: int | None,
     since: str | None,
     limit: int,
-    before: tuple[str, str] | None,
+    before: tuple[int, str] | None,
 ) -> list[dict[str, Any]]:
     """Up to `limit` call rows of the number (or of one extension), newest first, from the
-    cursor down: ordered by (start_at, billing_id), which no later write changes."""
+    cursor down: ordered by (start_ms, billing_id), which no later write changes.
+    since: 'YYYY-MM-DD' (UTC)."""
     sql = "SELECT * FROM calls WHERE "
     params: list[Any] = []
     if extension_id is not None:  # calls_by_extension
@@ -103,13 +110,13 @@ def calls_rows(
         sql += "number_id = ?"
         params.append(number_id)
     if since is not None:
-        sql += " AND start_at >= ?"
-        params.append(since)
+        sql += " AND start_ms >= ?"
+        params.append(day_ms(since))
     if before is not None:
-        # the first condition bounds the index range; the second breaks ties of start_at
-        sql += " AND start_at <= ? AND (start_at < ? OR billing_id < ?)"
+        # the first condition bounds the index range; the second breaks ties of start_ms
+        sql += " AND start_ms <= ? AND (start_ms < ? OR billing_id < ?)"
         params += [before[0], before[0], before[1]]
-    sql += " ORDER BY start_at DESC, billing_id DESC LIMIT ?"
+    sql += " ORDER BY start_ms DESC, billing_id DESC LIMIT ?"
     params.append(limit)
     cur = conn.execute(sql, params)
     names = [d[0] for d in cur.description]

@@ -13,18 +13,19 @@ from typing import Any
 import structlog
 
 from fastagi.core.calls import Decision, decide_lookup, decide_route
-from fastagi.core.clock import ms_from_iso
+from fastagi.core.clock import iso_from_ms, ms_from_iso
 from fastagi.core.ids import system_of
 from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import QUOTA_S_DEFAULT
 from fastagi.core.rating import billed_seconds, cost
 from fastagi.core.records import CallFacts, SettleResult
 from fastagi.core.vocab import CallState, SettledBy, UnsettledPolicy
-from fastagi.runtime.clock import now_iso
+from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_outbox
 from fastagi.store.archive_read import archived_calls
 from fastagi.store.base import NotFound
 from fastagi.store.pages import PAGE_ROWS_MAX, calls_rows, check_limit, parse_calls_cursor
+from fastagi.store.rows import call_pending_id, call_ref, iso, ms_of
 from fastagi.store.tariff_snapshots import cached_tariff_id, tariff_from_json, tariff_id, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve
@@ -61,8 +62,7 @@ def route(
     if existing is not None:
         return _repeat(existing)
     nv, ev = route_views(conn, number, digits)
-    start_at = now_iso()  # one clock read: the record's time, the sweeper's and the lease's
-    start_ms = ms_from_iso(start_at)
+    start_ms = now_ms()  # one clock read: the record's time, the sweeper's and the lease's
     if supervised is None:
         # a supervisor of the call's own Asterisk (its uniqueid's systemname) must hold the lease
         supervised = lease_until_ms(conn, system_of(billing_id)) > start_ms
@@ -78,10 +78,10 @@ def route(
     else:
         debit = nv.main
     assert debit.id == d.account_id
-    pending_id = f"call:{billing_id}"
+    pending_id = call_pending_id(billing_id)
     # No call holds billing_id (checked above) and the call row and its reservation are
     # only ever written together, so pending_id is new.
-    reserve(conn, pending_id, debit, REVENUE_ACCOUNT_ID, d.reserve, "call", billing_id)
+    reserve(conn, pending_id, debit, REVENUE_ACCOUNT_ID, d.reserve, "call", call_ref(pending_id, billing_id))
     values = (
         billing_id,
         nv.number_id,
@@ -89,14 +89,12 @@ def route(
         d.account_id,
         caller,
         channel,
-        linkedid,
+        None if linkedid == billing_id else linkedid,  # most calls: kept as NULL (store/rows.py)
         d.dest,
         d.charged,
         start_ms,
         d.granted_s,
         d.reserve,
-        pending_id,
-        start_at,
         int(d.final),
         int(d.supervised),
     )
@@ -112,9 +110,8 @@ def route(
 # The call row with its tariff snapshot selected by id and text: no row without the snapshot.
 _INSERT_CALL_SQL = (
     "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
-    "dest, charged, start_ms, granted_s, reserved, pending_id, state, start_at, grant_final, supervised, "
-    "tariff_id) "
-    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
+    "dest, charged, start_ms, granted_s, reserved, state, grant_final, supervised, tariff_id) "
+    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
 )
 # Kept counter of settled calls by state and path (/metrics reads it instead of counting rows).
 _COUNT_SETTLED_SQL = (
@@ -148,8 +145,8 @@ def _repeat(row: sqlite3.Row) -> Decision:
 def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> bool:
     """Remember the callee's answer time as soon as it is known (survives a restart)."""
     cur = conn.execute(
-        "UPDATE calls SET answer_at=? WHERE billing_id=? AND state='reserved' AND answer_at IS NULL",
-        (answer_at, billing_id),
+        "UPDATE calls SET answer_ms=? WHERE billing_id=? AND state='reserved' AND answer_ms IS NULL",
+        (ms_from_iso(answer_at), billing_id),
     )
     return cur.rowcount == 1
 
@@ -159,9 +156,9 @@ def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, s
     channel or None) triples, in order (a call's first answer time wins). The callee is kept
     for a restarted supervisor. How many calls got an answer time."""
     cur = conn.executemany(
-        "UPDATE calls SET answer_at=?, callee=coalesce(callee, ?) WHERE billing_id=? AND state='reserved' "
-        "AND answer_at IS NULL",
-        [(at, callee, bid) for bid, at, callee in answers],
+        "UPDATE calls SET answer_ms=?, callee=coalesce(callee, ?) WHERE billing_id=? AND state='reserved' "
+        "AND answer_ms IS NULL",
+        [(ms_from_iso(at), callee, bid) for bid, at, callee in answers],
     )
     return cur.rowcount
 
@@ -185,8 +182,8 @@ def _result(row: sqlite3.Row, settled_now: bool, low: dict[str, Any] | None = No
         row["cost"],
         SettledBy(row["settled_by"]) if row["settled_by"] is not None else None,
         low,
-        row["answer_at"],
-        row["end_at"],
+        iso(row["answer_ms"]),
+        iso(row["end_ms"]),
     )
 
 
@@ -231,19 +228,19 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
         resolve_chunks(conn, row, 0, TransferKind.VOID)
         state = CallState.UNANSWERED
     conn.execute(
-        "UPDATE calls SET state=?, answer_at=?, end_at=?, talk_s=?, billed_s=?, cost=?, "
-        "disposition=?, cause=?, settled_by=?, settled_at=? WHERE billing_id=?",
+        "UPDATE calls SET state=?, answer_ms=?, end_ms=?, talk_s=?, billed_s=?, cost=?, "
+        "disposition=?, cause=?, settled_by=?, settled_ms=? WHERE billing_id=?",
         (
             state,
-            answer_at := (f.answer_at if f.answered else None),
-            f.end_at,
+            ms_of(answer_at := (f.answer_at if f.answered else None)),
+            ms_from_iso(f.end_at),
             talk_s,
             billed_s,
             charged,
             f.disposition,
             f.cause,
             f.settled_by,
-            now_iso(),
+            now_ms(),
             f.billing_id,
         ),
     )
@@ -276,10 +273,10 @@ def expire(
     else:
         resolve_chunks(conn, row, 0, TransferKind.EXPIRE)
         state, talk, billed, charged = CallState.UNRATED, None, None, 0
-    now = now_iso()
+    now = now_ms()
     conn.execute(
         "UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
-        "settled_by=?, settled_at=?, end_at=coalesce(end_at, ?) WHERE billing_id=?",
+        "settled_by=?, settled_ms=?, end_ms=coalesce(end_ms, ?) WHERE billing_id=?",
         (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id),
     )
     conn.execute(_COUNT_SETTLED_SQL, (state, settled_by))
@@ -291,8 +288,8 @@ def expire(
         charged,
         settled_by,
         _low_balance(conn, row, charged),
-        row["answer_at"],
-        row["end_at"] or now,
+        iso(row["answer_ms"]),
+        iso(row["end_ms"] if row["end_ms"] is not None else now),
     )
 
 
@@ -345,20 +342,25 @@ _LOW_BALANCE_SQL = (
 def open_call(conn: sqlite3.Connection, billing_id: str) -> dict[str, Any] | None:
     """One reservation not yet settled, or None."""
     row = conn.execute(
-        "SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls "
-        "WHERE billing_id=? AND state='reserved'",
+        "SELECT billing_id, start_ms, granted_s, answer_ms FROM calls WHERE billing_id=? AND state='reserved'",
         (billing_id,),
     ).fetchone()
-    return dict(row) if row is not None else None
+    return _open(row) if row is not None else None
+
+
+def _open(row: Any) -> dict[str, Any]:
+    """An open call as the settlement paths read it (times as ISO text and start_ms)."""
+    r = dict(row)
+    return {**r, "answer_at": iso(r.pop("answer_ms")), "start_at": iso(r["start_ms"])}
 
 
 def open_calls(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Reservations not yet settled, oldest first."""
     return [
-        dict(r)
+        _open(r)
         for r in conn.execute(
-            "SELECT billing_id, start_ms, granted_s, answer_at, start_at FROM calls WHERE state='reserved' "
-            "ORDER BY start_at LIMIT ?",
+            "SELECT billing_id, start_ms, granted_s, answer_ms FROM calls WHERE state='reserved' "
+            "ORDER BY start_ms LIMIT ?",
             (OPEN_CALLS_MAX,),
         )
     ]
@@ -425,9 +427,9 @@ def call_record(r: Any, number: str, ext_key: str | None) -> dict[str, Any]:
         "charged": r["charged"],
         "caller": r["caller"],
         "dest": r["dest"],
-        "start": r["start_at"],
-        "answer": r["answer_at"],
-        "end": r["end_at"],
+        "start": iso_from_ms(r["start_ms"]),
+        "answer": iso(r["answer_ms"]),
+        "end": iso(r["end_ms"]),
         "talk_s": r["talk_s"],
         "billed_s": r["billed_s"],
         "granted_s": r["granted_s"],

@@ -24,7 +24,7 @@ from fastagi.core.ledger import (
 from fastagi.core.money import format_amount
 from fastagi.core.numbers import is_suspended
 from fastagi.core.rating import Tariff, first_block_cost
-from fastagi.runtime.clock import now_iso
+from fastagi.runtime.clock import now_iso, now_ms
 from fastagi.store import tx_outbox
 from fastagi.store.base import Conflict, Contended, NotFound, TransferResult
 
@@ -163,8 +163,8 @@ def _insert(
 ) -> None:
     conn.execute(
         "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, pending_id, "
-        "code, ref, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
-        (transfer_id, kind.value, debit_id, credit_id, amount, pending_id, code, ref, now_iso()),
+        "code, ref, created_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+        (transfer_id, kind.value, debit_id, credit_id, amount, pending_id, code, ref, now_ms()),
     )
 
 

@@ -44,8 +44,8 @@ def _spent(conn: sqlite3.Connection, number_id: int, start_ms: int, end_ms: int)
     """What the number's billed calls (main and every extension) started in [start, end) cost."""
     return conn.execute(
         "SELECT coalesce(sum(cost), 0) FROM calls WHERE number_id=? AND state='rated' "
-        "AND start_at >= ? AND start_at < ?",
-        (number_id, iso_from_ms(start_ms), iso_from_ms(end_ms)),
+        "AND start_ms >= ? AND start_ms < ?",
+        (number_id, start_ms, end_ms),
     ).fetchone()[0]
 
 

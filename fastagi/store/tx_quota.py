@@ -14,6 +14,7 @@ from fastagi.core.ledger import TransferKind
 from fastagi.core.quota import next_grant
 from fastagi.core.vocab import CallState
 from fastagi.store.base import NotFound
+from fastagi.store.rows import call_pending_id, iso
 from fastagi.store.tariff_snapshots import tariff_from_json
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, load_account, reserve, resolve
 
@@ -36,9 +37,9 @@ class Renewal:
     supervised: bool = True  # granted as a chunk; False: Dial's own L(x:y) warns and cuts it
 
 
-def chunk_ids(billing_id: str, pending_id: str, renewals: int) -> list[str]:
+def chunk_ids(billing_id: str, renewals: int) -> list[str]:
     """The pending transfers of a call, first chunk first."""
-    return [pending_id] + [f"call:{billing_id}:r{n}" for n in range(1, renewals + 1)]
+    return [call_pending_id(billing_id)] + [f"call:{billing_id}:r{n}" for n in range(1, renewals + 1)]
 
 
 def _renewal(row: sqlite3.Row, *, live: bool, extended: bool) -> Renewal:
@@ -50,7 +51,7 @@ def _renewal(row: sqlite3.Row, *, live: bool, extended: bool) -> Renewal:
         row["reserved"],
         row["renewals"],
         bool(row["grant_final"]),
-        row["answer_at"],
+        iso(row["answer_ms"]),
         row["callee"],
         row["channel"],
         row["lang"],
@@ -60,7 +61,7 @@ def _renewal(row: sqlite3.Row, *, live: bool, extended: bool) -> Renewal:
 
 _CALL_SQL = (
     "SELECT c.billing_id, c.account_id, t.body AS tariff, c.granted_s, c.reserved, c.renewals, c.grant_final, c.supervised, "
-    "c.state, c.answer_at, c.callee, c.channel, n.lang FROM calls c JOIN numbers n ON n.id = c.number_id "
+    "c.state, c.answer_ms, c.callee, c.channel, n.lang FROM calls c JOIN numbers n ON n.id = c.number_id "
     "JOIN tariffs t ON t.id = c.tariff_id "
     "WHERE c.billing_id=?"
 )
@@ -112,7 +113,7 @@ def can_renew(conn: sqlite3.Connection, billing_id: str, quota_s: int) -> bool:
 def resolve_chunks(conn: sqlite3.Connection, row: sqlite3.Row, posted: int, kind: TransferKind) -> None:
     """Close every chunk of a call once: post `posted` across them in order (each chunk
     releases what it does not post), or void / expire them all."""
-    ids = chunk_ids(row["billing_id"], row["pending_id"], row["renewals"])
+    ids = chunk_ids(row["billing_id"], row["renewals"])
     if len(ids) == 1:  # most calls: one chunk, no read of the chunks needed
         resolve(conn, ids[0], kind, posted if kind is TransferKind.POST else 0, "call")
         return
@@ -144,9 +145,9 @@ def supervised_calls(conn: sqlite3.Connection, limit: int) -> list[Renewal]:
     """Open supervised calls that were answered: the ones a restarted supervisor takes over."""
     rows = conn.execute(
         _CALL_SQL.replace(
-            "WHERE c.billing_id=?", "WHERE c.state='reserved' AND c.answer_at IS NOT NULL AND c.supervised=1"
+            "WHERE c.billing_id=?", "WHERE c.state='reserved' AND c.answer_ms IS NOT NULL AND c.supervised=1"
         )
-        + " ORDER BY c.start_at LIMIT ?",
+        + " ORDER BY c.start_ms LIMIT ?",
         (limit,),
     ).fetchall()
     return [_renewal(r, live=True, extended=False) for r in rows]

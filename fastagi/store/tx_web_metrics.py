@@ -5,18 +5,16 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from fastagi.core.clock import ms_from_iso
-
 LAG_SAMPLE_CALLS = 100  # settlement lag: the mean over this many latest settled calls
 
 # The latest settled calls, found from the newest resolutions of their first reservation
-# (the tail of transfers, by seq) rather than by sorting every call on settled_at.
+# (the tail of transfers, by seq) rather than by sorting every call on settled_ms.
 _LAG_SQL = (
-    "SELECT c.settled_at, c.end_at FROM (SELECT pending_id FROM transfers WHERE code = 'call' "
+    "SELECT c.settled_ms, c.end_ms FROM (SELECT pending_id FROM transfers WHERE code = 'call' "
     "AND pending_id IS NOT NULL ORDER BY seq DESC LIMIT ?) r "
     # a first reservation's id is 'call:' + the billing id: the call is found by its key
-    "JOIN calls c ON c.billing_id = substr(r.pending_id, 6) AND c.pending_id = r.pending_id "
-    "WHERE c.settled_at IS NOT NULL AND c.end_at IS NOT NULL"
+    "JOIN calls c ON c.billing_id = substr(r.pending_id, 6) AND r.pending_id = 'call:' || c.billing_id "
+    "WHERE c.settled_ms IS NOT NULL AND c.end_ms IS NOT NULL"
 )
 
 
@@ -31,10 +29,7 @@ def call_metrics(conn: sqlite3.Connection, now_ms: int) -> dict[str, Any]:
             "SELECT state, settled_by, calls FROM call_counts WHERE calls > 0 ORDER BY state, settled_by"
         )
     ]
-    lags = [
-        ms_from_iso(settled_at) - ms_from_iso(end_at)
-        for settled_at, end_at in conn.execute(_LAG_SQL, (LAG_SAMPLE_CALLS,))
-    ]
+    lags = [settled_ms - end_ms for settled_ms, end_ms in conn.execute(_LAG_SQL, (LAG_SAMPLE_CALLS,))]
     return {
         "in_progress": open_count,
         "oldest_open_s": (now_ms - oldest_ms) / 1000 if oldest_ms is not None else 0.0,

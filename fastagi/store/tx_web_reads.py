@@ -11,9 +11,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from fastagi.core.clock import iso_from_ms
 from fastagi.store import tx_admin
 from fastagi.store.base import NotFound
 from fastagi.store.pages import statement_rows
+from fastagi.store.rows import day_ms, iso
 from fastagi.store.tx_calls import call_record
 from fastagi.store.tx_ledger import load_account
 
@@ -46,21 +48,22 @@ def numbers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 # Two fixed statements (no SQL is built from input): a later page starts below the previous
-# page's last (start_at, billing_id) as a row value, which SQLite seeks to in the
+# page's last (start_ms, billing_id) as a row value, which SQLite seeks to in the
 # calls_by_number index; an "IS NULL OR" there would make every page scan from the top.
 # (PostgreSQL must be told a parameter's type where it is only tested for NULL: /*pg ::T*/.)
 _CALLS_WHERE = (
     "FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
     "WHERE c.number_id = :n AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
-    "AND (:since/*pg ::text*/ IS NULL OR c.start_at >= :since) AND (:until/*pg ::text*/ IS NULL OR c.start_at < :until) "
+    "AND (:since/*pg ::bigint*/ IS NULL OR c.start_ms >= :since) "
+    "AND (:until/*pg ::bigint*/ IS NULL OR c.start_ms < :until) "
     "AND (:state/*pg ::text*/ IS NULL OR c.state = :state) "
 )
-_CALLS_ORDER = "ORDER BY c.start_at DESC, c.billing_id DESC LIMIT :limit"
+_CALLS_ORDER = "ORDER BY c.start_ms DESC, c.billing_id DESC LIMIT :limit"
 _CALLS_FIRST_SQL = "SELECT c.*, e.key AS ext_key " + _CALLS_WHERE + _CALLS_ORDER
 _CALLS_AFTER_SQL = (
     "SELECT c.*, e.key AS ext_key "
     + _CALLS_WHERE
-    + "AND (c.start_at, c.billing_id) < (:a_start, :a_id) "
+    + "AND (c.start_ms, c.billing_id) < (:a_start, :a_id) "
     + _CALLS_ORDER
 )
 
@@ -75,7 +78,8 @@ def calls_page(
     after: tuple[str, str] | None,
     limit: int,
 ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
-    """Calls newest first; `after` is the (start_at, billing_id) the previous page ended on.
+    """Calls newest first; `after` is the (start ISO text, billing_id) the previous page ended on
+    (the cursor shows the time as text); since, until_before: 'YYYY-MM-DD' (UTC).
 
     Every filter is a fixed clause with a bound parameter; NULL turns it off.
     """
@@ -86,16 +90,16 @@ def calls_page(
         {
             "n": number_id,
             "ext": ext_id,
-            "since": since,
-            "until": until_before,
+            "since": day_ms(since) if since is not None else None,
+            "until": day_ms(until_before) if until_before is not None else None,
             "state": state,
-            "a_start": after_start,
+            "a_start": day_ms(after_start) if after_start is not None else None,
             "a_id": after_id,
             "limit": min(limit, PAGE_ROWS_MAX) + 1,
         },
     ).fetchall()
     page = rows[: min(limit, PAGE_ROWS_MAX)]
-    nxt = (page[-1]["start_at"], page[-1]["billing_id"]) if len(rows) > len(page) else None
+    nxt = (iso_from_ms(page[-1]["start_ms"]), page[-1]["billing_id"]) if len(rows) > len(page) else None
     return [call_record(r, number, r["ext_key"]) for r in page], nxt
 
 
@@ -120,14 +124,15 @@ def daily_spend(conn: sqlite3.Connection, number: str, ext: str, since_day: str)
     # Newest first down the account's debit index, stopping at the first transfer older than
     # since_day (seq order is time order): the cost is the window's transfers, not the history.
     out: dict[str, int] = {}
-    for created_at, kind, amount in conn.execute(
-        "SELECT created_at, kind, amount FROM transfers WHERE debit_account_id = ? ORDER BY seq DESC",
+    since_ms = day_ms(since_day)
+    for created_ms, kind, amount in conn.execute(
+        "SELECT created_ms, kind, amount FROM transfers WHERE debit_account_id = ? ORDER BY seq DESC",
         (account_id,),
     ):
-        if created_at < since_day:
+        if created_ms < since_ms:
             break
         if kind == "post":
-            day = created_at[:10]
+            day = iso_from_ms(created_ms)[:10]
             out[day] = out.get(day, 0) + amount
     return out
 
@@ -181,12 +186,24 @@ def _removed(conn: sqlite3.Connection, number: str, ext: str) -> dict[str, Any]:
 def in_progress(conn: sqlite3.Connection, number: str, ext: str | None) -> list[dict[str, Any]]:
     number_id, _, ext_id, _ = _ids(conn, number, ext)
     rows = conn.execute(
-        "SELECT c.billing_id, c.caller, c.start_at, c.answer_at, c.granted_s, c.reserved, c.charged, "
+        "SELECT c.billing_id, c.caller, c.start_ms, c.answer_ms, c.granted_s, c.reserved, c.charged, "
         "e.key AS ext FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
         # "+ 0": walk the open calls (the partial index calls_open), not the number's history
         "WHERE c.state = 'reserved' AND c.number_id + 0 = :n "
         "AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
-        "ORDER BY c.start_at DESC LIMIT :limit",
+        "ORDER BY c.start_ms DESC LIMIT :limit",
         {"n": number_id, "ext": ext_id, "limit": IN_PROGRESS_MAX},
     ).fetchall()
-    return [dict(r) for r in rows]
+    return [_in_progress_row(dict(r)) for r in rows]
+
+
+def _in_progress_row(r: dict[str, Any]) -> dict[str, Any]:
+    """An open call with its start and answer times as ISO text (as the console shows them)."""
+    start_ms, answer_ms = r.pop("start_ms"), r.pop("answer_ms")
+    return {
+        "billing_id": r.pop("billing_id"),
+        "caller": r.pop("caller"),
+        "start_at": iso_from_ms(start_ms),
+        "answer_at": iso(answer_ms),
+        **r,
+    }

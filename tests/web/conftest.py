@@ -153,7 +153,7 @@ def place_call(srv: Server, bid: str, ext: str, caller: str, start: str, talk_s:
     from fastagi.core.records import CallFacts
     from fastagi.store import tx_calls
 
-    with mock.patch.object(tx_calls, "now_iso", lambda: start):
+    with mock.patch.object(tx_calls, "now_ms", lambda: ms_from_iso(start)):
         d = srv.run(tx_calls.route, bid, DEMO_NUMBER, ext, 1, caller, f"PJSIP/t-{bid}", bid)
     assert d.action == "dial", d
     if talk_s is None:

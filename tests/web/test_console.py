@@ -181,7 +181,7 @@ def test_export_covers_every_page_of_the_filter(server: Server) -> None:
     def many(conn: object) -> None:
         tx_admin.recharge(conn, N, "3", 100_000, "page-test")  # a grant holds what it can pay
         for i, start in enumerate(starts):
-            with mock.patch.object(tx_calls, "now_iso", lambda start=start: start):
+            with mock.patch.object(tx_calls, "now_ms", lambda start=start: ms_from_iso(start)):
                 d = tx_calls.route(conn, f"p-{i}", N, "3", 1, "139", None, None)
                 assert d.action == "dial", (i, d)
             end = iso_from_ms(ms_from_iso(start) + 1000)

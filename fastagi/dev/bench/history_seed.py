@@ -16,7 +16,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from fastagi.core.clock import iso_from_ms
 from fastagi.core.rating import Tariff, billed_seconds, cost
 from fastagi.store.tariff_snapshots import tariff_id, tariff_json
 from fastagi.store.tx_ledger import FUNDING_ACCOUNT_ID, REVENUE_ACCOUNT_ID
@@ -29,13 +28,13 @@ GRANT_S = 900  # every seeded call was granted this much (talk is at most 600 s)
 
 _CALL_COLS = (
     "billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest, charged, "
-    "start_ms, granted_s, reserved, pending_id, state, start_at, answer_at, end_at, talk_s, billed_s, "
-    "cost, disposition, cause, settled_by, settled_at, renewals, grant_final, callee, tariff_id"
+    "start_ms, granted_s, reserved, state, answer_ms, end_ms, talk_s, billed_s, "
+    "cost, disposition, cause, settled_by, settled_ms, renewals, grant_final, callee, tariff_id"
 )
-_CALL_SQL = f"INSERT INTO calls ({_CALL_COLS}) VALUES ({','.join('?' * 28)})"
+_CALL_SQL = f"INSERT INTO calls ({_CALL_COLS}) VALUES ({','.join('?' * 26)})"
 _TRANSFER_SQL = (
     "INSERT INTO transfers (seq, id, kind, debit_account_id, credit_account_id, amount, pending_id, code, "
-    "ref, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "ref, created_ms) VALUES (?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -113,18 +112,17 @@ def seed_history(
             ring = rng.randrange(1_000, 15_000)
             paid = cost(talk, line.tariff) if answered else 0
             reserved = cost(GRANT_S, line.tariff)
-            start_at, end_ms = iso_from_ms(start), start + ring + talk * 1000
-            end_at = iso_from_ms(end_ms)
-            settled_at = iso_from_ms(end_ms + 40)
-            pid = f"call:{bid}"
+            end_ms = start + ring + talk * 1000
+            settled_ms = end_ms + 40
+            pid = f"call:{bid}"  # (serve writes a call as tx_calls.route and settle do)
             calls.append((
                 bid, line.number_id, line.extension_id, line.account_id,
-                f"138{rng.randrange(100_000_000):08d}", f"PJSIP/trunk-{i:08x}", bid, line.dest,
-                "ext" if line.extension_id else "main", start, GRANT_S, reserved, pid,
-                "rated" if answered else "unanswered", start_at,
-                iso_from_ms(start + ring) if answered else None, end_at, talk,
+                f"138{rng.randrange(100_000_000):08d}", f"PJSIP/trunk-{i:08x}", None, line.dest,
+                "ext" if line.extension_id else "main", start, GRANT_S, reserved,
+                "rated" if answered else "unanswered",
+                start + ring if answered else None, end_ms, talk,
                 billed_seconds(talk, line.tariff) if answered else 0, paid,
-                "ANSWER" if answered else "NOANSWER", "16", "ami", settled_at, 0, 1,
+                "ANSWER" if answered else "NOANSWER", "16", "ami", settled_ms, 0, 1,
                 f"{start // 1000}.{i + 1}" if answered else None, line.tariff_id,
             ))  # fmt: skip
             kind = "post" if answered else "void"
@@ -138,11 +136,11 @@ def seed_history(
                     reserved,
                     None,
                     "call",
-                    bid,
-                    start_at,
+                    None,  # the billing id is the id's tail (store/rows.py call_ref)
+                    start,
                 )
             )
-            transfers.append((seq + 2, f"{pid}:{kind}", kind, line.account_id, REVENUE_ACCOUNT_ID, paid, pid, "call", None, settled_at))  # fmt: skip
+            transfers.append((seq + 2, f"{pid}:{kind}", kind, line.account_id, REVENUE_ACCOUNT_ID, paid, pid, "call", None, settled_ms))  # fmt: skip
             seq += 2
             posted[line.account_id] += paid
             answered_n += answered
@@ -150,7 +148,7 @@ def seed_history(
         conn.executemany(_TRANSFER_SQL, transfers)  # first: a call references its reservation
         conn.executemany(_CALL_SQL, calls)
         conn.execute("COMMIT")
-    _pay(conn, accounts, posted, seq0, iso_from_ms(start_ms0 - DAY_MS))
+    _pay(conn, accounts, posted, seq0, start_ms0 - DAY_MS)
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(  # the kept count of settled calls (tx_calls.settle's)
         "INSERT INTO call_counts (state, settled_by, calls) VALUES (?, 'ami', ?) "
@@ -161,7 +159,7 @@ def seed_history(
     return {"calls": n, "transfers": 2 * n + len(accounts)}
 
 
-def _pay(conn: sqlite3.Connection, accounts: list[int], posted: dict[int, int], seq0: int, at: str) -> None:
+def _pay(conn: sqlite3.Connection, accounts: list[int], posted: dict[int, int], seq0: int, at: int) -> None:
     """The recharges that paid the history, and every counter the calls moved."""
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(
