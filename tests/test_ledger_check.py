@@ -139,8 +139,8 @@ def test_wrong_call_count_fails_the_run(db: Path) -> None:
     _tamper(
         db,
         "INSERT INTO calls (billing_id, number_id, account_id, caller, dest, charged, start_ms, tariff_id, "
-        "granted_s, reserved, state, start_at, cost) SELECT '1732650000.9', number_id, account_id, caller, "
-        "dest, charged, start_ms, tariff_id, granted_s, 0, 'unanswered', start_at, 0 FROM calls LIMIT 1",
+        "granted_s, reserved, state, cost) SELECT '1732650000.9', number_id, account_id, caller, "
+        "dest, charged, start_ms, tariff_id, granted_s, 0, 'unanswered', 0 FROM calls LIMIT 1",
     )
     r = check_ledger(str(db), {**EXPECT, "granted": 5, "unanswered": 2})
     assert r["settled_exactly_once"] is False and r["ledger_consistent"] is False
@@ -184,8 +184,8 @@ def test_a_reservation_resolved_twice_fails_the_run(db: Path) -> None:
         db,
         "DROP INDEX transfers_one_resolution",
         "INSERT INTO transfers (id, kind, debit_account_id, credit_account_id, amount, pending_id, code, "
-        "created_at) SELECT id || ':again', 'void', debit_account_id, credit_account_id, 0, id, code, "
-        "created_at FROM transfers WHERE id = 'call:1732650000.2'",
+        "created_ms) SELECT id || ':again', 'void', debit_account_id, credit_account_id, 0, id, code, "
+        "created_ms FROM transfers WHERE id = 'call:1732650000.2'",
     )
     r = check_ledger(str(db), EXPECT)
     assert r["settled_exactly_once"] is False

@@ -249,7 +249,7 @@ async def test_renewals_reserve_chunks_and_settlement_posts_the_real_cost_across
         rows = await store.read(
             lambda c: c.execute(
                 "SELECT p.id, p.amount, r.kind, r.amount FROM transfers p JOIN transfers r "
-                "ON r.pending_id = p.id WHERE p.ref = ? AND p.kind = 'pending' ORDER BY p.seq",
+                "ON r.pending_id = p.id WHERE coalesce(p.ref, substr(p.id, 6)) = ? AND p.kind = 'pending' ORDER BY p.seq",
                 (bid,),
             ).fetchall()
         )
