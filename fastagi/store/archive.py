@@ -34,6 +34,7 @@ _ARCHIVE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS archive_meta (format INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS transfers ({tcols}, PRIMARY KEY (seq), UNIQUE (id));
 CREATE TABLE IF NOT EXISTS tariffs (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dests (id INTEGER PRIMARY KEY, dest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS summaries (id TEXT PRIMARY KEY);
 CREATE INDEX IF NOT EXISTS transfers_by_debit ON transfers(debit_account_id, seq);
 CREATE INDEX IF NOT EXISTS transfers_by_credit ON transfers(credit_account_id, seq);
@@ -178,6 +179,9 @@ def archive_batch(conn: sqlite3.Connection, before: str, file: str) -> dict[str,
         "SELECT id, body FROM tariffs WHERE id IN ({marks})",
         sorted({r[ix["tariff_id"]] for r in calls}),
     )
+    dests = _in_chunks(
+        conn, "SELECT id, dest FROM dests WHERE id IN ({marks})", sorted({r[ix["dest_id"]] for r in calls})
+    )
     summaries = _summaries(transfers, before, file)
     # 1. the archive file first: a crash after this leaves the rows in both places
     arc = _archive_conn(file, call_cols)
@@ -190,6 +194,7 @@ def archive_batch(conn: sqlite3.Connection, before: str, file: str) -> dict[str,
             transfers,
         )
         arc.executemany("INSERT OR IGNORE INTO tariffs (id, body) VALUES (?, ?)", [tuple(t) for t in tariffs])
+        arc.executemany("INSERT OR IGNORE INTO dests (id, dest) VALUES (?, ?)", [tuple(d) for d in dests])
         arc.executemany("INSERT OR IGNORE INTO summaries (id) VALUES (?)", [(s[1],) for s in summaries])
         arc.execute("COMMIT")
     except sqlite3.Error as exc:

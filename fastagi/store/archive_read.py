@@ -20,14 +20,16 @@ ARCHIVE_FORMAT = 2  # archive_meta.format of the files this code writes (and rea
 ARCHIVE_FORMATS_READ = (1, 2)  # 1: times as ISO 8601 text (schema version 5)
 
 # Format 1 read through views with the live columns of today (migrations/0006): temporary
-# views shadow the file's tables for this read-only connection, so the same statements read it.
+# views shadow the file's tables for this read-only connection, so the same statements read
+# it. Its calls hold their Dial string: a call's dest_id there is its own billing id.
 _ISO_MS = "CAST(strftime('%s', {c}) AS INTEGER) * 1000 + CAST(substr({c}, 21, 3) AS INTEGER)"
 _FORMAT_1_VIEWS = f"""
 CREATE TEMP VIEW calls AS SELECT billing_id, number_id, extension_id, account_id, caller, channel,
-    linkedid, dest, charged, {_ISO_MS.format(c="start_at")} AS start_ms, granted_s, reserved, state,
+    linkedid, billing_id AS dest_id, charged, {_ISO_MS.format(c="start_at")} AS start_ms, granted_s, reserved, state,
     {_ISO_MS.format(c="answer_at")} AS answer_ms, {_ISO_MS.format(c="end_at")} AS end_ms, talk_s,
     billed_s, cost, disposition, cause, settled_by, {_ISO_MS.format(c="settled_at")} AS settled_ms,
     renewals, grant_final, supervised, callee, tariff_id FROM main.calls;
+CREATE TEMP VIEW dests AS SELECT billing_id AS id, dest FROM main.calls;
 CREATE TEMP VIEW transfers AS SELECT seq, id, kind, debit_account_id, credit_account_id, amount,
     pending_id, code, ref, {_ISO_MS.format(c="created_at")} AS created_ms FROM main.transfers;
 """

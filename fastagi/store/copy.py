@@ -36,6 +36,7 @@ TABLES: tuple[tuple[str, str | None], ...] = (
     ("transfers", "seq"),
     ("suspension_events", "id"),
     ("tariffs", "id"),
+    ("dests", "id"),
     ("calls", None),
     ("call_counts", None),
     ("archives", "id"),

@@ -101,22 +101,22 @@ def calls_rows(
     """Up to `limit` call rows of the number (or of one extension), newest first, from the
     cursor down: ordered by (start_ms, billing_id), which no later write changes.
     since: 'YYYY-MM-DD' (UTC)."""
-    sql = "SELECT * FROM calls WHERE "
+    sql = "SELECT c.*, d.dest FROM calls c JOIN dests d ON d.id = c.dest_id WHERE "
     params: list[Any] = []
     if extension_id is not None:  # calls_by_extension
-        sql += "extension_id = ?"
+        sql += "c.extension_id = ?"
         params.append(extension_id)
     else:  # calls_by_number
-        sql += "number_id = ?"
+        sql += "c.number_id = ?"
         params.append(number_id)
     if since is not None:
-        sql += " AND start_ms >= ?"
+        sql += " AND c.start_ms >= ?"
         params.append(day_ms(since))
     if before is not None:
         # the first condition bounds the index range; the second breaks ties of start_ms
-        sql += " AND start_ms <= ? AND (start_ms < ? OR billing_id < ?)"
+        sql += " AND c.start_ms <= ? AND (c.start_ms < ? OR c.billing_id < ?)"
         params += [before[0], before[0], before[1]]
-    sql += " ORDER BY start_ms DESC, billing_id DESC LIMIT ?"
+    sql += " ORDER BY c.start_ms DESC, c.billing_id DESC LIMIT ?"
     params.append(limit)
     cur = conn.execute(sql, params)
     names = [d[0] for d in cur.description]

@@ -24,6 +24,7 @@ from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_outbox
 from fastagi.store.archive_read import archived_calls
 from fastagi.store.base import NotFound
+from fastagi.store.call_dests import cached_dest_id, dest_id
 from fastagi.store.pages import PAGE_ROWS_MAX, calls_rows, check_limit, parse_calls_cursor
 from fastagi.store.rows import call_pending_id, call_ref, iso, ms_of
 from fastagi.store.tariff_snapshots import cached_tariff_id, tariff_from_json, tariff_id, tariff_json
@@ -90,7 +91,6 @@ def route(
         caller,
         channel,
         None if linkedid == billing_id else linkedid,  # most calls: kept as NULL (store/rows.py)
-        d.dest,
         d.charged,
         start_ms,
         d.granted_s,
@@ -98,29 +98,38 @@ def route(
         int(d.final),
         int(d.supervised),
     )
-    body = tariff_json(d.tariff)
-    tid = cached_tariff_id(body)
-    # the remembered snapshot id is checked by the INSERT itself (tariff_snapshots.py)
-    if tid is None or conn.execute(_INSERT_CALL_SQL, (*values, tid, body)).rowcount != 1:
-        if conn.execute(_INSERT_CALL_SQL, (*values, tariff_id(conn, body), body)).rowcount != 1:
+    body, dest = tariff_json(d.tariff), d.dest
+    assert dest is not None  # a dial has a destination (decide_route)
+    tid, did = cached_tariff_id(body), cached_dest_id(dest)
+    # the remembered ids are checked by the INSERT itself (tariff_snapshots.py, call_dests.py)
+    if (
+        tid is None
+        or did is None
+        or conn.execute(_INSERT_CALL_SQL, (*values, tid, body, did, dest)).rowcount != 1
+    ):
+        shared = (tariff_id(conn, body), body, dest_id(conn, dest), dest)
+        if conn.execute(_INSERT_CALL_SQL, (*values, *shared)).rowcount != 1:
             raise NotFound(f"tariff snapshot of call {billing_id} could not be stored")
     return d
 
 
-# The call row with its tariff snapshot selected by id and text: no row without the snapshot.
+# The call row with its tariff snapshot and its Dial string selected by id and text: no row
+# without them.
 _INSERT_CALL_SQL = (
     "INSERT INTO calls (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, "
-    "dest, charged, start_ms, granted_s, reserved, state, grant_final, supervised, tariff_id) "
-    "SELECT ?,?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id FROM tariffs t WHERE t.id = ? AND t.body = ?"
+    "charged, start_ms, granted_s, reserved, state, grant_final, supervised, tariff_id, dest_id) "
+    "SELECT ?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id, d.id FROM tariffs t, dests d "
+    "WHERE t.id = ? AND t.body = ? AND d.id = ? AND d.dest = ?"
 )
 # Kept counter of settled calls by state and path (/metrics reads it instead of counting rows).
 _COUNT_SETTLED_SQL = (
     "INSERT INTO call_counts (state, settled_by, calls) VALUES (?, ?, 1) "
     "ON CONFLICT (state, settled_by) DO UPDATE SET calls = call_counts.calls + 1"
 )
-# A call with its tariff snapshot's text as `tariff`.
+# A call with its tariff snapshot's text as `tariff` and its Dial string as `dest`.
 CALL_SQL = (
-    "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id WHERE c.billing_id=?"
+    "SELECT c.*, t.body AS tariff, d.dest FROM calls c JOIN tariffs t ON t.id = c.tariff_id "
+    "JOIN dests d ON d.id = c.dest_id WHERE c.billing_id=?"
 )
 
 
@@ -168,8 +177,8 @@ def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, s
 # then read the state it committed (SQLite's one writer at a time needs no lock).
 # ... locked for the settlement on PostgreSQL (the call's row only, not the shared snapshot)
 _CALL_FOR_UPDATE_SQL = (
-    "SELECT c.*, t.body AS tariff FROM calls c JOIN tariffs t ON t.id = c.tariff_id "
-    "WHERE c.billing_id=? /*pg FOR UPDATE OF c*/"
+    "SELECT c.*, t.body AS tariff, d.dest FROM calls c JOIN tariffs t ON t.id = c.tariff_id "
+    "JOIN dests d ON d.id = c.dest_id WHERE c.billing_id=? /*pg FOR UPDATE OF c*/"
 )
 
 

@@ -52,16 +52,16 @@ def numbers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 # calls_by_number index; an "IS NULL OR" there would make every page scan from the top.
 # (PostgreSQL must be told a parameter's type where it is only tested for NULL: /*pg ::T*/.)
 _CALLS_WHERE = (
-    "FROM calls c LEFT JOIN extensions e ON e.id = c.extension_id "
+    "FROM calls c JOIN dests d ON d.id = c.dest_id LEFT JOIN extensions e ON e.id = c.extension_id "
     "WHERE c.number_id = :n AND (:ext/*pg ::bigint*/ IS NULL OR c.extension_id = :ext) "
     "AND (:since/*pg ::bigint*/ IS NULL OR c.start_ms >= :since) "
     "AND (:until/*pg ::bigint*/ IS NULL OR c.start_ms < :until) "
     "AND (:state/*pg ::text*/ IS NULL OR c.state = :state) "
 )
 _CALLS_ORDER = "ORDER BY c.start_ms DESC, c.billing_id DESC LIMIT :limit"
-_CALLS_FIRST_SQL = "SELECT c.*, e.key AS ext_key " + _CALLS_WHERE + _CALLS_ORDER
+_CALLS_FIRST_SQL = "SELECT c.*, d.dest, e.key AS ext_key " + _CALLS_WHERE + _CALLS_ORDER
 _CALLS_AFTER_SQL = (
-    "SELECT c.*, e.key AS ext_key "
+    "SELECT c.*, d.dest, e.key AS ext_key "
     + _CALLS_WHERE
     + "AND (c.start_ms, c.billing_id) < (:a_start, :a_id) "
     + _CALLS_ORDER

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastagi.core.rating import Tariff, billed_seconds, cost
+from fastagi.store.call_dests import dest_id
 from fastagi.store.tariff_snapshots import tariff_id, tariff_json
 from fastagi.store.tx_ledger import FUNDING_ACCOUNT_ID, REVENUE_ACCOUNT_ID
 
@@ -27,7 +28,7 @@ EXT_SHARE, ANSWERED_SHARE = 0.8, 0.85
 GRANT_S = 900  # every seeded call was granted this much (talk is at most 600 s)
 
 _CALL_COLS = (
-    "billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest, charged, "
+    "billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest_id, charged, "
     "start_ms, granted_s, reserved, state, answer_ms, end_ms, talk_s, billed_s, "
     "cost, disposition, cause, settled_by, settled_ms, renewals, grant_final, callee, tariff_id"
 )
@@ -45,7 +46,7 @@ class _Line:
     number_id: int
     extension_id: int | None
     account_id: int
-    dest: str
+    dest_id: int  # its Dial string's row in `dests` (store/call_dests.py)
     tariff: Tariff
     tariff_id: int
 
@@ -71,14 +72,14 @@ def _lines(conn: sqlite3.Connection) -> tuple[list[list[_Line]], list[_Line]]:
     numbers = conn.execute("SELECT id, account_id, plan_id, default_dest FROM numbers ORDER BY id").fetchall()
     for nid, acc, pid, dest in numbers:
         t = plans[pid]
-        mains.append(_Line(nid, None, acc, dest or "PJSIP/operator", t, snapshot(t)))
+        mains.append(_Line(nid, None, acc, dest_id(conn, dest or "PJSIP/operator"), t, snapshot(t)))
         rows = conn.execute(
             "SELECT e.id, e.account_id, coalesce(e.plan_id, ?), e.dest FROM extensions e "
             "JOIN accounts a ON a.id = e.account_id WHERE e.number_id = ? AND a.credits_posted >= 1000000 "
             "ORDER BY e.id",
             (pid, nid),
         ).fetchall()
-        exts.append([_Line(nid, e, a, d, plans[p], snapshot(plans[p])) for e, a, p, d in rows])
+        exts.append([_Line(nid, e, a, dest_id(conn, d), plans[p], snapshot(plans[p])) for e, a, p, d in rows])
     return exts, mains
 
 
@@ -117,7 +118,7 @@ def seed_history(
             pid = f"call:{bid}"  # (serve writes a call as tx_calls.route and settle do)
             calls.append((
                 bid, line.number_id, line.extension_id, line.account_id,
-                f"138{rng.randrange(100_000_000):08d}", f"PJSIP/trunk-{i:08x}", None, line.dest,
+                f"138{rng.randrange(100_000_000):08d}", f"PJSIP/trunk-{i:08x}", None, line.dest_id,
                 "ext" if line.extension_id else "main", start, GRANT_S, reserved,
                 "rated" if answered else "unanswered",
                 start + ring if answered else None, end_ms, talk,

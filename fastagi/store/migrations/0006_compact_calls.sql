@@ -5,7 +5,13 @@
 -- The calls table rebuilt (SQLite changes columns by rebuilding): start_at, answer_at, end_at
 -- and settled_at become start_ms (kept: the grant's clock), answer_ms, end_ms and settled_ms;
 -- pending_id ('call:' || billing_id, always) is gone; linkedid is NULL when it is the call's
--- own billing id (most calls: the IVR channel opened the call).
+-- own billing id (most calls: the IVR channel opened the call); dest is shared (`dests`).
+-- The Dial strings calls were granted to, each kept once (store/call_dests.py).
+CREATE TABLE IF NOT EXISTS dests (
+    id    INTEGER PRIMARY KEY,
+    dest  TEXT    NOT NULL UNIQUE
+);
+INSERT INTO dests (dest) SELECT DISTINCT dest FROM calls ORDER BY dest;
 CREATE TABLE calls_new (
     billing_id     TEXT    PRIMARY KEY,     -- the IVR channel's Asterisk uniqueid
     number_id      INTEGER NOT NULL REFERENCES numbers(id),
@@ -14,7 +20,7 @@ CREATE TABLE calls_new (
     caller         TEXT    NOT NULL,
     channel        TEXT,
     linkedid       TEXT,                    -- NULL: the billing id
-    dest           TEXT    NOT NULL,        -- the Dial string the call was granted to
+    dest_id        INTEGER NOT NULL REFERENCES dests(id),  -- the Dial string the call was granted to
     charged        TEXT    NOT NULL CHECK (charged IN ('main', 'ext')),
     start_ms       INTEGER NOT NULL,        -- Unix ms of the grant (the records' start time)
     granted_s      INTEGER NOT NULL CHECK (granted_s > 0),
@@ -36,11 +42,12 @@ CREATE TABLE calls_new (
     tariff_id      INTEGER NOT NULL REFERENCES tariffs(id)  -- the tariff snapshot the grant used
 );
 -- 'YYYY-MM-DDTHH:MM:SS.mmmZ' (core/clock.py iso_from_ms) -> Unix ms, exactly
-INSERT INTO calls_new (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest,
+INSERT INTO calls_new (billing_id, number_id, extension_id, account_id, caller, channel, linkedid, dest_id,
     charged, start_ms, granted_s, reserved, state, answer_ms, end_ms, talk_s, billed_s, cost, disposition,
     cause, settled_by, settled_ms, renewals, grant_final, supervised, callee, tariff_id)
 SELECT billing_id, number_id, extension_id, account_id, caller, channel,
-    CASE WHEN linkedid = billing_id THEN NULL ELSE linkedid END, dest, charged,
+    CASE WHEN linkedid = billing_id THEN NULL ELSE linkedid END,
+    (SELECT d.id FROM dests d WHERE d.dest = calls.dest), charged,
     CAST(strftime('%s', start_at) AS INTEGER) * 1000 + CAST(substr(start_at, 21, 3) AS INTEGER),
     granted_s, reserved, state,
     CAST(strftime('%s', answer_at) AS INTEGER) * 1000 + CAST(substr(answer_at, 21, 3) AS INTEGER),
