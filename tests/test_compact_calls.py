@@ -6,7 +6,10 @@ same as it was, for a store upgraded from version 5 and for an archive version 5
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -236,3 +239,58 @@ def test_an_archive_written_by_version_5_still_reads_back(db: Path, tmp_path: Pa
     assert refused.stderr.strip() == (
         f"extbill: error: {old} is an archive of format 1 (an older extbill): archive to a new file"
     )
+
+
+def _pg_at_version_5(url: str, v5: Path) -> None:
+    """A PostgreSQL store at schema version 5 holding the rows of the version-5 SQLite file."""
+    import psycopg  # noqa: PLC0415
+
+    from fastagi.store.copy import TABLES  # noqa: PLC0415
+    from fastagi.store.pg import pg_migrations  # noqa: PLC0415
+
+    src = sqlite3.connect(v5)
+    try:
+        with psycopg.connect(url) as pg:
+            scripts = pg_migrations()
+            pg.execute(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            for v in range(1, 6):
+                pg.execute(scripts[v].read_text())
+                pg.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (v, scripts[v].stem[5:])
+                )
+            pg.execute("DELETE FROM accounts")
+            have = {t for (t,) in src.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table, _ in TABLES:
+                if table not in have:
+                    continue
+                cur = src.execute(f"SELECT * FROM {table} ORDER BY rowid")
+                cols = ", ".join(d[0] for d in cur.description)
+                with pg.cursor().copy(f"COPY {table} ({cols}) FROM STDIN") as out:
+                    for row in cur.fetchall():
+                        out.write_row(row)
+    finally:
+        src.close()
+
+
+def test_a_version_5_postgresql_store_upgrades_with_every_output_unchanged(
+    db: Path, tmp_path: Path, pg_server: Any
+) -> None:
+    """The PostgreSQL twin of the upgrade (pg_migrations/0006_compact_calls.sql): the same rows
+    read the same on both engines before and after."""
+    v5 = tmp_path / "v5.db"
+    _as_version_5(db, v5)
+    url = pg_server.new_database()
+    _pg_at_version_5(url, v5)
+    expected = _outputs(db)
+    for args in READS:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fastagi", *args, "--db", url],
+            env={k: v for k, v in os.environ.items() if k != "EXTBILL_DB"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (proc.stdout, proc.stderr) == expected[args], (args, proc.returncode)
