@@ -121,6 +121,10 @@ _INSERT_CALL_SQL = (
     "SELECT ?,?,?,?,?,?,?,?,?,?,?, 'reserved', ?, ?, t.id, d.id FROM tariffs t, dests d "
     "WHERE t.id = ? AND t.body = ? AND d.id = ? AND d.dest = ?"
 )
+# What only a live call needs (the supervisor moves a call's cut-off through its channels'
+# names) is not kept once it is settled: no record, listing or check shows it, and each call
+# would carry ~40 bytes of it for good (README.md, "History at scale").
+_LIVE_ONLY_CLEARED = "channel=NULL, callee=NULL"
 # Kept counter of settled calls by state and path (/metrics reads it instead of counting rows).
 _COUNT_SETTLED_SQL = (
     "INSERT INTO call_counts (state, settled_by, calls) VALUES (?, ?, 1) "
@@ -238,7 +242,7 @@ def settle(conn: sqlite3.Connection, f: CallFacts) -> SettleResult:
         state = CallState.UNANSWERED
     conn.execute(
         "UPDATE calls SET state=?, answer_ms=?, end_ms=?, talk_s=?, billed_s=?, cost=?, "
-        "disposition=?, cause=?, settled_by=?, settled_ms=? WHERE billing_id=?",
+        "disposition=?, cause=?, settled_by=?, settled_ms=?, " + _LIVE_ONLY_CLEARED + " WHERE billing_id=?",
         (
             state,
             ms_of(answer_at := (f.answer_at if f.answered else None)),
@@ -285,7 +289,9 @@ def expire(
     now = now_ms()
     conn.execute(
         "UPDATE calls SET state=?, talk_s=?, billed_s=?, cost=?, disposition=coalesce(disposition, ?), "
-        "settled_by=?, settled_ms=?, end_ms=coalesce(end_ms, ?) WHERE billing_id=?",
+        "settled_by=?, settled_ms=?, end_ms=coalesce(end_ms, ?), "
+        + _LIVE_ONLY_CLEARED
+        + " WHERE billing_id=?",
         (state, talk, billed, charged, "UNKNOWN", settled_by, now, now, billing_id),
     )
     conn.execute(_COUNT_SETTLED_SQL, (state, settled_by))

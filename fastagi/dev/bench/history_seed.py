@@ -115,16 +115,16 @@ def seed_history(
             reserved = cost(GRANT_S, line.tariff)
             end_ms = start + ring + talk * 1000
             settled_ms = end_ms + 40
-            pid = f"call:{bid}"  # (serve writes a call as tx_calls.route and settle do)
+            pid = f"call:{bid}"  # as serve writes a settled call: no linkedid, channel, callee (tx_calls)
             calls.append((
                 bid, line.number_id, line.extension_id, line.account_id,
-                f"138{rng.randrange(100_000_000):08d}", f"PJSIP/trunk-{i:08x}", None, line.dest_id,
+                f"138{rng.randrange(100_000_000):08d}", None, None, line.dest_id,
                 "ext" if line.extension_id else "main", start, GRANT_S, reserved,
                 "rated" if answered else "unanswered",
                 start + ring if answered else None, end_ms, talk,
                 billed_seconds(talk, line.tariff) if answered else 0, paid,
                 "ANSWER" if answered else "NOANSWER", "16", "ami", settled_ms, 0, 1,
-                f"{start // 1000}.{i + 1}" if answered else None, line.tariff_id,
+                None, line.tariff_id,
             ))  # fmt: skip
             kind = "post" if answered else "void"
             transfers.append(
