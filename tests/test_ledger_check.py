@@ -138,9 +138,9 @@ def test_wrong_call_count_fails_the_run(db: Path) -> None:
     assert "4 calls recorded, 5 granted" in r["discrepancies"]
     _tamper(
         db,
-        "INSERT INTO calls (billing_id, number_id, account_id, caller, dest, charged, start_ms, tariff_id, "
+        "INSERT INTO calls (billing_id, number_id, account_id, caller, dest_id, charged, start_ms, tariff_id, "
         "granted_s, reserved, state, cost) SELECT '1732650000.9', number_id, account_id, caller, "
-        "dest, charged, start_ms, tariff_id, granted_s, 0, 'unanswered', 0 FROM calls LIMIT 1",
+        "dest_id, charged, start_ms, tariff_id, granted_s, 0, 'unanswered', 0 FROM calls LIMIT 1",
     )
     r = check_ledger(str(db), {**EXPECT, "granted": 5, "unanswered": 2})
     assert r["settled_exactly_once"] is False and r["ledger_consistent"] is False
