@@ -25,20 +25,21 @@ def _iso_slow(ms: int) -> str:
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _minute_iso(minute: int) -> str:
-    """'YYYY-MM-DDTHH:MM:' of a minute number since the epoch (call times bunch: cached)."""
-    day, in_day = divmod(minute, 1440)
-    hour, in_hour = divmod(in_day, 60)
-    return f"{(_EPOCH_DAY + timedelta(days=day)).isoformat()}T{hour:02d}:{in_hour:02d}:"
+@functools.lru_cache(maxsize=8192)
+def _day_iso(day: int) -> str:
+    """'YYYY-MM-DDT' of a day number since the epoch (a page of history spans few days)."""
+    return f"{(_EPOCH_DAY + timedelta(days=day)).isoformat()}T"
 
 
 @functools.lru_cache(maxsize=4096)
 def _second_iso(second: int) -> str:
     """'YYYY-MM-DDTHH:MM:SS.' of a second since the epoch: a busy server formats the same
-    few seconds (now, a call's answer and end) again and again."""
-    minute, sec = divmod(second, 60)
-    return f"{_minute_iso(minute)}{sec:02d}."
+    few seconds (now, a call's answer and end) again and again; a page of stored calls
+    formats many different ones (the day is cached, the rest is arithmetic)."""
+    day, in_day = divmod(second, 86_400)
+    hour, in_hour = divmod(in_day, 3600)
+    minute, sec = divmod(in_hour, 60)
+    return f"{_day_iso(day)}{hour:02d}:{minute:02d}:{sec:02d}."
 
 
 def iso_from_ms(ms: int) -> str:
