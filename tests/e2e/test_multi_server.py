@@ -15,6 +15,7 @@ Plans: 1/1 s blocks at 0.6 CNY a minute, so a call costs 0.01 CNY per talk secon
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .test_scenarios import (
     WELCOME,
     branch,
     check_books,
+    epoch,
     money,
     originate_calls,
     seed,
@@ -218,3 +220,37 @@ def test_asterisk_keeps_connecting_calls_when_its_first_serve_is_down(
         assert abs(rec["talk_s"] - 3) <= 1 and minor(rec["cost"]) == rec["talk_s"] * CENT_PER_S
         assert money(b, n)[key]["balance"] == 5_000 - minor(rec["cost"])
     check_books(b, [n], calls, peers=(a,))
+
+
+def test_serve_killed_mid_call_without_failover_the_other_sweeps_it_once_past_its_grant(
+    pbxs: tuple[Asterisk, Asterisk], pair: tuple[ExtbillServer, ExtbillServer]
+) -> None:
+    """pbx-a lists only serve A, and A is SIGKILLed while its caller talks: the hangup report
+    reaches nobody, so B's sweeper takes the call over, but only once past its grant (ring time
+    + granted talk + grace after the grant: it cannot still be live), and closes it exactly
+    once by the unsettled policy ('mark': the hold released, the call marked unrated for
+    review), leaving no money held."""
+    (pa, _), (a, b) = pbxs, pair
+    n = "4000000304"
+    seed(a, n, main="50", exts={"1": (branch("talk-0-6"), "5")})
+    mark = len(b.logs)
+
+    async def during(ami: Any, calls: list[Call]) -> None:
+        await wait_bridged(ami, calls[0])
+        await asyncio.sleep(1)
+        await asyncio.to_thread(a.kill)
+
+    (call,), _ = asyncio.run(originate_calls(pa, a, [(n, {"dtmf": "1", "hold": 30})], during))
+    assert call.bridged() and call.var("AGISTATUS") == "FAILURE"  # the report found no server
+    # Observed path: B's sweeper (settled_by "sweeper"), some 20 s after the grant.
+    closed = b.wait_log_sync("call.unsettled_closed", since=mark, timeout=90, billing_id=call.ivr_id)
+    rec = a.call(n, call.ivr_id)
+    assert closed["settled_by"] == "sweeper" and closed["policy"] == "mark"
+    assert rec["state"] == "unrated" and rec["settled_by"] == "sweeper" and minor(rec["cost"]) == 0, rec
+    assert epoch(closed["timestamp"]) > epoch(rec["start"]) + rec["granted_s"]
+    for srv in pair:
+        assert srv.find("call.settled", billing_id=call.ivr_id) == []
+    assert [x for s in pair for x in s.find("call.unsettled_closed", billing_id=call.ivr_id)] == [closed]
+    assert money(b, n)["1"] == {"balance": 5_000, "reserved": 0, "available": 5_000}
+    check = b.cli("db", "check")
+    assert re.search(r"(\d+) reservations, \1 resolved once each, 0 open;.*\(0 in progress\)", check), check
