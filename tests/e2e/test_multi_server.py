@@ -141,6 +141,9 @@ def test_concurrent_calls_from_two_asterisks_never_overdraw(
     granted = {srv: [c for c in calls if c.dialed()] for srv, calls in ((a, calls_a), (b, calls_b))}
     connected = granted[a] + granted[b]
     assert len(connected) == funded, [c.prompts() for c in calls_a + calls_b]
+    # each serve decided its own Asterisk's four calls, against the one shared balance
+    decisions = [[d["action"] for d in srv.find("call.decision", number=n)] for srv in pair]
+    assert [len(d) for d in decisions] == [4, 4] and sum(d.count("dial") for d in decisions) == funded
     for srv, calls in granted.items():
         settled(srv, *calls)  # each by its own Asterisk's serve: the hangup handler's first address
     for call in calls_a + calls_b:
