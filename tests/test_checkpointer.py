@@ -71,6 +71,7 @@ def test_wal_stays_bounded_under_sustained_writes(tmp_path: Path) -> None:
             await store.close()
 
     writes, after = asyncio.run(main())
+    print(f"{writes} writes; WAL peak {max(sizes) / 1e6:.1f} MB, after {after / 1e6:.1f} MB")
     assert writes > 1000
     shrank = sum(1 for a, b in zip(sizes, sizes[1:]) if b < a)
     assert shrank >= 2, f"the WAL never shrank in {writes} writes: {max(sizes) / 1e6:.0f} MB"

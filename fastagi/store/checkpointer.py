@@ -32,6 +32,8 @@ CHECKPOINT_BUSY_TIMEOUT_MS = 1000
 WAL_BYTES_MAX = 16 * 1024 * 1024  # above this, the WAL is emptied (TRUNCATE) once it can be
 WAL_POLL_S = 0.05  # the WAL's size is looked at this often (a stat call)
 STALL_TICKS = 20  # ticks in a row with frames left behind: the checkpointer is stalled (10 s)
+WRITER_TRUNCATE_WAIT_MS = 200  # the writer waits this long for readers before giving up
+WRITER_RETRY_S = 10.0  # after the writer's TRUNCATE failed, it is not asked again for this long
 
 
 class Checkpointer:
@@ -51,6 +53,9 @@ class Checkpointer:
         self.truncates = 0
         self.errors = 0
         self.behind = 0  # ticks in a row that left frames in the WAL
+        # set here, cleared by the store's writer when it runs the TRUNCATE (writer_truncate)
+        self.truncate_wanted = threading.Event()
+        self.writer_retry_at = 0.0  # monotonic; the writer is not asked again before this
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="extbill-checkpointer", daemon=True)
 
@@ -83,13 +88,15 @@ class Checkpointer:
         caught_up = res is not None and res[1] == res[2]  # every frame of the WAL is in the database
         wal = self._wal_bytes()
         # Over the limit: empty the WAL once the passive pass caught up (the TRUNCATE is then
-        # short); over twice the limit, even if it did not (writers committing during every
-        # passive pass on a busy machine), so the WAL stays bounded.
-        if wal > self.wal_bytes_max and (caught_up or wal > 2 * self.wal_bytes_max):
+        # short); over twice the limit, the writer does it between two batches (writers
+        # committing during every passive pass on a busy machine), so the WAL stays bounded.
+        emptied = False
+        if wal > self.wal_bytes_max and caught_up:
             res = self._checkpoint(conn, "TRUNCATE")
-            if res is not None and res[0] == 0:
-                self.truncates += 1
-                caught_up = True  # every frame copied back and the WAL emptied
+            emptied = res is not None and res[0] == 0
+            self.truncates += emptied
+        if not emptied and wal > 2 * self.wal_bytes_max and time.monotonic() >= self.writer_retry_at:
+            self.truncate_wanted.set()
         if caught_up:
             if self.behind >= self.stall_ticks:
                 log.info("store.checkpoint_recovered", stalled_s=round(self.behind * self.interval_s, 1))
@@ -115,6 +122,25 @@ class Checkpointer:
         except sqlite3.Error:
             self.errors += 1  # busy or locked: the next tick tries again
             return None
+
+    def writer_truncate(self, conn: sqlite3.Connection) -> None:
+        """On the store's writer thread, between batches: empty the WAL if this thread asked."""
+        if not self.truncate_wanted.is_set():
+            return
+        self.truncate_wanted.clear()
+        before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        conn.execute(f"PRAGMA busy_timeout = {WRITER_TRUNCATE_WAIT_MS}")
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            done = row[0] == 0
+        except sqlite3.Error:
+            done = False
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(before)}")
+        if done:
+            self.truncates += 1
+        else:  # a reader pins old frames: do not make writers wait for it again soon
+            self.writer_retry_at = time.monotonic() + WRITER_RETRY_S
 
     def stop(self) -> None:
         self._stop.set()

@@ -115,9 +115,12 @@ class _Lane:
     Operations that queue up while a batch runs go together as the next batch (group
     commit, see above)."""
 
-    def __init__(self, db: aiosqlite.Connection, lock: WritersLock | None) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, lock: WritersLock | None, checkpointer: Checkpointer | None = None
+    ) -> None:
         self.db = db
         self.lock = lock
+        self.checkpointer = checkpointer  # may ask this (writer) lane to empty the WAL
         self._waiting: list[_Op] = []  # queued while a batch runs: the next batch
         self._busy = False  # a batch is on the database thread
         self.idle = asyncio.Event()  # no batch running and none waiting
@@ -138,7 +141,7 @@ class _Lane:
         ops = [(fn, args, write) for fn, args, write, _ in batch]
         task = asyncio.ensure_future(
             self.db._execute(  # noqa: SLF001
-                _run_batch, self.db._conn, ops, self.lock
+                _run_batch, self.db._conn, ops, self.lock, self.checkpointer
             )
         )  # noqa: SLF001
         task.add_done_callback(functools.partial(self._batch_done, batch))
@@ -190,10 +193,10 @@ class SqliteStore:
         self.created = created
         # another serve process writes this file too: serialise writing batches (see above)
         self._writers_lock = WritersLock(path) if shared else None
-        self._writer = _Lane(writer, self._writers_lock)
-        self._reader = _Lane(reader, None)
         # one process per file folds the WAL back (the others leave it to that one)
         self._checkpointer = Checkpointer(path) if checkpoints else None
+        self._writer = _Lane(writer, self._writers_lock, self._checkpointer)
+        self._reader = _Lane(reader, None)
         if self._checkpointer is not None:
             self._checkpointer.start()
 
@@ -282,14 +285,17 @@ def _run_batch(
     conn: sqlite3.Connection,
     ops: list[tuple[Callable[..., Any], tuple, bool]],
     lock: WritersLock | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> list[tuple[bool, Any]]:
     """On the database thread: each (fn, args, write) -> (True, result) or (False, exception)."""
     if lock is not None and any(write for _, _, write in ops):
         lock.acquire()
         try:
-            return _run_batch(conn, ops)
+            return _run_batch(conn, ops, None, checkpointer)
         finally:
             lock.release()
+    if checkpointer is not None:
+        checkpointer.writer_truncate(conn)  # only when it asked (the WAL over twice its limit)
     if len(ops) == 1:  # nothing queued behind it: its own transaction, as always
         fn, args, write = ops[0]
         try:

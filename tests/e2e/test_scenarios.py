@@ -520,7 +520,7 @@ def test_talk_time_excludes_ivr_and_ringing(asterisk: Asterisk, srv: ExtbillServ
     assert_rated(rec, call, ext="1", charged="ext", talk_s=4)
     assert ended - started >= 11.5, ended - started  # the whole call: IVR + ring + talk
     ring_s = epoch(rec["answer"]) - epoch(rec["start"])  # grant (route) -> callee's answer
-    assert 2.5 <= ring_s <= 4.0, ring_s
+    assert 2.5 <= ring_s <= 6.0, ring_s  # 3 s of ringing; slack for a loaded machine
     assert epoch(rec["start"]) - started >= 4.5  # the IVR came before the grant
     assert money(srv, n)["1"]["balance"] == before["1"]["balance"] - minor(rec["cost"])
     assert paths(srv, call) == {"hangup": "settled", "ami": "confirmed"}  # two paths, one settlement
