@@ -40,6 +40,10 @@ def add_parsers(subs: Any, sub: Callable) -> None:
     p.add_argument("--ami-port", type=int)
     p.add_argument("--ami-user")
     p.add_argument("--ami-secret")
+    p.add_argument(
+        "--asterisk-system-name",
+        help="systemname of the Asterisk whose AMI this serve reads (several Asterisk servers, one database)",
+    )
     p.add_argument("--dial-timeout-s", type=int)
     p.add_argument("--quota-s", type=int, help=f"talk time one grant holds, s (default {config.QUOTA_S})")
     p.add_argument(

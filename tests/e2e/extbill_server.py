@@ -1,6 +1,7 @@
 """The REAL `extbill serve` as a subprocess, for the end-to-end scenarios.
 
     srv = ExtbillServer(asterisk, tmp_dir)    # temp SQLite file, free loopback FastAGI port
+                                              # (db="postgresql://...": that database instead)
     srv.cli("plan", "add", "p", "--per-minute", "0.6")   # the admin CLI on srv.db
     srv.start()          # waits for serve.listening and ami.connected (the harness's
                          # [extbill] AMI user); point the dialplan at srv.agi_address
@@ -8,6 +9,7 @@
     await srv.wait_log("call.settled", billing_id=...)
     srv.restart()        # SIGTERM, wait, start again on the same DB and port
     srv.stop()           # SIGTERM by PID, then SIGKILL
+    srv.kill()           # SIGKILL by PID at once (a serve that dies mid-call)
 
 The admin CLI runs in-process (fastagi.admin.cli.main, the `extbill` entry point, with its
 stdout captured): the same parser and code as the command, without a Python start-up
@@ -22,7 +24,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -68,11 +69,13 @@ class ExtbillServer:
         sweep_grace_s: int = 10,
         log_level: str = "debug",
         extra_args: tuple[str, ...] = (),
+        db: str | None = None,
     ) -> None:
         self.asterisk = asterisk
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.db = self.workdir / "extbill.db"
+        # what --db names: a temporary SQLite file, or the database given (a postgresql:// URL)
+        self.db = db or str(self.workdir / "extbill.db")
         self.log_file = self.workdir / "serve.log"
         self.agi_port = agi_port or free_port()
         self.dial_timeout_s = dial_timeout_s
@@ -96,7 +99,7 @@ class ExtbillServer:
 
     # ------------------------------------------------------------------ admin CLI
     def cli(self, *args: str) -> str:
-        argv = [*args, "--db", str(self.db)]
+        argv = [*args, "--db", self.db]
         if os.environ.get("EXTBILL_E2E_CLI_SUBPROCESS") == "1":
             res = subprocess.run(extbill_command() + argv, capture_output=True, text=True, timeout=30)
             rc, out, err = res.returncode, res.stdout, res.stderr
@@ -127,21 +130,13 @@ class ExtbillServer:
         assert len(found) == 1, (billing_id, self.calls(number))
         return found[0]
 
-    def db_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
-
     # ------------------------------------------------------------------ process
     def command(self) -> list[str]:
         user, secret = self.asterisk.extbill_user
         return extbill_command() + [
             "serve",
             "--db",
-            str(self.db),
+            self.db,
             "--agi-bind",
             self.agi_address,
             "--ami-host",
@@ -224,6 +219,15 @@ class ExtbillServer:
             self._reader.join(timeout=5)
             self._reader = None
         return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL by PID: the process dies at once, mid-call, leaving what it held (its
+        supervisor lease, its calls) to the other serve. Returns the exit code."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        return self.stop()
 
     def restart(self, timeout: float = 20.0) -> ExtbillServer:
         self.stop()

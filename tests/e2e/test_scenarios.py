@@ -122,15 +122,18 @@ def money(srv: ExtbillServer, number: str) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------ calls
 
 
-async def _originate(
+async def originate_calls(
     ast: Asterisk,
     srv: ExtbillServer,
     numbers_sims: list[tuple[str, dict[str, Any]]],
     during: Any = None,
     timeout: float = 90,
+    agi: tuple[str, ...] = (),
 ) -> tuple[list[Call], list[dict[str, Any]]]:
+    """Place the calls on `ast` at once (FastAGI to srv, or to the `agi` servers in turn),
+    run `during(ami, calls)`, and wait until every channel of them has hung up."""
     async with ast.ami() as ami:
-        await ami.set_agi(srv.agi_address)
+        await ami.set_agi(*(agi or (srv.agi_address,)))
         start = len(ami.events)
         calls = [await ami.originate(number, **{"hold": 60, **sim}) for number, sim in numbers_sims]
         if during is not None:
@@ -143,14 +146,14 @@ async def _originate(
 
 
 def place(ast: Asterisk, srv: ExtbillServer, number: str, during: Any = None, **sim: Any) -> Call:
-    calls, _ = asyncio.run(_originate(ast, srv, [(number, sim)], during))
+    calls, _ = asyncio.run(originate_calls(ast, srv, [(number, sim)], during))
     return calls[0]
 
 
 def place_many(
     ast: Asterisk, srv: ExtbillServer, *numbers_sims: tuple[str, dict[str, Any]], during: Any = None
 ) -> tuple[list[Call], list[dict[str, Any]]]:
-    return asyncio.run(_originate(ast, srv, list(numbers_sims), during))
+    return asyncio.run(originate_calls(ast, srv, list(numbers_sims), during))
 
 
 async def wait_bridged(ami: Any, call: Call, timeout: float = 20) -> dict[str, Any]:
@@ -208,49 +211,51 @@ def log_times(ast: Asterisk, call: Call, what: str) -> list[datetime]:
 # ------------------------------------------------------------------------ the books
 
 
-def check_books(srv: ExtbillServer, numbers: list[str], granted: list[Call]) -> None:
-    """Every call settled exactly once, nothing negative, nothing left reserved."""
+def check_books(
+    srv: ExtbillServer, numbers: list[str], granted: list[Call], peers: tuple[ExtbillServer, ...] = ()
+) -> None:
+    """Every call settled exactly once, nothing negative, nothing left reserved: read from
+    what a user sees (`calls`, `statement`, `balance`, `db check`), so on either engine.
+    peers: other serves on the same database (their logs count too)."""
+    servers = (srv, *peers)
     for call in granted:
         bid = call.ivr_id
-        rows = srv.db_rows("SELECT * FROM calls WHERE billing_id=?", (bid,))
-        assert len(rows) == 1, bid
-        assert rows[0]["state"] in ("rated", "unanswered"), dict(rows[0])
-        # One pending transfer per chunk (the first, then one per renewal), summing to the
-        # call's reserved total; each resolved exactly once; the posts sum to its cost.
-        chunks = srv.db_rows(
-            "SELECT * FROM transfers WHERE ref=? AND kind='pending' AND code='call' ORDER BY seq", (bid,)
-        )
-        assert [c["id"] for c in chunks][:1] == [rows[0]["pending_id"]]
-        assert len(chunks) == rows[0]["renewals"] + 1, [dict(c) for c in chunks]
-        assert sum(c["amount"] for c in chunks) == rows[0]["reserved"]
-        kind = {"rated": "post", "unanswered": "void"}[rows[0]["state"]]
+        recs = [r for number in numbers for r in srv.calls(number) if r["id"] == bid]
+        assert len(recs) == 1, (bid, recs)
+        rec = recs[0]
+        assert rec["state"] in ("rated", "unanswered"), rec
+        # One reservation per chunk (the first, then one per renewal), summing to the call's
+        # reserved total; each resolved exactly once; the posts sum to its cost.
+        account = [rec["ext"]] if rec["charged"] == "ext" else []
+        statement = srv.cli_json("statement", rec["number"], *account)
+        chunks = [r for r in statement if r["kind"] == "pending" and r["ref"] == bid]
+        assert len(chunks) == rec["renewals"] + 1, chunks
+        assert sum(minor(c["amount"]) for c in chunks) == minor(rec["reserved"])
+        kind = {"rated": "post", "unanswered": "void"}[rec["state"]]
         posted = 0
         for chunk in chunks:
-            resolutions = srv.db_rows("SELECT * FROM transfers WHERE pending_id=?", (chunk["id"],))
-            assert len(resolutions) == 1, [dict(r) for r in resolutions]
-            assert resolutions[0]["kind"] in (kind, "void"), dict(resolutions[0])
-            posted += resolutions[0]["amount"]
-        assert posted == rows[0]["cost"] <= rows[0]["reserved"]
-        assert len(srv.find("call.settled", billing_id=bid)) == 1, srv.find("call.settled", billing_id=bid)
-        assert srv.find("call.unsettled_closed", billing_id=bid) == []
-        assert srv.find("settle.disagreement", billing_id=bid) == [], srv.find("settle.disagreement")
-    # The whole database: every reservation resolved exactly once, no account below zero.
-    assert srv.db_rows("SELECT billing_id FROM calls WHERE state='reserved'") == []
-    unresolved = srv.db_rows(
-        "SELECT p.id, count(r.id) AS n FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id "
-        "WHERE p.kind='pending' GROUP BY p.id HAVING n != 1"
-    )
-    assert [dict(r) for r in unresolved] == []
-    negative = srv.db_rows(
-        "SELECT id, kind FROM accounts WHERE kind IN ('main', 'ext') AND "
-        "credits_posted - debits_posted - debits_pending < 0"
-    )
-    assert negative == []
+            resolutions = [r for r in statement if r["pending_id"] == chunk["id"]]
+            assert len(resolutions) == 1, (chunk, resolutions)
+            assert resolutions[0]["kind"] in (kind, "void"), resolutions[0]
+            posted += minor(resolutions[0]["amount"])
+        assert posted == minor(rec["cost"]) <= minor(rec["reserved"])
+        settled = [x for s in servers for x in s.find("call.settled", billing_id=bid)]
+        assert len(settled) == 1, settled
+        for s in servers:
+            assert s.find("call.unsettled_closed", billing_id=bid) == []
+            assert s.find("settle.disagreement", billing_id=bid) == [], s.find("settle.disagreement")
+    # The whole database (db check exits 1 on any discrepancy): every reservation resolved
+    # exactly once, none open, no call in progress; no account below zero.
+    check = srv.cli("db", "check")
+    assert re.search(r"(\d+) reservations, \1 resolved once each, 0 open;.*\(0 in progress\)", check), check
     for number in numbers:
         for name, acc in money(srv, number).items():
             assert acc["balance"] >= 0 and acc["available"] >= 0 and acc["reserved"] == 0, (number, name, acc)
     errors = [
-        line for line in srv.logs if line.get("level") in ("error", "critical") or line.get("event") == "_raw"
+        line
+        for s in servers
+        for line in s.logs
+        if line.get("level") in ("error", "critical") or line.get("event") == "_raw"
     ]
     assert errors == [], errors
 

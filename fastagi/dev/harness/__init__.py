@@ -6,9 +6,12 @@ Asterisk of their own). The root is EXTBILL_ASTERISK_ROOT, default
 from the source tree this package sits in (EXTBILL_PROJECT_DIR overrides it).
 
     ast = Asterisk()                  # root: EXTBILL_ASTERISK_ROOT or the default
+                                      # (system_name="pbx-a": asterisk.conf systemname, and
+                                      # the calls' ids "pbx-a-epoch.seq")
     ast.start()                       # fresh config dir inside the root, waits for AMI
     async with ast.ami() as ami:      # asyncio AMI client (harness user)
         await ami.set_agi("127.0.0.1:4573")       # where the dialplan's FastAGI goes
+                                      # (several: set_agi(a, b), tried in turn: failover)
         call = await ami.originate("4001234567", dtmf="1", hold=10)
         await call.wait_done()
         call.prompts()                # ['extbill/welcome', ...] (dialplan Read/Playback)

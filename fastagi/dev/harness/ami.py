@@ -39,9 +39,12 @@ class Ami:
     """A small asyncio AMI client: login, actions with timeouts, every event recorded,
     and simulated calls (originate) that collect their own events."""
 
-    def __init__(self, host: str, port: int, username: str, secret: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self, host: str, port: int, username: str, secret: str, timeout: float = 5.0, system_name: str = ""
+    ) -> None:
         self.host, self.port, self.username, self.secret = host, port, username, secret
         self.timeout = timeout
+        self.system_name = system_name  # the Asterisk's systemname: prefixes the calls' ids
         self.events: list[Message] = []
         self.calls: list[Call] = []
         self._pending: dict[str, asyncio.Future[Message]] = {}
@@ -178,9 +181,10 @@ class Ami:
         if resp.get("Response") != "Success":
             raise AmiError(f"Setvar {name}: {resp}")
 
-    async def set_agi(self, address: str) -> None:
-        """Point the dialplan's FastAGI (global EXTBILL_AGI) at host:port."""
-        await self.set_global("EXTBILL_AGI", address)
+    async def set_agi(self, *addresses: str) -> None:
+        """Point the dialplan's FastAGI (global EXTBILL_AGI) at host:port; several are tried
+        in turn (failover: the dialplan's "a&b" list)."""
+        await self.set_global("EXTBILL_AGI", "&".join(addresses))
 
     async def originate(
         self,
@@ -197,9 +201,10 @@ class Ami:
         seconds and hangs up (unless the IVR hung up first)."""
         # Shaped like Asterisk's own "[systemname-]epoch.seq" Uniqueids: the IVR channel's
         # Uniqueid is the billing id, and extbill treats ids of that shape as naming the
-        # caller channel, as in production.
+        # caller channel, as in production; with a systemname (self.system_name) the IVR
+        # channel's id starts with it, which is how extbill knows the call's Asterisk.
         uid = f"{int(time.time())}.{uuid.uuid4().int % 10**9}"
-        caller_id, ivr_id = f"sim-{uid}", f"ivr-{uid}"
+        caller_id, ivr_id = f"sim-{uid}", f"{self.system_name or 'ivr'}-{uid}"
         aid = f"orig-{uuid.uuid4().hex[:8]}"
         call = Call(number, (caller_id, ivr_id), aid)
         self.calls.append(call)

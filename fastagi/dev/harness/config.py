@@ -79,6 +79,7 @@ def write_config_dir(
     agi_address: str,
     ami_port: int,
     extra_extensions: str = "",
+    system_name: str = "",
 ) -> None:
     """A fresh config dir `d` (seen as `x` inside the chroot) for one Asterisk."""
     if d.exists():
@@ -92,7 +93,7 @@ def write_config_dir(
         if src.is_dir():
             shutil.copytree(src, d / "data" / "sounds" / lang)
     etc = d / "etc"
-    (etc / "asterisk.conf").write_text(_asterisk_conf(x, verbose))
+    (etc / "asterisk.conf").write_text(_asterisk_conf(x, verbose, system_name))
     # The admin's file, unchanged, and a test extensions.conf that #includes it.
     shutil.copyfile(project / "dialplan" / "extensions.conf", etc / "extbill" / "extensions.conf")
     (etc / "extensions.conf").write_text(
@@ -110,7 +111,10 @@ def write_config_dir(
     _write_small_confs(etc)
 
 
-def _asterisk_conf(x: str, verbose: int) -> str:
+def _asterisk_conf(x: str, verbose: int, system_name: str = "") -> str:
+    # systemname prefixes every Uniqueid ("name-epoch.seq"): several Asterisk servers on
+    # one extbill database each set their own
+    system = f"systemname = {system_name}\n" if system_name else ""
     return f"""\
 [directories]
 astetcdir => {x}/etc
@@ -128,7 +132,7 @@ astcachedir => {x}/cache
 verbose = {verbose}
 nofork = yes
 documentation_language = en_US
-"""
+{system}"""
 
 
 def _write_small_confs(etc: Path) -> None:

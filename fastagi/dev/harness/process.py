@@ -44,16 +44,20 @@ class Asterisk:
         keep: bool | None = None,
         project: str | Path | None = None,
         extra_extensions: str = "",
+        system_name: str = "",
     ) -> None:
         self.root = Path(root) if root else default_root()
         # more dialplan contexts, appended as written (the benchmark's request loop)
         self.extra_extensions = extra_extensions
         self.project = Path(project) if project else PROJECT
+        # asterisk.conf's systemname: Uniqueids become "<name>-epoch.seq" (the calls' owner)
+        self.system_name = system_name
         self.name = f"extbill-e2e-{os.getpid()}-{next(_dir_counter)}"
         self.dir_in_root = f"/opt/{self.name}"
         self.dir = self.root / "opt" / self.name
         self.ami_port = free_port()
-        # Nothing listens here until a test points EXTBILL_AGI somewhere (set_agi).
+        # Nothing listens here until a test points EXTBILL_AGI somewhere (set_agi); several
+        # servers (failover) are joined by "&", as in the dialplan.
         self.agi_address = agi_address or f"127.0.0.1:{free_port()}"
         self.tz = tz
         self.verbose = verbose
@@ -93,6 +97,7 @@ class Asterisk:
             agi_address=self.agi_address,
             ami_port=self.ami_port,
             extra_extensions=self.extra_extensions,
+            system_name=self.system_name,
         )
 
     # ---------------------------------------------------------------- process
@@ -249,4 +254,6 @@ class Asterisk:
     # ---------------------------------------------------------------- AMI
     def ami(self, user: tuple[str, str] | None = None, timeout: float = 5.0) -> Ami:
         username, secret = user or self.harness_user
-        return Ami("127.0.0.1", self.ami_port, username, secret, timeout=timeout)
+        return Ami(
+            "127.0.0.1", self.ami_port, username, secret, timeout=timeout, system_name=self.system_name
+        )
