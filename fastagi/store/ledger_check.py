@@ -62,18 +62,24 @@ SELECT p.id, {_CALL_OF} FROM transfers p WHERE p.kind = 'pending' AND p.code = '
 LIMIT {SHOWN_MAX}
 """
 
-# Each call against its reservations (pending transfers of code 'call' of its billing id): a reserved call has one open, a settled one none, and they posted what it cost.
+# Each call against its reservations (pending transfers of code 'call' of its billing id):
+# a reserved call has one open, a settled one none, and they posted what it cost. Each call
+# is found by its key from the grouped reservations (joined the other way round, SQLite
+# scanned the grouped rows once per call: minutes at 200,000 calls); then the calls
+# without a first reservation.
 _CALL_MISMATCH_SQL = f"""
 WITH per_call AS (
   SELECT {_CALL_OF} AS billing_id, count(*) AS reservations, sum(CASE WHEN r.id IS NULL THEN 1 ELSE 0 END) AS open,
          coalesce(sum(r.amount), 0) AS posted
   FROM transfers p LEFT JOIN transfers r ON r.pending_id = p.id
   WHERE p.kind = 'pending' AND p.code = 'call' GROUP BY {_CALL_OF})
-SELECT c.billing_id, c.state, coalesce(c.cost, 0), coalesce(pc.reservations, 0),
-       coalesce(pc.open, 0), coalesce(pc.posted, 0)
-FROM calls c LEFT JOIN per_call pc ON pc.billing_id = c.billing_id
-WHERE pc.billing_id IS NULL OR (c.state = 'reserved') != (pc.open > 0)
+SELECT c.billing_id, c.state, coalesce(c.cost, 0), pc.reservations, pc.open, pc.posted
+FROM per_call pc JOIN calls c ON c.billing_id = pc.billing_id
+WHERE (c.state = 'reserved') != (pc.open > 0)
    OR (c.state != 'reserved' AND pc.posted != coalesce(c.cost, 0))
+UNION ALL
+SELECT c.billing_id, c.state, coalesce(c.cost, 0), 0, 0, 0 FROM calls c
+WHERE NOT EXISTS (SELECT 1 FROM transfers p WHERE p.id = 'call:' || c.billing_id)
 LIMIT {SHOWN_MAX}
 """
 
