@@ -268,8 +268,9 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--serve-workers",
         type=_count(64),
-        default=min(os.cpu_count() or 1, 64),
-        help="serve's FastAGI processes (serve --workers; default: one per core)",
+        default=Settings().workers,
+        help="serve's FastAGI processes (serve --workers; default serve's own, 1: on two cores a "
+        "second process cost each request more CPU than it added, measured in README.md)",
     )
     p.add_argument(
         "--serve-log-level",

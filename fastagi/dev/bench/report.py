@@ -260,7 +260,11 @@ def print_table(doc: dict[str, Any]) -> None:
 
 def _serve_defaults(st: dict[str, Any]) -> bool:
     d = Settings()
-    return st["serve_log_level"] == d.log_level and st["serve_sweep_interval_s"] == d.sweep_interval_s
+    return (
+        st["serve_log_level"] == d.log_level
+        and st["serve_sweep_interval_s"] == d.sweep_interval_s
+        and st["serve_workers"] == d.workers
+    )
 
 
 def _ratio(a: float, b: float) -> float:
