@@ -572,3 +572,11 @@ def test_a_missing_database_is_not_created_by_other_commands(tmp_path: Path) -> 
     assert proc.returncode == 2 and len(proc.stderr.strip("\n").splitlines()) == 1, proc.stderr
     assert "no-such-dir" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sandbox_refuses_a_database_it_would_not_use(tmp_path: Path) -> None:
+    """The sandbox seeds a throw-away database of its own: --db gets a clear refusal, not silence."""
+    proc = extbill("sandbox", "--db", str(tmp_path / "mine.db"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "sandbox makes its own new database" in proc.stderr
+    assert not (tmp_path / "mine.db").exists()

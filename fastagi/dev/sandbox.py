@@ -65,6 +65,13 @@ async def _wait_settled(store: SqliteStore) -> int:
 
 async def cmd_sandbox(a: argparse.Namespace) -> int:
     configure_logging("console", "warning")
+    if getattr(a, "db", None):
+        # every command takes --db; the sandbox seeds a throw-away file of its own instead
+        print(
+            "extbill: error: sandbox makes its own new database (it prints where); --db is not used",
+            file=sys.stderr,
+        )
+        return 2
     root = Path(a.root) if a.root else default_root()
     problem = root_problem(root)
     if problem:
