@@ -24,9 +24,9 @@ from fastagi.runtime.clock import now_ms
 from fastagi.store import tx_outbox
 from fastagi.store.archive_read import archived_calls
 from fastagi.store.base import NotFound
-from fastagi.store.call_dests import cached_dest_id, dest_id
 from fastagi.store.pages import PAGE_ROWS_MAX, calls_rows, check_limit, parse_calls_cursor
 from fastagi.store.rows import call_pending_id, call_ref, iso, ms_of
+from fastagi.store.shared_texts import DESTS
 from fastagi.store.tariff_snapshots import cached_tariff_id, tariff_from_json, tariff_id, tariff_json
 from fastagi.store.tx_admin import low_balance_threshold_of, number_view, route_views, tariff_cols, tariff_of
 from fastagi.store.tx_ledger import REVENUE_ACCOUNT_ID, account_at, account_cols, reserve
@@ -100,14 +100,14 @@ def route(
     )
     body, dest = tariff_json(d.tariff), d.dest
     assert dest is not None  # a dial has a destination (decide_route)
-    tid, did = cached_tariff_id(body), cached_dest_id(dest)
-    # the remembered ids are checked by the INSERT itself (tariff_snapshots.py, call_dests.py)
+    tid, did = cached_tariff_id(body), DESTS.cached(dest)
+    # the remembered ids are checked by the INSERT itself (store/shared_texts.py)
     if (
         tid is None
         or did is None
         or conn.execute(_INSERT_CALL_SQL, (*values, tid, body, did, dest)).rowcount != 1
     ):
-        shared = (tariff_id(conn, body), body, dest_id(conn, dest), dest)
+        shared = (tariff_id(conn, body), body, DESTS.id_of(conn, dest), dest)
         if conn.execute(_INSERT_CALL_SQL, (*values, *shared)).rowcount != 1:
             raise NotFound(f"tariff snapshot of call {billing_id} could not be stored")
     return d

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastagi.core.rating import Tariff, billed_seconds, cost
-from fastagi.store.call_dests import dest_id
+from fastagi.store.shared_texts import DESTS
 from fastagi.store.tariff_snapshots import tariff_id, tariff_json
 from fastagi.store.tx_ledger import FUNDING_ACCOUNT_ID, REVENUE_ACCOUNT_ID
 
@@ -46,7 +46,7 @@ class _Line:
     number_id: int
     extension_id: int | None
     account_id: int
-    dest_id: int  # its Dial string's row in `dests` (store/call_dests.py)
+    dest_id: int  # its Dial string's row in `dests` (store/shared_texts.py)
     tariff: Tariff
     tariff_id: int
 
@@ -58,8 +58,7 @@ def _lines(conn: sqlite3.Connection) -> tuple[list[list[_Line]], list[_Line]]:
     def snapshot(t: Tariff) -> int:
         body = tariff_json(t)
         if body not in tid:
-            row = conn.execute("SELECT id FROM tariffs WHERE body = ?", (body,)).fetchone()
-            tid[body] = row[0] if row else tariff_id(conn, body)
+            tid[body] = tariff_id(conn, body)
         return tid[body]
 
     plans = {
@@ -72,14 +71,16 @@ def _lines(conn: sqlite3.Connection) -> tuple[list[list[_Line]], list[_Line]]:
     numbers = conn.execute("SELECT id, account_id, plan_id, default_dest FROM numbers ORDER BY id").fetchall()
     for nid, acc, pid, dest in numbers:
         t = plans[pid]
-        mains.append(_Line(nid, None, acc, dest_id(conn, dest or "PJSIP/operator"), t, snapshot(t)))
+        mains.append(_Line(nid, None, acc, DESTS.id_of(conn, dest or "PJSIP/operator"), t, snapshot(t)))
         rows = conn.execute(
             "SELECT e.id, e.account_id, coalesce(e.plan_id, ?), e.dest FROM extensions e "
             "JOIN accounts a ON a.id = e.account_id WHERE e.number_id = ? AND a.credits_posted >= 1000000 "
             "ORDER BY e.id",
             (pid, nid),
         ).fetchall()
-        exts.append([_Line(nid, e, a, dest_id(conn, d), plans[p], snapshot(plans[p])) for e, a, p, d in rows])
+        exts.append(
+            [_Line(nid, e, a, DESTS.id_of(conn, d), plans[p], snapshot(plans[p])) for e, a, p, d in rows]
+        )
     return exts, mains
 
 

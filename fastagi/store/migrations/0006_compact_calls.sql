@@ -6,7 +6,7 @@
 -- and settled_at become start_ms (kept: the grant's clock), answer_ms, end_ms and settled_ms;
 -- pending_id ('call:' || billing_id, always) is gone; linkedid is NULL when it is the call's
 -- own billing id (most calls: the IVR channel opened the call); dest is shared (`dests`).
--- The Dial strings calls were granted to, each kept once (store/call_dests.py).
+-- The Dial strings calls were granted to, each kept once (store/shared_texts.py).
 CREATE TABLE IF NOT EXISTS dests (
     id    INTEGER PRIMARY KEY,
     dest  TEXT    NOT NULL UNIQUE
