@@ -121,3 +121,41 @@ def test_a_stalled_checkpointer_is_logged_and_so_is_its_recovery(tmp_path: Path)
 
 def _event(logs: list[dict], name: str) -> dict | None:
     return next((e for e in logs if e.get("event") == name), None)
+
+
+def test_the_wal_restarts_without_holding_up_the_stores_writer(tmp_path: Path) -> None:
+    """While the store writes, the WAL is restarted by the store's own writer between two
+    batches, never by the checkpointer's connection: a writer that found the write lock
+    taken by it would sleep in SQLite's busy handler (measured: a 19 ms BEGIN about every
+    0.7 s at half the bench's steady rate). Here the writer may not wait at all (busy
+    timeout 0): any lock held elsewhere fails a write. The WAL still stays bounded, and
+    once the writes stop the checkpointer empties the file itself."""
+    db = tmp_path / "r.db"
+    limit = 256 * 1024  # a small limit: many restarts in a few seconds
+
+    def no_waiting(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 0")
+
+    async def main() -> tuple[int, int, int, int]:
+        store = await SqliteStore.open(str(db))
+        ckpt = store._checkpointer  # noqa: SLF001
+        assert ckpt is not None
+        ckpt.wal_bytes_max = limit
+        try:
+            await store.run(no_waiting)  # the writer's connection only
+            sizes: list[int] = []
+            n = await _write(store, 3.0, sizes, db)  # any "database is locked" fails the test
+            restarts_while_writing = ckpt.writer_restarts
+            deadline = time.monotonic() + WAIT_S
+            while _wal(db) > limit and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return n, restarts_while_writing, max(sizes), _wal(db)
+        finally:
+            await store.close()
+
+    writes, restarts, peak, after = asyncio.run(main())
+    print(f"{writes} writes, {restarts} restarts by the writer; WAL peak {peak / 1e6:.1f} MB")
+    assert writes > 1000
+    assert restarts >= 2, f"the writer restarted the WAL {restarts} times in {writes} writes"
+    assert peak <= 64 * limit, f"WAL reached {peak / 1e6:.1f} MB"
+    assert after <= limit, f"WAL still {after / 1e6:.1f} MB after the writes"

@@ -120,7 +120,7 @@ class _Lane:
     ) -> None:
         self.db = db
         self.lock = lock
-        self.checkpointer = checkpointer  # may ask this (writer) lane to empty the WAL
+        self.checkpointer = checkpointer  # may ask this (writer) lane to restart the WAL
         self._waiting: list[_Op] = []  # queued while a batch runs: the next batch
         self._busy = False  # a batch is on the database thread
         self.idle = asyncio.Event()  # no batch running and none waiting
@@ -295,7 +295,7 @@ def _run_batch(
         finally:
             lock.release()
     if checkpointer is not None:
-        checkpointer.writer_truncate(conn)  # only when it asked (the WAL over twice its limit)
+        checkpointer.writer_restart(conn)  # only when it asked (the WAL over its limit)
     if len(ops) == 1:  # nothing queued behind it: its own transaction, as always
         fn, args, write = ops[0]
         try:
