@@ -6,7 +6,8 @@ One run, in this order:
      the real `extbill serve` (another process) on a copy of it; ramp to `in_flight`
      reserved calls; measure `seconds` of steady state (`concurrency` setups at once
      while the oldest calls end: full calls per second), then `paced_seconds` of
-     setups arriving at a fixed rate below that (open loop: latency), then
+     setups arriving at a fixed rate below that (open loop: latency; counted after a
+     first second at that rate, load.PACED_WARMUP_S), then
      `burst_seconds` of setups only (call setups per second and their latency at
      `concurrency` in setup at once); drain; read serve's peak RSS;
   3. stop serve; check the ledger and that every granted call was settled exactly once;
@@ -249,7 +250,8 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
         "--paced-seconds",
         type=_seconds_or_zero,
         default=5.0,
-        help="then, setups arriving at a fixed rate for latency below saturation, s (default 5, 0: none)",
+        help="then, setups arriving at a fixed rate for latency below saturation, s, counted after "
+        "a first uncounted second at that rate (default 5, 0: none)",
     )
     p.add_argument(
         "--paced-share",
