@@ -8,7 +8,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,64 +70,6 @@ def test_a_read_sees_every_write_that_returned(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(main())
-
-
-def test_a_small_read_sees_every_write_that_returned(tmp_path: Path) -> None:
-    """read_small (a call's lookup, run on the event loop's thread) sees each write committed
-    before it was asked, as read() does, and answers what read() answers."""
-    db, ds = _seeded(tmp_path)
-    number = ds.number(1)
-
-    async def main() -> None:
-        store = await SqliteStore.open(db)
-        try:
-            before = (await store.read_small(tx_admin.balance, number))["main"]["balance"]
-            for i in range(1, 21):
-                await store.run(tx_admin.recharge, number, None, 1000, f"small-{i}")
-                seen = await store.read_small(tx_admin.balance, number)
-                assert seen["main"]["balance"] == before + 1000 * i
-                assert seen == await store.read(tx_admin.balance, number)
-            assert await store.read_small(tx_calls.lookup, number) == await store.read(
-                tx_calls.lookup, number
-            )
-        finally:
-            await store.close()
-
-    asyncio.run(main())
-
-
-def test_a_small_read_that_meets_a_lock_goes_to_the_readers_thread(tmp_path: Path) -> None:
-    """A lookup run on the event loop's thread never waits there for a lock: a lock error
-    (SQLite gives one after SMALL_READ_BUSY_TIMEOUT_MS) sends the read to the reader's thread,
-    which answers; any other error is the caller's. (A real lock a WAL reader waits for - a
-    WAL being recovered - cannot be held on demand, so the read itself raises it here.)"""
-    db, ds = _seeded(tmp_path)
-    number = ds.number(0)
-    loop_thread = threading.get_ident()
-    ran_on: list[str] = []
-
-    def locked_on_the_loop(conn: sqlite3.Connection, n: str) -> str:
-        on_loop = threading.get_ident() == loop_thread
-        ran_on.append("loop" if on_loop else "reader")
-        if on_loop:
-            raise sqlite3.OperationalError("database is locked")
-        return tx_calls.lookup(conn, n).action
-
-    def broken(conn: sqlite3.Connection, n: str) -> str:
-        raise sqlite3.OperationalError("no such table: nowhere")
-
-    async def main() -> str:
-        store = await SqliteStore.open(db)
-        try:
-            action = await store.read_small(locked_on_the_loop, number)
-            with pytest.raises(sqlite3.OperationalError, match="no such table"):
-                await store.read_small(broken, number)
-            return action
-        finally:
-            await store.close()
-
-    assert asyncio.run(main()) == "collect"
-    assert ran_on == ["loop", "reader"]
 
 
 def test_shared_stores_take_turns_through_the_writers_lock(tmp_path: Path) -> None:

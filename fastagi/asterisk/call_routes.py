@@ -119,7 +119,7 @@ class CallRoutes:
             log.warning("agi.bad_request", route="lookup", error=str(exc))
             return
         structlog.contextvars.bind_contextvars(number=number, caller=clean_caller(ch.request.callerid))
-        d: Decision = await self.store.read_small(tx_calls.lookup, number)
+        d: Decision = await self.store.read(tx_calls.lookup, number)
         log.info("call.lookup", action=d.action, reason=d.reason, prompt=d.prompt, lang=d.lang)
         if d.action == "collect":
             await _answer(

@@ -112,10 +112,6 @@ class PgStore:
         """fn(conn, *args, **kwargs) in one read-only snapshot; it sees every write whose run() returned."""
         return await self._submit(fn, args, kwargs, False)
 
-    async def read_small(self, fn: Callable[..., T], *args: Any) -> T:
-        """A read over the network is never run on the event loop: the same as read()."""
-        return await self._submit(fn, args, {}, False)
-
     async def _submit(self, fn: Callable[..., T], args: tuple, kwargs: dict, write: bool) -> T:
         if kwargs:
             fn = functools.partial(fn, **kwargs)

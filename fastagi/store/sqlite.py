@@ -38,9 +38,6 @@ BUSY_TIMEOUT_MS = 5000
 # without; 0.83-0.87 with 64 MiB). README.md, "History at scale".
 PAGE_CACHE_KIB = 65_536
 BATCH_OPS_MAX = 64  # operations committed together at most (group commit)
-# read_small runs on the event loop's thread: it may wait this long for a lock (a WAL being
-# recovered) before it hands the read to the reader's thread instead, and never longer.
-SMALL_READ_BUSY_TIMEOUT_MS = 10
 # schema.sql lives at the repository's top level; fastagi/schema.sql links to it so a
 # wheel carries it too.
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
@@ -191,12 +188,9 @@ class SqliteStore:
         *,
         checkpoints: bool = True,
         shared: bool = False,
-        small_reader: sqlite3.Connection | None = None,
     ):
         self.path = path
         self.created = created
-        # read_small's connection, used on the event loop's thread only (see read_small)
-        self._small_reader = small_reader
         # another serve process writes this file too: serialise writing batches (see above)
         self._writers_lock = WritersLock(path) if shared else None
         # one process per file folds the WAL back (the others leave it to that one)
@@ -239,10 +233,7 @@ class SqliteStore:
             reader = await aiosqlite.connect(path, isolation_level=None)
             opened.append(reader)
             await reader._execute(_configure, reader._conn)  # noqa: SLF001
-            small_reader = _small_reader(path)
-            return cls(
-                writer, reader, path, created, checkpoints=checkpoints, shared=shared, small_reader=small_reader
-            )
+            return cls(writer, reader, path, created, checkpoints=checkpoints, shared=shared)
         except sqlite3.DatabaseError as exc:
             await _close_all(opened)
             raise NotADatabase(f"{path} is not an extbill database ({exc})") from None
@@ -271,43 +262,15 @@ class SqliteStore:
             fn = functools.partial(fn, **kwargs)
         return await self._reader.submit(fn, args, False)
 
-    async def read_small(self, fn: Callable[..., T], *args: Any) -> T:
-        """read(), run here on the event loop's thread: for a call's lookup (a few rows of the
-        small, always-cached configuration tables, ~0.1 ms). Handing it to the reader's thread
-        cost more than the read: the thread waits for the GIL while the loop runs (measured:
-        reader batches at 3x their CPU time in wall time under load), and the paced setup p99
-        fell from 14-20 ms to 10-13 ms without the hop. A lock it would have to wait for (a WAL
-        being recovered) sends it to the reader's thread after SMALL_READ_BUSY_TIMEOUT_MS."""
-        conn = self._small_reader
-        if conn is None:
-            return await self.read(fn, *args)
-        try:
-            return _in_read(conn, fn, args)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            return await self.read(fn, *args)
-
     async def close(self) -> None:
         # every operation already asked for runs first
         await asyncio.gather(self._writer.idle.wait(), self._reader.idle.wait())
-        if self._small_reader is not None:
-            self._small_reader.close()
-            self._small_reader = None
         await _close_all([self._writer.db, self._reader.db])
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.stop)
         if self._writers_lock is not None:
             self._writers_lock.close()
             self._writers_lock = None
-
-
-def _small_reader(path: str) -> sqlite3.Connection:
-    """read_small's connection: configured as the others, but waiting little for a lock."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    _configure(conn)
-    conn.execute(f"PRAGMA busy_timeout = {SMALL_READ_BUSY_TIMEOUT_MS}")
-    return conn
 
 
 async def _close_all(conns: list[aiosqlite.Connection]) -> None:
