@@ -157,5 +157,7 @@ def test_the_wal_restarts_without_holding_up_the_stores_writer(tmp_path: Path) -
     print(f"{writes} writes, {restarts} restarts by the writer; WAL peak {peak / 1e6:.1f} MB")
     assert writes > 1000
     assert restarts >= 2, f"the writer restarted the WAL {restarts} times in {writes} writes"
-    assert peak <= 64 * limit, f"WAL reached {peak / 1e6:.1f} MB"
+    # bounded, not small: each restart waits for the checkpointer's next look (every 50 ms
+    # when over the limit), and this writes about 100 MB/s: 7-44 MB peaks seen here
+    assert peak <= 8 * WAL_BYTES_MAX, f"WAL reached {peak / 1e6:.1f} MB"
     assert after <= limit, f"WAL still {after / 1e6:.1f} MB after the writes"
