@@ -758,7 +758,7 @@ async def test_answers_arriving_together_are_written_together_and_each_kept(db: 
     writes: list[int] = []
     real = tx_calls.mark_answered_many
 
-    def counting(conn: Any, answers: list[tuple[str, str]]) -> int:
+    def counting(conn: Any, answers: list[tuple[str, int, str | None]]) -> int:
         writes.append(len(answers))
         return real(conn, answers)
 

@@ -69,7 +69,7 @@ class Settlement:
         # Answer times wait here while the previous write of them runs, then go in one
         # statement: one write per answered call had been a third of the writes under load.
         # Bounded by the AMI facts being handled at once (serve's AMI_FACTS_IN_FLIGHT_MAX).
-        self._answers: dict[str, tuple[str, str | None]] = {}
+        self._answers: dict[str, tuple[int, str | None]] = {}
         self._answers_written: asyncio.Future[None] | None = None  # for those in _answers
         self._answers_writer: asyncio.Task[None] | None = None
 
@@ -159,7 +159,7 @@ class Settlement:
         if isinstance(fact, CallAnswered):
             if fact.billing_id in self._recent:
                 return  # already settled: the answer time changes nothing
-            await self._mark_answered(fact.billing_id, iso_from_ms(fact.answered_us // 1000), fact.callee)
+            await self._mark_answered(fact.billing_id, fact.answered_us // 1000, fact.callee)
             return
         if fact.answered_us is None and fact.dial_status is None:
             # We did not see how the Dial ended (events lost, or we restarted mid-call):
@@ -169,9 +169,9 @@ class Settlement:
             return
         await self.settle(facts_from_ami(fact))
 
-    async def _mark_answered(self, billing_id: str, answer_at: str, callee: str | None = None) -> None:
-        """Store a call's answer time (and callee); returns once it is committed (or raises)."""
-        self._answers.setdefault(billing_id, (answer_at, callee))  # a call's first answer wins
+    async def _mark_answered(self, billing_id: str, answer_ms: int, callee: str | None = None) -> None:
+        """Store a call's answer time, Unix ms (and callee); returns once it is committed (or raises)."""
+        self._answers.setdefault(billing_id, (answer_ms, callee))  # a call's first answer wins
         if self._answers_written is None:
             self._answers_written = asyncio.get_running_loop().create_future()
         written = self._answers_written

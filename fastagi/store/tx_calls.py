@@ -155,23 +155,23 @@ def _repeat(row: sqlite3.Row) -> Decision:
     )
 
 
-def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_at: str) -> bool:
-    """Remember the callee's answer time as soon as it is known (survives a restart)."""
+def mark_answered(conn: sqlite3.Connection, billing_id: str, answer_ms: int) -> bool:
+    """Remember the callee's answer time (Unix ms) as soon as it is known (survives a restart)."""
     cur = conn.execute(
         "UPDATE calls SET answer_ms=? WHERE billing_id=? AND state='reserved' AND answer_ms IS NULL",
-        (ms_from_iso(answer_at), billing_id),
+        (answer_ms, billing_id),
     )
     return cur.rowcount == 1
 
 
-def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, str, str | None]]) -> int:
-    """mark_answered for several calls in one statement: (billing id, answer time, callee
+def mark_answered_many(conn: sqlite3.Connection, answers: list[tuple[str, int, str | None]]) -> int:
+    """mark_answered for several calls in one statement: (billing id, answer time in Unix ms, callee
     channel or None) triples, in order (a call's first answer time wins). The callee is kept
     for a restarted supervisor. How many calls got an answer time."""
     cur = conn.executemany(
         "UPDATE calls SET answer_ms=?, callee=coalesce(callee, ?) WHERE billing_id=? AND state='reserved' "
         "AND answer_ms IS NULL",
-        [(ms_from_iso(at), callee, bid) for bid, at, callee in answers],
+        [(at, callee, bid) for bid, at, callee in answers],
     )
     return cur.rowcount
 

@@ -55,9 +55,7 @@ def _facts(call: Call, limit_ms: int, now_ms: int) -> CallFacts:
 
 def _settle(conn: sqlite3.Connection, granted: list[tuple[Call, int]], now_ms: int) -> None:
     answers = [
-        (tx_calls.mark_answered, (c.billing_id, iso_from_ms(now_ms + c.ring_ms)), True)
-        for c, _ in granted
-        if c.answered
+        (tx_calls.mark_answered, (c.billing_id, now_ms + c.ring_ms), True) for c, _ in granted if c.answered
     ]
     for i in range(0, len(answers), BATCH_OPS_MAX):
         _batch(conn, answers[i : i + BATCH_OPS_MAX])
