@@ -15,7 +15,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from test_history import NUMBER, OTHER, _history, _open, _seed, _tx, extbill
+from test_history import NUMBER, OTHER, _call, _history, _open, _seed, _tx, extbill
 
 from fastagi.core.clock import iso_from_ms, ms_from_iso
 from fastagi.store import tx_calls, tx_quota
@@ -120,8 +120,6 @@ def db(tmp_path: Path) -> Path:
     try:
         _seed(conn)
         _history(conn)
-        from test_history import _call  # noqa: PLC0415
-
         with mock.patch.object(tx_calls, "now_ms", lambda: ms_from_iso("2026-03-28T10:00:00.000Z")):
             d = _tx(conn, tx_calls.route, "1767225600.800", NUMBER, "1", 1, "139", "PJSIP/t", None, 600, True)
         assert d.action == "dial" and not d.final
@@ -176,8 +174,6 @@ def test_immutability_and_a_call_being_set_up_work_on_an_upgraded_store(db: Path
     _as_version_5(db, v5)
     conn = _open(v5)  # upgrades
     try:
-        from test_history import _call  # noqa: PLC0415
-
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             conn.execute("UPDATE transfers SET amount = 0 WHERE seq = 1")
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
