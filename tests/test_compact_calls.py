@@ -91,7 +91,7 @@ def _as_version_5(src: Path, dst: Path) -> None:
         tables = [
             t
             for (t,) in old.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            if t not in ("dests", "sqlite_sequence")
+            if t not in ("dests", "sqlite_sequence", "store_identity")  # tables of versions 6 and 7
         ]
         new.execute("BEGIN")
         new.execute("DELETE FROM accounts")  # the house accounts come with the others

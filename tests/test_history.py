@@ -317,6 +317,63 @@ def test_archive_refuses_an_open_monthly_minimum_month(db: Path, tmp_path: Path)
     assert out.returncode == 2 and "2026-02" in out.stderr and "not closed" in out.stderr
 
 
+def _another_store(tmp_path: Path) -> Path:
+    """A second store with the same numbers, keys and ids, and calls of its own."""
+    path = tmp_path / "other-site.db"
+    conn = _open(path)
+    try:
+        _seed(conn)
+        _history(conn)
+    finally:
+        conn.close()
+    return path
+
+
+def test_an_archive_takes_and_shows_only_the_calls_of_the_store_that_wrote_it(
+    db: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "calls.extbill"
+    extbill("db", "archive", "--before", "2026-03-01", str(archive), db=db)
+    mine = json.loads(extbill("calls", NUMBER, "--json", "--archive", str(archive), db=db).stdout)
+    other = _another_store(tmp_path)
+    balances, held = _balances(other), archive.read_bytes()
+    # the other store's rows name its numbers and accounts by the same ids: mixed in, they
+    # would be shown as this store's history
+    out = extbill("db", "archive", "--before", "2026-03-01", str(archive), db=other, check=False)
+    assert out.returncode == 2 and "another extbill store" in out.stderr
+    assert archive.read_bytes() == held and _balances(other) == balances
+    assert len(json.loads(extbill("calls", NUMBER, "--json", db=other).stdout)) == 36  # nothing moved
+    for read in (("calls", NUMBER), ("statement", NUMBER, "1")):
+        out = extbill(*read, "--json", "--archive", str(archive), db=other, check=False)
+        assert out.returncode == 2 and "another extbill store" in out.stderr and not out.stdout
+    assert json.loads(extbill("calls", NUMBER, "--json", "--archive", str(archive), db=db).stdout) == mine
+
+
+def test_archive_refuses_a_wrong_file_even_with_nothing_to_archive(db: Path, tmp_path: Path) -> None:
+    """A mistyped FILE is told on the first run, not on the first run that has calls to move."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not an archive\n")
+    for file, said in (
+        (db, "not an extbill archive"),  # the live database itself
+        (text, "not an extbill archive"),
+        (tmp_path / "missing" / "a.extbill", "directory does not exist"),
+        (tmp_path, "is a directory"),
+    ):
+        out = extbill("db", "archive", "--before", "2025-01-01", str(file), db=db, check=False)
+        assert out.returncode == 2 and said in out.stderr, (file, out.stderr)
+    assert text.read_text() == "not an archive\n"
+    assert not (tmp_path / "missing").exists()
+
+
+def test_archive_refuses_a_day_in_the_future_and_a_second_archive_option(db: Path, tmp_path: Path) -> None:
+    balances = _balances(db)
+    out = extbill("db", "archive", "--before", "2099-01-01", str(tmp_path / "a.extbill"), db=db, check=False)
+    assert out.returncode == 2 and "in the future" in out.stderr
+    assert not (tmp_path / "a.extbill").exists() and _balances(db) == balances
+    out = extbill("calls", NUMBER, "--archive", "a", "--archive", "b", db=db, check=False)
+    assert out.returncode == 2 and "--archive may be given once" in out.stderr
+
+
 def test_tariff_snapshots_are_shared_and_a_stale_remembered_id_is_not_trusted(tmp_path: Path) -> None:
     conn = _open(tmp_path / "a.db")
     try:

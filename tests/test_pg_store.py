@@ -251,11 +251,16 @@ def test_db_copy_moves_a_ledger_and_refuses_what_it_must(pg_server: Any, tmp_pat
         ("calls", NUMBER, "--json"),
     ):
         assert json.loads(_cli(source, *args).stdout) == json.loads(_cli(target, *args).stdout), args
+    import sqlite3  # noqa: PLC0415
+
+    # the same ledger keeps its id: the archives the SQLite store wrote stay readable beside it
+    with sqlite3.connect(source) as conn, psycopg.connect(target) as pg:
+        assert conn.execute("SELECT id FROM store_identity").fetchall() == [
+            tuple(r) for r in pg.execute("SELECT id FROM store_identity").fetchall()
+        ]
     assert _cli(target, "ext", "add", NUMBER, "2", "--name", "new", "--dest", "PJSIP/202").returncode == 0
     again = _cli(target, "db", "copy", source, target)
     assert again.returncode == 2 and "is not empty" in again.stderr
-
-    import sqlite3  # noqa: PLC0415
 
     with sqlite3.connect(source) as conn:  # counters no longer what the transfers add up to
         conn.execute("UPDATE accounts SET credits_posted = credits_posted + 1 WHERE id = 3")

@@ -24,6 +24,7 @@ from fastagi.store import tx_admin
 from fastagi.store.base import Store, StoreError
 from fastagi.store.documents import balance_document
 from fastagi.store.factory import db_target, open_store
+from fastagi.store.sqlite import SCHEMA_VERSION
 
 EXIT_REFUSED = 2
 
@@ -74,7 +75,9 @@ def _print_json(doc: Any) -> None:
 
 
 async def cmd_db_init(store: Store, a: argparse.Namespace) -> int:
-    print(f"database {store.path} {'created' if store.created else 'is up to date'} (schema version 1)")
+    print(
+        f"database {store.path} {'created' if store.created else 'is up to date'} (schema version {SCHEMA_VERSION})"
+    )
     return 0
 
 

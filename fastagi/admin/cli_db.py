@@ -30,7 +30,7 @@ async def cmd_db_check(store: Any, a: argparse.Namespace) -> int:
         for line in found:
             print(f"discrepancy: {line}")
         print(
-            f"extbill db check: {len(found)} discrepancies in {store.path} "
+            f"extbill db check: {len(found)} {'discrepancy' if len(found) == 1 else 'discrepancies'} in {store.path} "
             f"(at most {SHOWN_MAX} of each kind are listed)"
         )
         return EXIT_DISCREPANCIES

@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from fastagi.runtime.clock import now_ms
 from fastagi.store import archive
 from fastagi.store.pages import PAGE_ROWS_DEFAULT, PAGE_ROWS_MAX
 
@@ -27,12 +28,27 @@ def _day(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-01-01") from None
 
 
+class _Once(argparse.Action):
+    """An option that may be given once: a second --archive would otherwise replace the
+    first without a word, and show a history with a hole in it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            raise argparse.ArgumentTypeError(f"{option} may be given once (archive a store to one file)")
+        setattr(namespace, self.dest, values)
+
+
 def add_page_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--limit", type=_limit, default=PAGE_ROWS_DEFAULT, help=f"rows per page (default {PAGE_ROWS_DEFAULT})"
     )
     p.add_argument("--before", metavar="CURSOR", help="the next page: the cursor the previous page printed")
-    p.add_argument("--archive", metavar="FILE", help="also read the calls and transfers archived to FILE")
+    p.add_argument(
+        "--archive",
+        metavar="FILE",
+        action=_Once,
+        help="also read the calls and transfers archived to FILE (one file: archive a store to one file)",
+    )
 
 
 def print_next(rows: int, limit: int, cursor: Callable[[], str]) -> None:
@@ -42,7 +58,15 @@ def print_next(rows: int, limit: int, cursor: Callable[[], str]) -> None:
 
 
 async def cmd_db_archive(store: Any, a: argparse.Namespace) -> int:
-    await store.read(archive.check_archivable, a.before)  # refused: nothing is moved
+    tomorrow = datetime.fromtimestamp(now_ms() / 1000, UTC).date() + timedelta(days=1)
+    if date.fromisoformat(a.before) > tomorrow:
+        # a mistyped year would archive every call, today's too
+        raise argparse.ArgumentTypeError(
+            f"--before {a.before} is in the future: nothing was archived; give the first day to keep"
+        )
+    # refused, nothing moved: a FILE that cannot take this store's calls, a call not settled
+    await store.read(archive.check_target, a.file)
+    await store.read(archive.check_archivable, a.before)
     done = {"calls": 0, "transfers": 0, "summaries": 0}
     while True:  # each batch moves calls, so this ends
         batch = await store.run(archive.archive_batch, a.before, a.file)

@@ -21,7 +21,7 @@ from typing import Any
 from fastagi.core.clock import iso_from_ms
 from fastagi.core.period import month_of
 from fastagi.runtime.clock import now_iso
-from fastagi.store.archive_read import ARCHIVE_FORMAT
+from fastagi.store.archive_read import ARCHIVE_FORMAT, archive_store, check_same_store, store_id
 from fastagi.store.base import StoreError
 from fastagi.store.pages import TRANSFER_COLS
 from fastagi.store.rows import day_ms
@@ -31,7 +31,7 @@ ARCHIVE_BATCH_CALLS = 2_000  # calls moved per transaction
 _IN_MAX = 400  # ids per IN (...) list: below every engine's parameter limit
 
 _ARCHIVE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS archive_meta (format INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS archive_meta (format INTEGER NOT NULL, store TEXT);
 CREATE TABLE IF NOT EXISTS transfers ({tcols}, PRIMARY KEY (seq), UNIQUE (id));
 CREATE TABLE IF NOT EXISTS tariffs (id INTEGER PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dests (id INTEGER PRIMARY KEY, dest TEXT NOT NULL);
@@ -87,21 +87,52 @@ def _next_month(month: str) -> str:
     return f"{year + 1:04d}-01" if mon == 12 else f"{year:04d}-{mon + 1:02d}"
 
 
-def _archive_conn(path: str, call_cols: list[str]) -> sqlite3.Connection:
+def check_target(live: sqlite3.Connection, path: str) -> None:
+    """Refuse, changing nothing, a FILE that could not take this store's calls: a directory,
+    a missing directory, a file that is not an extbill archive (the live database itself
+    included), an archive of an older format or of another store. Run before anything is
+    moved, so a wrong path is told on the first run, even one with nothing to archive."""
+    _check_place(path)
+    if not os.path.exists(path):
+        return
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read archive {path}: {exc}") from None
+    try:
+        _check_file(conn, path, store_id(live))
+    except sqlite3.Error:
+        raise StoreError(f"{path} is not an extbill archive") from None
+    finally:
+        conn.close()
+
+
+def _check_place(path: str) -> None:
     if os.path.isdir(path):
         raise StoreError(f"{path} is a directory, not an archive file")
     if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
         raise StoreError(f"cannot create archive {path}: its directory does not exist")
+
+
+def _check_file(conn: sqlite3.Connection, path: str, live_id: str | None) -> bool:
+    """True when the file already is an archive (of this store); False when it is empty."""
+    has = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not has:
+        return False
+    if "archive_meta" not in has:
+        raise StoreError(f"{path} is not an extbill archive")
+    fmt = conn.execute("SELECT format FROM archive_meta").fetchone()
+    if fmt is not None and fmt[0] != ARCHIVE_FORMAT:
+        raise StoreError(f"{path} is an archive of format {fmt[0]} (an older extbill): archive to a new file")
+    check_same_store(path, archive_store(conn), live_id)
+    return True
+
+
+def _archive_conn(path: str, call_cols: list[str], live_id: str | None) -> sqlite3.Connection:
+    _check_place(path)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        has = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if has and "archive_meta" not in has:
-            raise StoreError(f"{path} is not an extbill archive")
-        fmt = conn.execute("SELECT format FROM archive_meta").fetchone() if has else None
-        if fmt is not None and fmt[0] != ARCHIVE_FORMAT:
-            raise StoreError(
-                f"{path} is an archive of format {fmt[0]} (an older extbill): archive to a new file"
-            )
+        _check_file(conn, path, live_id)
         ccols = ", ".join(c for c in call_cols)
         conn.executescript(
             "BEGIN IMMEDIATE;"
@@ -111,8 +142,12 @@ def _archive_conn(path: str, call_cols: list[str]) -> sqlite3.Connection:
             "CREATE INDEX IF NOT EXISTS calls_by_extension ON calls(extension_id, start_ms);"
             "COMMIT;"
         )
+        if "store" not in {r[1] for r in conn.execute("PRAGMA table_info(archive_meta)")}:
+            conn.execute("ALTER TABLE archive_meta ADD COLUMN store TEXT")  # a file from before the record
         if conn.execute("SELECT count(*) FROM archive_meta").fetchone()[0] == 0:
-            conn.execute("INSERT INTO archive_meta (format) VALUES (?)", (ARCHIVE_FORMAT,))
+            conn.execute("INSERT INTO archive_meta (format, store) VALUES (?, ?)", (ARCHIVE_FORMAT, live_id))
+        else:  # a file older than the record is this store's from now on
+            conn.execute("UPDATE archive_meta SET store = ? WHERE store IS NULL", (live_id,))
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot write archive {path}: {exc}") from None
@@ -184,7 +219,7 @@ def archive_batch(conn: sqlite3.Connection, before: str, file: str) -> dict[str,
     )
     summaries = _summaries(transfers, before, file)
     # 1. the archive file first: a crash after this leaves the rows in both places
-    arc = _archive_conn(file, call_cols)
+    arc = _archive_conn(file, call_cols, store_id(conn))
     try:
         arc.execute("BEGIN IMMEDIATE")
         marks = ",".join("?" * len(call_cols))

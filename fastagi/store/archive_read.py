@@ -35,18 +35,50 @@ CREATE TEMP VIEW transfers AS SELECT seq, id, kind, debit_account_id, credit_acc
 """
 
 
-def open_archive(path: str) -> sqlite3.Connection:
-    """The archive file, read only; one clear error when it is missing or not an archive."""
+def store_id(live: sqlite3.Connection) -> str | None:
+    """The live store's own id (migrations/0007); None on a store made before it."""
+    row = live.execute("SELECT id FROM store_identity").fetchone()
+    return row[0] if row else None
+
+
+def archive_store(conn: sqlite3.Connection) -> str | None:
+    """The id of the store that wrote this archive; None for a file older than that record."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(archive_meta)")}
+    if "store" not in cols:
+        return None
+    row = conn.execute("SELECT store FROM archive_meta").fetchone()
+    return row[0] if row else None
+
+
+def check_same_store(path: str, written_by: str | None, live: str | None) -> None:
+    """An archive names its store's numbers and accounts by their ids: another store's file
+    would be read (or written) as this one's history, under the wrong numbers."""
+    if written_by is not None and live is not None and written_by != live:
+        raise StoreError(
+            f"{path} is an archive of another extbill store (its numbers and accounts are not this "
+            "store's): archive this store to a file of its own"
+        )
+
+
+def open_archive(path: str, live: sqlite3.Connection) -> sqlite3.Connection:
+    """The archive file, read only; one clear error when it is missing, not an archive, or
+    an archive of another store than `live`."""
     if not os.path.isfile(path):
         raise StoreError(f"no archive file {path}")
     try:
         conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
         row = conn.execute("SELECT format FROM archive_meta").fetchone()
+        written_by = archive_store(conn)
     except sqlite3.Error:
         raise StoreError(f"{path} is not an extbill archive") from None
     if row is None or row[0] not in ARCHIVE_FORMATS_READ:
         conn.close()
         raise StoreError(f"{path} is not an extbill archive of format {ARCHIVE_FORMAT}")
+    try:
+        check_same_store(path, written_by, store_id(live))
+    except StoreError:
+        conn.close()
+        raise
     if row[0] == 1:
         conn.executescript(_FORMAT_1_VIEWS)
     return conn
@@ -57,7 +89,7 @@ def archived_statement(
 ) -> list[dict[str, Any]]:
     """A page of the account's live and archived transfers, newest first, without the live
     summaries of this archive (its rows stand in for them)."""
-    conn = open_archive(path)
+    conn = open_archive(path, live)
     try:
         old = statement_rows(conn, account_id, limit, before_seq)
         summaries = {r[0] for r in conn.execute("SELECT id FROM summaries")}
@@ -76,6 +108,7 @@ def archived_statement(
 
 
 def archived_calls(
+    conn_live: sqlite3.Connection,
     path: str,
     live: list[dict[str, Any]],
     number_id: int,
@@ -85,7 +118,7 @@ def archived_calls(
     before: tuple[int, str] | None,
 ) -> list[dict[str, Any]]:
     """The live page merged with the archive's page of the same calls, newest first."""
-    conn = open_archive(path)
+    conn = open_archive(path, conn_live)
     try:
         old = calls_rows(conn, number_id, extension_id, since, limit, before)
     finally:

@@ -49,6 +49,7 @@ TABLES: tuple[tuple[str, str | None], ...] = (
     ("api_keys", "id"),
     ("api_requests", None),
     ("audit_log", "id"),
+    ("store_identity", None),
 )
 ORDER = {"transfers": "seq"}  # a resolution's reservation (pending_id) comes before it
 
@@ -68,6 +69,8 @@ def copy_sqlite_to_pg(source: str, target: str) -> dict[str, int]:
             with pg.transaction():
                 _refuse_non_empty(pg, target)
                 pg.execute("DELETE FROM accounts")  # the house accounts: the source has its own
+                if "store_identity" in tables:
+                    pg.execute("DELETE FROM store_identity")  # the same ledger: its archives stay readable
                 counts = {t: _copy_table(src, pg, t) for t, _ in TABLES if t in tables}
                 for table, column in TABLES:
                     if column and table in tables:

@@ -408,7 +408,7 @@ def call_records(
     cursor = parse_calls_cursor(before)
     rows = calls_rows(conn, nrow["id"], ext_id, since, limit, cursor)
     if archive is not None:
-        rows = archived_calls(archive, rows, nrow["id"], ext_id, since, limit, cursor)
+        rows = archived_calls(conn, archive, rows, nrow["id"], ext_id, since, limit, cursor)
     return [call_record(r, number, keys.get(r["extension_id"])) for r in rows]
 
 
