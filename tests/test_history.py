@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -180,7 +181,10 @@ def test_db_check_fails_on_a_counter_that_disagrees_with_its_transfers(db: Path,
     out = extbill("db", "check", db=db, check=False)
     assert out.returncode == 1
     # listed once, whether the ledger check or the kept-counter check found it
-    assert out.stdout.count(f"discrepancy: account {ext}: {column} is ") == 1, out.stdout
+    # named as the operator knows it, and counted in words that agree with the count
+    assert out.stdout.count(f"discrepancy: account {ext} ({NUMBER} ext 1): {column} is ") == 1, out.stdout
+    count, word = re.search(r"db check: (\d+) (\w+) in", out.stdout).groups()  # type: ignore[union-attr]
+    assert word == ("discrepancy" if count == "1" else "discrepancies"), out.stdout
 
 
 # ---- keyset pages -------------------------------------------------------------------------

@@ -174,8 +174,15 @@ def test_a_tampered_total_fails_even_when_the_sums_still_balance(db: Path) -> No
     proc = _db_check(db)
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
-    assert any(line.startswith(f"discrepancy: account {acc}: debits_posted is") for line in lines), lines
-    assert any(line.startswith("discrepancy: account 2: credits_posted is") for line in lines), lines
+    assert any(
+        line.startswith(f"discrepancy: account {acc} (400")
+        and " ext " in line
+        and ": debits_posted is" in line
+        for line in lines
+    ), lines
+    assert any(line.startswith("discrepancy: account 2 (revenue): credits_posted is") for line in lines), (
+        lines
+    )
 
 
 def test_a_reservation_resolved_twice_fails_the_run(db: Path) -> None:

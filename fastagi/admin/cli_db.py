@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 from collections.abc import Callable
 from typing import Any
 
 from fastagi.core.ledger_check import ledger_discrepancies
-from fastagi.store.counters import check_counters
+from fastagi.store.counters import account_labels, check_counters
 from fastagi.store.factory import is_pg, redact
 from fastagi.store.ledger_check import SHOWN_MAX, ledger_facts
 
@@ -27,8 +28,9 @@ async def cmd_db_check(store: Any, a: argparse.Namespace) -> int:
     # shares with ledger_facts are worded the same, so they are listed once
     found += [line for line in await store.read(check_counters) if line not in found]
     if found:
+        labels = await store.read(account_labels)
         for line in found:
-            print(f"discrepancy: {line}")
+            print(f"discrepancy: {_named(line, labels)}")
         print(
             f"extbill db check: {len(found)} {'discrepancy' if len(found) == 1 else 'discrepancies'} in {store.path} "
             f"(at most {SHOWN_MAX} of each kind are listed)"
@@ -72,3 +74,14 @@ async def cmd_db_copy(a: argparse.Namespace) -> int:
     rows = ", ".join(f"{n} {t}" for t, n in counts.items() if n)
     print(f"copied {a.source} to {redact(a.target)}: {rows}; ledger checked (db check: consistent)")
     return 0
+
+
+def _named(line: str, labels: dict[int, str]) -> str:
+    """'account 3: ...' -> 'account 3 (4008001234 ext 1): ...': the operator knows numbers, not ids."""
+    return _ACCOUNT_ID.sub(
+        lambda m: f"{m.group(0)} ({labels[int(m.group(1))]})" if int(m.group(1)) in labels else m.group(0),
+        line,
+    )
+
+
+_ACCOUNT_ID = re.compile(r"\baccount (\d+)(?! \()")

@@ -77,3 +77,16 @@ def _call_count_problems(conn: sqlite3.Connection) -> list[str]:
         if k < n or (k > n and not archived):
             out.append(f"settled calls {key[0]} by {key[1]}: {k} kept but {n} in the call records")
     return out
+
+
+def account_labels(conn: sqlite3.Connection) -> dict[int, str]:
+    """What each account is, as an operator knows it: '4008001234 main', '4008001234 ext 1',
+    'revenue', 'funding' (a removed extension's account keeps its number and key)."""
+    labels = {i: kind for i, kind in conn.execute("SELECT id, kind FROM accounts")}
+    for acc, number in conn.execute("SELECT account_id, number FROM numbers"):
+        labels[acc] = f"{number} main"
+    for acc, number, key in conn.execute(
+        "SELECT e.account_id, n.number, e.key FROM extensions e JOIN numbers n ON n.id = e.number_id"
+    ):
+        labels[acc] = f"{number} ext {key}"
+    return labels
