@@ -20,7 +20,7 @@ import pytest
 from fastagi.core.clock import ms_from_iso
 from fastagi.core.rating import Tariff
 from fastagi.core.records import CallFacts
-from fastagi.store import counters, tx_admin, tx_calls
+from fastagi.store import counters, tx_admin, tx_calls, tx_web_reads
 from fastagi.store.base import StoreError
 from fastagi.store.pages import calls_cursor
 from fastagi.store.sqlite import _configure, _migrate
@@ -283,6 +283,25 @@ def test_archive_keeps_every_balance_and_the_check_clean_and_reads_back(db: Path
     assert "archived 0 settled calls" in again.stdout and _balances(db) == balances
 
 
+def test_a_removed_extensions_page_keeps_what_it_spent_after_archiving(db: Path, tmp_path: Path) -> None:
+    """The console's page of a removed extension shows its kept `spent`, as `balance` shows a
+    live one's: archiving its calls does not lower it."""
+    extbill("ext", "remove", NUMBER, "1", db=db)
+    conn = _open(db)
+    try:
+        before = tx_web_reads.extension_info(conn, NUMBER, "1")
+    finally:
+        conn.close()
+    assert before["status"] == "removed" and before["spent"] > 0
+    extbill("db", "archive", "--before", "2026-03-01", str(tmp_path / "a.extbill"), db=db)
+    conn = _open(db)
+    try:
+        after = tx_web_reads.extension_info(conn, NUMBER, "1")
+    finally:
+        conn.close()
+    assert after["spent"] == before["spent"]
+
+
 def _sum_effects(before: list[dict], after: list[dict]) -> str:
     gone = {r["id"] for r in before} - {r["id"] for r in after}
     millis = sum(round(float(r["effect"]) * 1000) for r in before if r["id"] in gone)
@@ -369,11 +388,13 @@ def test_archive_refuses_a_wrong_file_even_with_nothing_to_archive(db: Path, tmp
     assert not (tmp_path / "missing").exists()
 
 
-def test_archive_refuses_a_day_in_the_future_and_a_second_archive_option(db: Path, tmp_path: Path) -> None:
+def test_archive_says_so_when_the_day_is_in_the_future_and_takes_one_archive_option(
+    db: Path, tmp_path: Path
+) -> None:
     balances = _balances(db)
-    out = extbill("db", "archive", "--before", "2099-01-01", str(tmp_path / "a.extbill"), db=db, check=False)
-    assert out.returncode == 2 and "in the future" in out.stderr
-    assert not (tmp_path / "a.extbill").exists() and _balances(db) == balances
+    out = extbill("db", "archive", "--before", "2099-01-01", str(tmp_path / "all.extbill"), db=db)
+    assert "archived 37 settled calls" in out.stdout and "is after today" in out.stderr
+    assert _balances(db) == balances and extbill("db", "check", db=db).returncode == 0
     out = extbill("calls", NUMBER, "--archive", "a", "--archive", "b", db=db, check=False)
     assert out.returncode == 2 and "--archive may be given once" in out.stderr
 

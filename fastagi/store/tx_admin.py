@@ -451,7 +451,7 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
     ).fetchall():
         acc = load_account(conn, e["account_id"])
         plan = load_plan(conn, e["plan_id"]) or number_plan
-        spent = _spent(conn, acc.id)
+        spent = spent_of(conn, acc.id)
         exts.append(
             {
                 "key": e["key"],
@@ -465,7 +465,7 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
                 "status": extension_status(acc, plan),
             }
         )
-    main_spent = _spent(conn, main.id)
+    main_spent = spent_of(conn, main.id)
     return {
         "number": nrow["number"],
         "name": nrow["name"],
@@ -498,7 +498,7 @@ def balance(conn: sqlite3.Connection, number: str) -> dict[str, Any]:
     }
 
 
-def _spent(conn: sqlite3.Connection, account_id: int) -> int:
+def spent_of(conn: sqlite3.Connection, account_id: int) -> int:
     """What the account's calls cost: the kept counter (tx_ledger.resolve), not a sum of transfers."""
     return conn.execute("SELECT spent FROM accounts WHERE id=?", (account_id,)).fetchone()[0]
 

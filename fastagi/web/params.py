@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import date, timedelta
 from typing import Any
 
+from fastagi.core.clock import ms_from_iso
+from fastagi.core.ids import is_billing_id
 from fastagi.store.tx_web_reads import CALL_STATES, PAGE_ROWS_MAX
 from fastagi.web.errors import BadRequest
 
@@ -61,16 +64,32 @@ def decode_cursor(text: str | None, shape: type) -> Any:
         value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
     except (ValueError, UnicodeDecodeError):
         value = None
+    # only what a page's last row can give: a call's start as iso_from_ms writes it and a
+    # billing id as the dialplan's rule has it, or a transfer's seq (a positive SQL integer)
     if (
         shape is tuple
         and isinstance(value, list)
         and len(value) == 2
         and all(isinstance(v, str) for v in value)
+        and _CURSOR_TIME.fullmatch(value[0])
+        and _is_time(value[0])
+        and is_billing_id(value[1])
     ):
         return tuple(value)
-    if shape is int and isinstance(value, int) and not isinstance(value, bool):
+    if shape is int and isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
         return value
     raise BadRequest(f"cursor: {text[:40]!r} is not a cursor this server gave")
+
+
+_CURSOR_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
+
+
+def _is_time(text: str) -> bool:
+    try:
+        ms_from_iso(text)
+    except ValueError:
+        return False
+    return True
 
 
 def idempotency_key(text: str | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -158,6 +159,33 @@ def test_statement_pages_with_a_cursor(server: Server) -> None:
     assert [e["effect"] for e in seen[:2]] == ["2.000", "1.000"]
     bad = c.get(f"{API}/{DEMO_NUMBER}/extensions/1/statement", params={"cursor": "zzz"})
     assert bad.status_code == 400 and bad.json()["error"].startswith("cursor:")
+
+
+def _forged(value: object) -> str:
+    """A cursor made by hand the way the server makes its own (base64 of JSON)."""
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("extensions/1/statement", 10**23),  # past SQLite's 64-bit integers
+        ("extensions/1/statement", 2**63),
+        ("extensions/1/statement", -5),
+        ("extensions/1/statement", True),
+        ("calls", ["2026-05-01T10:00:00.000Z", "\u0000"]),  # a NUL PostgreSQL text refuses
+        ("calls", ["2026-05-01T10:00:00.000Z", "1767225600.1; --"]),
+        ("calls", ["x", "1767225600.1"]),
+        ("calls", ["2026-02-30T10:00:00.000Z", "1767225600.1"]),
+        ("calls", ["2026-05-01T10:00:00.000Z"]),
+    ],
+)
+def test_a_forged_cursor_is_a_clear_400_on_either_engine(server: Server, path: str, value: object) -> None:
+    """Only what a page's last row can give is a cursor: anything else is refused in the
+    product's words, never an engine error."""
+    r = api(server).get(f"{API}/{DEMO_NUMBER}/{path}", params={"cursor": _forged(value)})
+    assert r.status_code == 400 and r.json()["error"].startswith("cursor: "), (r.status_code, r.text[:300])
+    assert r.json()["error"].endswith("is not a cursor this server gave")
 
 
 @pytest.mark.parametrize(
