@@ -154,7 +154,7 @@ async def statement(request: Request, access: Access) -> Response:
     q = request.query_params
     rows, nxt = await access.statement(
         request.path_params["number"],
-        request.path_params["key"],
+        request.path_params.get("key"),  # none: the main account's
         params.decode_cursor(q.get("cursor"), int),
         params.limit(q),
     )
@@ -176,6 +176,7 @@ def routes() -> list[Route]:
         Route("/numbers/{number}/recharges", endpoint(recharges), methods=["POST"]),
         Route("/numbers/{number}/transfers", endpoint(transfers), methods=["POST"]),
         Route("/numbers/{number}/calls", endpoint(calls)),
+        Route("/numbers/{number}/statement", endpoint(statement)),
         Route("/numbers/{number}/extensions/{key}/statement", endpoint(statement)),
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ]

@@ -248,12 +248,26 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
     calls, nxt = await access.calls(
         number, key, **filters, after=params.decode_cursor(q.get("cursor"), tuple), limit=params.limit(q)
     )
-    entries, _ = await access.statement(number, key, None, STATEMENT_ROWS_SHOWN)
+    # the statement pages on its own cursor; each list's link keeps the other list's page
+    st_cursor = q.get("st_cursor") or None
+    entries, st_nxt = await access.statement(
+        number, key, params.decode_cursor(st_cursor, int), STATEMENT_ROWS_SHOWN
+    )
     today = datetime.now(UTC).date()
     spend = await access.daily_spend(number, key, chart.days_ending(today)[0].isoformat())
     shown = {k: q.get(k, "") for k in ("since", "until", "state")}
     query = urlencode({k: v for k, v in shown.items() if v})
-    next_url = f"?{urlencode({**{k: v for k, v in shown.items() if v}, 'cursor': params.encode_cursor(nxt)})}"
+    kept = {k: v for k, v in shown.items() if v}
+    if q.get("limit"):
+        kept["limit"] = q["limit"]  # (checked above by params.limit)
+    next_url = (
+        f"?{urlencode({**kept, 'cursor': params.encode_cursor(nxt), **_given(st_cursor, 'st_cursor')})}"
+    )
+    calls_cursor = q.get("cursor") or None
+    st_next_url = (
+        f"?{urlencode({**kept, **_given(calls_cursor, 'cursor'), 'st_cursor': params.encode_cursor(st_nxt)})}"
+    )
+    st_first_url = f"?{urlencode({**kept, **_given(calls_cursor, 'cursor')})}"
     return render(
         request,
         "ext.html",
@@ -265,6 +279,8 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
         filters=shown,
         next_url=next_url if nxt else None,
         paged=bool(q.get("cursor")),
+        st_next_url=st_next_url if st_nxt else None,
+        st_first_url=st_first_url if st_cursor else None,
         export_url=f"/n/{number}/e/{key}/calls.csv" + (f"?{query}" if query else ""),
         chart=Markup(
             chart.spend_svg(
@@ -273,6 +289,10 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
         ),
         form_token=await _form_token(request, session),
     )
+
+
+def _given(value: str | None, name: str) -> dict[str, str]:
+    return {name: value} if value else {}
 
 
 async def ext_export(request: Request, session: auth.Session, access: Access) -> Response:

@@ -69,6 +69,8 @@ ZH = {
     "Export CSV": "导出CSV",
     "Next page": "下一页",
     "First page": "第一页",
+    "Older entries": "更早的记录",
+    "Newest entries": "最新记录",
     "Statement": "账单",
     "Effect": "变动",
     "Reference": "参考号",

@@ -162,6 +162,13 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _json({"type": "object"}), **_REFUSALS},
             }
         },
+        "/numbers/{number}/statement": {
+            "get": {
+                "summary": "the main account's transfers, newest first",
+                "parameters": [_NUMBER, *_PAGING],
+                "responses": {"200": _json({"type": "object"}), **_REFUSALS},
+            }
+        },
         "/numbers/{number}/extensions/{key}/statement": {
             "get": {
                 "summary": "an extension's transfers, newest first",

@@ -161,6 +161,28 @@ def test_statement_pages_with_a_cursor(server: Server) -> None:
     assert bad.status_code == 400 and bad.json()["error"].startswith("cursor:")
 
 
+def test_the_main_accounts_statement_pages_like_an_extensions(server: Server) -> None:
+    """The main account has a statement too: a recharge to main is on it, one to an
+    extension is not; it pages with the same cursor and is listed in the OpenAPI document."""
+    c = api(server)
+    c.post(f"{API}/{DEMO_NUMBER}/recharges", json={"amount": "3"}, headers={"Idempotency-Key": "m1"})
+    c.post(
+        f"{API}/{DEMO_NUMBER}/recharges", json={"amount": "4", "ext": "1"}, headers={"Idempotency-Key": "m2"}
+    )
+    whole = c.get(f"{API}/{DEMO_NUMBER}/statement", params={"limit": 500}).json()["entries"]
+    assert whole[0]["effect"] == "3.000" and whole[0]["code"] == "recharge"
+    assert "4.000" not in [e["effect"] for e in whole if e["code"] == "recharge"]
+    seen, cursor = [], None
+    for _ in range(len(whole) + 1):
+        page = c.get(f"{API}/{DEMO_NUMBER}/statement", params={"limit": 2, "cursor": cursor}).json()
+        seen += page["entries"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == whole
+    assert "/numbers/{number}/statement" in c.get("/api/v1/openapi.json").json()["paths"]
+
+
 def _forged(value: object) -> str:
     """A cursor made by hand the way the server makes its own (base64 of JSON)."""
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
@@ -213,6 +235,7 @@ def test_openapi_document(server: Server) -> None:
         "/numbers/{number}/recharges",
         "/numbers/{number}/transfers",
         "/numbers/{number}/calls",
+        "/numbers/{number}/statement",
         "/numbers/{number}/extensions/{key}/statement",
         "/numbers/{number}/reclaims",
         "/numbers/{number}/extensions/{key}",

@@ -9,7 +9,9 @@ import re
 import httpx
 from conftest import OTHER_NUMBER, Server, csrf_of, form_token_of, place_call, sign_in
 
+from fastagi.store import tx_admin
 from fastagi.store.demo import DEMO_NUMBER
+from fastagi.web.console import STATEMENT_ROWS_SHOWN
 
 N = DEMO_NUMBER
 
@@ -135,6 +137,35 @@ def test_extension_page_filters_pages_and_exports(server: Server) -> None:
     assert rows[1]["caller"] == "'+8613900000001"
     every = list(csv.DictReader(io.StringIO(c.get(f"/n/{N}/e/1/calls.csv").content.decode("utf-8-sig"))))
     assert next(r for r in every if r["id"] == "x-2")["caller"] == "'=HYPERLINK(1)"
+
+
+def test_the_statement_pages_back_to_the_first_transfer_once_each(server: Server) -> None:
+    """More transfers than a page shows: "Older entries" walks them all, each once, newest
+    first, while more arrive; the calls list's page and limit are kept."""
+    key = "2"
+    c = sign_in(server, "hq", headers={"Accept-Language": "en"})
+    for i in range(STATEMENT_ROWS_SHOWN + 7):
+        server.run(tx_admin.recharge, N, key, 1000 + i, f"st-page-{i}")
+    whole = [r["id"] for r in server.run(tx_admin.statement, N, key, 500)]
+    assert len(whole) > STATEMENT_ROWS_SHOWN
+    seen: list[str] = []
+    url = f"/n/{N}/e/{key}?limit=3"
+    for turn in range(10):
+        html = c.get(url).text
+        seen += re.findall(
+            r'<tr><td>[^<]*</td><td>[^<]*</td><td class="num">[^<]*</td><td>([^<]+)</td></tr>', html
+        )
+        if turn == 0:  # one arrives while the operator reads: it is on the first page, not later
+            server.run(tx_admin.recharge, N, key, 5, "st-page-late")
+        nxt = re.search(r'id="statement-next" href="([^"]+)"', html)
+        if nxt is None:
+            break
+        url = f"/n/{N}/e/{key}" + nxt.group(1).replace("&amp;", "&")
+        assert "limit=3" in url
+    refs = [s for s in seen if s.startswith("st-page-")]
+    assert len(refs) == len(set(refs)) == STATEMENT_ROWS_SHOWN + 7
+    assert refs == sorted(refs, key=lambda r: -int(r.rsplit("-", 1)[1]))
+    assert len(seen) == len(whole)  # every transfer of the extension, the late one not among them
 
 
 def test_bad_filter_is_one_clear_line(server: Server) -> None:
