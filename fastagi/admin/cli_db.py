@@ -19,6 +19,7 @@ from fastagi.store.factory import is_pg, redact
 from fastagi.store.ledger_check import SHOWN_MAX, ledger_facts
 
 EXIT_DISCREPANCIES = 1
+_ACCOUNT_ID = re.compile(r"\baccount (\d+)(?! \()")  # an account's id in a discrepancy line, not yet named
 
 
 async def cmd_db_check(store: Any, a: argparse.Namespace) -> int:
@@ -82,6 +83,3 @@ def _named(line: str, labels: dict[int, str]) -> str:
         lambda m: f"{m.group(0)} ({labels[int(m.group(1))]})" if int(m.group(1)) in labels else m.group(0),
         line,
     )
-
-
-_ACCOUNT_ID = re.compile(r"\baccount (\d+)(?! \()")
