@@ -114,9 +114,7 @@ def _history(conn: sqlite3.Connection) -> None:
     _call(conn, "1767225600.900", "2026-02-10T09:00:00.000Z", "", 30_000, number=OTHER)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "extbill.db"
+def _store_with_history(path: Path) -> Path:
     conn = _open(path)
     try:
         _seed(conn)
@@ -124,6 +122,11 @@ def db(tmp_path: Path) -> Path:
     finally:
         conn.close()
     return path
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return _store_with_history(tmp_path / "extbill.db")
 
 
 def _balances(db: Path) -> dict:
@@ -340,25 +343,13 @@ def test_archive_refuses_an_open_monthly_minimum_month(db: Path, tmp_path: Path)
     assert out.returncode == 2 and "2026-02" in out.stderr and "not closed" in out.stderr
 
 
-def _another_store(tmp_path: Path) -> Path:
-    """A second store with the same numbers, keys and ids, and calls of its own."""
-    path = tmp_path / "other-site.db"
-    conn = _open(path)
-    try:
-        _seed(conn)
-        _history(conn)
-    finally:
-        conn.close()
-    return path
-
-
 def test_an_archive_takes_and_shows_only_the_calls_of_the_store_that_wrote_it(
     db: Path, tmp_path: Path
 ) -> None:
     archive = tmp_path / "calls.extbill"
     extbill("db", "archive", "--before", "2026-03-01", str(archive), db=db)
     mine = json.loads(extbill("calls", NUMBER, "--json", "--archive", str(archive), db=db).stdout)
-    other = _another_store(tmp_path)
+    other = _store_with_history(tmp_path / "other-site.db")  # the same numbers, keys and ids
     balances, held = _balances(other), archive.read_bytes()
     # the other store's rows name its numbers and accounts by the same ids: mixed in, they
     # would be shown as this store's history
