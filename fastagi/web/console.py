@@ -214,11 +214,18 @@ async def number_page(request: Request, session: auth.Session, access: Access) -
     number = request.path_params["number"]
     doc = await access.balance(number)
     live = await access.in_progress(number)
+    st_cursor = request.query_params.get("st_cursor") or None
+    entries, st_nxt = await access.statement(
+        number, None, params.decode_cursor(st_cursor, int), STATEMENT_ROWS_SHOWN
+    )
     return render(
         request,
         "number.html",
         session,
         doc=doc,
+        entries=entries,
+        st_next_url=f"?{urlencode({'st_cursor': params.encode_cursor(st_nxt)})}" if st_nxt else None,
+        st_first_url="?" if st_cursor else None,
         status_line=status_text(doc["status"], doc["owed"], doc["owed_months"]),
         periods=await access.periods(number),
         removed=await access.removed_extensions(number),

@@ -71,6 +71,7 @@ ZH = {
     "First page": "第一页",
     "Older entries": "更早的记录",
     "Newest entries": "最新记录",
+    "Main account statement": "主账户账单",
     "Statement": "账单",
     "Effect": "变动",
     "Reference": "参考号",

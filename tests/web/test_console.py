@@ -168,6 +168,20 @@ def test_the_statement_pages_back_to_the_first_transfer_once_each(server: Server
     assert len(seen) == len(whole)  # every transfer of the extension, the late one not among them
 
 
+def test_the_number_page_shows_the_main_accounts_statement_a_page_at_a_time(server: Server) -> None:
+    """HQ sees main's transfers on the number page: a recharge to main is there, one to an
+    extension is not; "Older entries" reaches the first one."""
+    c = sign_in(server, "hq", headers={"Accept-Language": "en"})
+    for i in range(STATEMENT_ROWS_SHOWN + 2):
+        server.run(tx_admin.recharge, N, None, 100 + i, f"main-st-{i}")
+    server.run(tx_admin.recharge, N, "1", 7, "not-main")
+    html = c.get(f"/n/{N}").text
+    assert "Main account statement" in html and "main-st-" + str(STATEMENT_ROWS_SHOWN + 1) in html
+    assert "not-main" not in html and "main-st-0<" not in html
+    older = re.search(r'id="statement-next" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert "main-st-0<" in c.get(f"/n/{N}{older}").text
+
+
 def test_bad_filter_is_one_clear_line(server: Server) -> None:
     c = sign_in(server, "hq", headers={"Accept-Language": "en"})
     r = c.get(f"/n/{N}/e/1", params={"since": "yesterday"})
