@@ -114,18 +114,17 @@ def _check_place(path: str) -> None:
         raise StoreError(f"cannot create archive {path}: its directory does not exist")
 
 
-def _check_file(conn: sqlite3.Connection, path: str, live_id: str | None) -> bool:
-    """True when the file already is an archive (of this store); False when it is empty."""
+def _check_file(conn: sqlite3.Connection, path: str, live_id: str | None) -> None:
+    """Refuse a file that is neither empty nor an archive of this store in this format."""
     has = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not has:
-        return False
+        return
     if "archive_meta" not in has:
         raise StoreError(f"{path} is not an extbill archive")
     fmt = conn.execute("SELECT format FROM archive_meta").fetchone()
     if fmt is not None and fmt[0] != ARCHIVE_FORMAT:
         raise StoreError(f"{path} is an archive of format {fmt[0]} (an older extbill): archive to a new file")
     check_same_store(path, archive_store(conn), live_id)
-    return True
 
 
 def _archive_conn(path: str, call_cols: list[str], live_id: str | None) -> sqlite3.Connection:

@@ -214,18 +214,12 @@ async def number_page(request: Request, session: auth.Session, access: Access) -
     number = request.path_params["number"]
     doc = await access.balance(number)
     live = await access.in_progress(number)
-    st_cursor = request.query_params.get("st_cursor") or None
-    entries, st_nxt = await access.statement(
-        number, None, params.decode_cursor(st_cursor, int), STATEMENT_ROWS_SHOWN
-    )
     return render(
         request,
         "number.html",
         session,
         doc=doc,
-        entries=entries,
-        st_next_url=f"?{urlencode({'st_cursor': params.encode_cursor(st_nxt)})}" if st_nxt else None,
-        st_first_url="?" if st_cursor else None,
+        **await _statement(access, number, None, request.query_params, {}),
         status_line=status_text(doc["status"], doc["owed"], doc["owed_months"]),
         periods=await access.periods(number),
         removed=await access.removed_extensions(number),
@@ -255,11 +249,6 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
     calls, nxt = await access.calls(
         number, key, **filters, after=params.decode_cursor(q.get("cursor"), tuple), limit=params.limit(q)
     )
-    # the statement pages on its own cursor; each list's link keeps the other list's page
-    st_cursor = q.get("st_cursor") or None
-    entries, st_nxt = await access.statement(
-        number, key, params.decode_cursor(st_cursor, int), STATEMENT_ROWS_SHOWN
-    )
     today = datetime.now(UTC).date()
     spend = await access.daily_spend(number, key, chart.days_ending(today)[0].isoformat())
     shown = {k: q.get(k, "") for k in ("since", "until", "state")}
@@ -267,14 +256,8 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
     kept = {k: v for k, v in shown.items() if v}
     if q.get("limit"):
         kept["limit"] = q["limit"]  # (checked above by params.limit)
-    next_url = (
-        f"?{urlencode({**kept, 'cursor': params.encode_cursor(nxt), **_given(st_cursor, 'st_cursor')})}"
-    )
-    calls_cursor = q.get("cursor") or None
-    st_next_url = (
-        f"?{urlencode({**kept, **_given(calls_cursor, 'cursor'), 'st_cursor': params.encode_cursor(st_nxt)})}"
-    )
-    st_first_url = f"?{urlencode({**kept, **_given(calls_cursor, 'cursor')})}"
+    # each list pages on its own cursor; each one's links keep the other list's page
+    next_url = f"?{urlencode({**kept, 'cursor': params.encode_cursor(nxt), **_given(q, 'st_cursor')})}"
     return render(
         request,
         "ext.html",
@@ -282,12 +265,10 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
         number=number,
         info=info,
         calls=calls,
-        entries=entries,
+        **await _statement(access, number, key, q, {**kept, **_given(q, "cursor")}),
         filters=shown,
         next_url=next_url if nxt else None,
         paged=bool(q.get("cursor")),
-        st_next_url=st_next_url if st_nxt else None,
-        st_first_url=st_first_url if st_cursor else None,
         export_url=f"/n/{number}/e/{key}/calls.csv" + (f"?{query}" if query else ""),
         chart=Markup(
             chart.spend_svg(
@@ -298,8 +279,25 @@ async def ext_page(request: Request, session: auth.Session, access: Access) -> R
     )
 
 
-def _given(value: str | None, name: str) -> dict[str, str]:
-    return {name: value} if value else {}
+def _given(q: Any, name: str) -> dict[str, str]:
+    """The query parameter to carry into a link, if the request has it."""
+    return {name: q[name]} if q.get(name) else {}
+
+
+async def _statement(
+    access: Access, number: str, key: str | None, q: Any, kept: dict[str, str]
+) -> dict[str, Any]:
+    """An account's statement a page at a time (statement.html): its rows and the links to
+    the older page and back to the newest, each keeping the rest of the page's query."""
+    st_cursor = q.get("st_cursor") or None
+    entries, nxt = await access.statement(
+        number, key, params.decode_cursor(st_cursor, int), STATEMENT_ROWS_SHOWN
+    )
+    return {
+        "entries": entries,
+        "st_next_url": f"?{urlencode({**kept, 'st_cursor': params.encode_cursor(nxt)})}" if nxt else None,
+        "st_first_url": f"?{urlencode(kept)}" if st_cursor else None,
+    }
 
 
 async def ext_export(request: Request, session: auth.Session, access: Access) -> Response:
